@@ -1,0 +1,551 @@
+//! The yamux session carried over the upstream connection.
+//!
+//! The Piko server is the yamux *server* (even stream ids) and opens one stream per proxied
+//! connection; the upstream is the yamux *client* (odd ids) and accepts them, as in the
+//! original Piko and hashicorp/yamux: 12-byte big-endian header, version 0, types
+//! Data/WindowUpdate/Ping/GoAway, flags SYN/ACK/FIN/RST, 256 KiB initial stream window.
+//!
+//! Why not a crate: `tokio-yamux` only applies a peer's window update when the stream is
+//! *read*, so a stream that only writes (a large download) stalls for ever once its window is
+//! spent; `yamux` (rust-libp2p) closes the whole connection on a received GoAway, so in-flight
+//! requests die when a node drains. Both were checked against the tests in `tests.rs`. This
+//! implementation keeps the shared state small: a stream table, a write queue flushed by the
+//! session's one task, and per-stream buffers with wakers.
+//!
+//! Layout: [`frame`] (header codec), `session` (this file: [`Session`], the connection task),
+//! `stream` ([`Stream`], the `AsyncRead + AsyncWrite` handle).
+
+pub mod frame;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use frame::{FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
+pub use stream::Stream;
+
+/// Per-stream receive window granted by Piko peers. Larger than yamux's 256 KiB default so
+/// that one stream carries a large body at full speed; peers that keep 256 KiB still work.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The upstream side: opens odd stream ids, accepts the server's streams.
+    Client,
+    /// The Piko server side: opens even stream ids.
+    Server,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Receive window granted to the peer on each stream (at least 256 KiB).
+    pub stream_window: u32,
+    /// Interval between keepalive pings; `None` disables them (the peer's are still answered).
+    pub keepalive_interval: Option<Duration>,
+    /// Streams opened by the peer and not yet accepted; more are reset.
+    pub accept_backlog: usize,
+    /// Open streams at most; more are refused (local) or reset (peer).
+    pub max_streams: usize,
+    /// Queued outgoing bytes above which stream writes wait.
+    pub write_queue_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            stream_window: STREAM_WINDOW,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            accept_backlog: 256,
+            max_streams: 65_536,
+            write_queue_limit: 1 << 20,
+        }
+    }
+}
+
+/// Why a session or stream operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MuxError {
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+    /// The peer sent GoAway: it accepts no new streams.
+    #[error("peer is going away")]
+    GoAway,
+    /// The configured stream limit is reached.
+    #[error("too many open streams")]
+    TooManyStreams,
+    /// All stream ids are used up.
+    #[error("stream ids exhausted")]
+    StreamsExhausted,
+    /// The peer broke the protocol.
+    #[error("yamux protocol error: {0}")]
+    Protocol(String),
+    /// The peer stopped answering keepalive pings.
+    #[error("keepalive timeout: peer stopped answering pings")]
+    KeepaliveTimeout,
+    /// The underlying connection failed.
+    #[error("connection error: {0}")]
+    Io(Arc<io::Error>),
+}
+
+impl From<io::Error> for MuxError {
+    fn from(e: io::Error) -> Self {
+        MuxError::Io(Arc::new(e))
+    }
+}
+
+impl From<frame::HeaderError> for MuxError {
+    fn from(e: frame::HeaderError) -> Self {
+        MuxError::Protocol(e.to_string())
+    }
+}
+
+/// A yamux session. Cheap to clone; all clones drive the same connection.
+///
+/// [`Session::new`] returns the session and the future that runs the connection: the caller
+/// spawns it (and so owns its lifetime) and learns from its output why the session ended.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    mode: Mode,
+    config: Config,
+    table: Mutex<Table>,
+    wq: Mutex<WriteQueue>,
+    writer_notify: Notify,
+    state_notify: Notify,
+}
+
+struct Table {
+    streams: HashMap<u32, Arc<stream::StreamShared>>,
+    next_id: u32,
+    max_peer_id: u32,
+    accept_queue: VecDeque<Stream>,
+    local_go_away: bool,
+    remote_go_away: bool,
+    closed: Option<MuxError>,
+    ping_id: u32,
+    ping_outstanding: Option<(u32, Instant)>,
+    rtt: Option<Duration>,
+}
+
+struct WriteQueue {
+    buf: BytesMut,
+    blocked: Vec<Waker>,
+    close_requested: bool,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data inconsistent in a way
+    // that matters more than stopping: keep going with the inner value.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WriteQueue {
+    fn push(&mut self, ty: FrameType, flags: u16, stream_id: u32, length: u32, body: &[u8]) {
+        self.buf.extend_from_slice(&Header { ty, flags, stream_id, length }.encode());
+        self.buf.extend_from_slice(body);
+    }
+}
+
+impl Session {
+    /// Start a session over `io`. Spawn the returned future; it ends when the connection does.
+    pub fn new<T>(io: T, mode: Mode, config: Config) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            mode,
+            config,
+            table: Mutex::new(Table {
+                streams: HashMap::new(),
+                next_id: if mode == Mode::Client { 1 } else { 2 },
+                max_peer_id: 0,
+                accept_queue: VecDeque::new(),
+                local_go_away: false,
+                remote_go_away: false,
+                closed: None,
+                ping_id: 0,
+                ping_outstanding: None,
+                rtt: None,
+            }),
+            wq: Mutex::new(WriteQueue {
+                buf: BytesMut::new(),
+                blocked: Vec::new(),
+                close_requested: false,
+                closed: false,
+            }),
+            writer_notify: Notify::new(),
+            state_notify: Notify::new(),
+        });
+        let driver = run(shared.clone(), io);
+        (Self { shared }, driver)
+    }
+
+    /// Open a stream to the peer. Returns at once; the SYN is queued.
+    pub fn open(&self) -> Result<Stream, MuxError> {
+        let shared = &self.shared;
+        let mut t = lock(&shared.table);
+        if let Some(e) = &t.closed {
+            return Err(e.clone());
+        }
+        if t.remote_go_away {
+            return Err(MuxError::GoAway);
+        }
+        if t.local_go_away {
+            return Err(MuxError::Closed);
+        }
+        if t.streams.len() >= shared.config.max_streams {
+            return Err(MuxError::TooManyStreams);
+        }
+        let id = t.next_id;
+        t.next_id = id.checked_add(2).ok_or(MuxError::StreamsExhausted)?;
+        let st = Arc::new(stream::StreamShared::new(id, shared.config.stream_window));
+        t.streams.insert(id, st.clone());
+        let delta = shared.config.stream_window.saturating_sub(INITIAL_WINDOW);
+        lock(&shared.wq).push(FrameType::WindowUpdate, frame::FLAG_SYN, id, delta, &[]);
+        drop(t);
+        shared.writer_notify.notify_one();
+        Ok(Stream::new(st, self.shared.clone()))
+    }
+
+    /// Wait for the next stream the peer opens; `None` once the session has ended.
+    pub async fn accept(&self) -> Option<Stream> {
+        loop {
+            let notified = self.shared.state_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut t = lock(&self.shared.table);
+                if let Some(s) = t.accept_queue.pop_front() {
+                    return Some(s);
+                }
+                if t.closed.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Tell the peer this side opens and accepts no new streams; open ones carry on.
+    pub fn go_away(&self) {
+        let mut t = lock(&self.shared.table);
+        if t.local_go_away || t.closed.is_some() {
+            return;
+        }
+        t.local_go_away = true;
+        lock(&self.shared.wq).push(FrameType::GoAway, 0, 0, frame::GO_AWAY_NORMAL, &[]);
+        drop(t);
+        self.shared.writer_notify.notify_one();
+    }
+
+    /// Close the session: queued frames are flushed, then the connection is shut down.
+    pub fn close(&self) {
+        lock(&self.shared.wq).close_requested = true;
+        self.shared.writer_notify.notify_one();
+    }
+
+    /// Whether the peer sent GoAway.
+    pub fn is_gone_away(&self) -> bool {
+        lock(&self.shared.table).remote_go_away
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.table).closed.is_some()
+    }
+
+    /// Wait until the peer sends GoAway or the session ends.
+    pub async fn gone_away(&self) {
+        self.wait_for(|t| t.remote_go_away || t.closed.is_some()).await
+    }
+
+    /// Wait until the session has ended.
+    pub async fn closed(&self) {
+        self.wait_for(|t| t.closed.is_some()).await
+    }
+
+    /// Wait until no stream is open (or the session has ended).
+    pub async fn idle(&self) {
+        self.wait_for(|t| t.streams.is_empty() || t.closed.is_some()).await
+    }
+
+    async fn wait_for(&self, cond: impl Fn(&Table) -> bool) {
+        loop {
+            let notified = self.shared.state_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(&lock(&self.shared.table)) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Number of open streams.
+    pub fn num_streams(&self) -> usize {
+        lock(&self.shared.table).streams.len()
+    }
+
+    /// Round-trip time measured by the last answered keepalive ping.
+    pub fn rtt(&self) -> Option<Duration> {
+        lock(&self.shared.table).rtt
+    }
+
+    /// This side's mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
+    }
+}
+
+impl Shared {
+    fn is_peer_id(&self, id: u32) -> bool {
+        match self.mode {
+            Mode::Server => id % 2 == 1,
+            Mode::Client => id % 2 == 0,
+        }
+    }
+
+    pub(crate) fn queue_control(&self, ty: FrameType, flags: u16, id: u32, length: u32) {
+        {
+            let mut wq = lock(&self.wq);
+            if wq.closed {
+                return;
+            }
+            wq.push(ty, flags, id, length, &[]);
+        }
+        self.writer_notify.notify_one();
+    }
+
+    pub(crate) fn remove_stream(&self, id: u32) {
+        let mut t = lock(&self.table);
+        t.streams.remove(&id);
+        let idle = t.streams.is_empty();
+        drop(t);
+        if idle {
+            self.state_notify.notify_waiters();
+        }
+    }
+
+    fn handle(self: &Arc<Self>, hdr: Header, body: Bytes) -> Result<(), MuxError> {
+        match hdr.ty {
+            FrameType::Ping => {
+                if hdr.flags & frame::FLAG_SYN != 0 {
+                    self.queue_control(FrameType::Ping, frame::FLAG_ACK, 0, hdr.length);
+                } else if hdr.flags & frame::FLAG_ACK != 0 {
+                    let mut t = lock(&self.table);
+                    if let Some((id, sent)) = t.ping_outstanding {
+                        if id == hdr.length {
+                            t.rtt = Some(sent.elapsed());
+                            t.ping_outstanding = None;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            FrameType::GoAway => {
+                if hdr.length != frame::GO_AWAY_NORMAL {
+                    return Err(MuxError::Protocol(format!("peer went away with error code {}", hdr.length)));
+                }
+                lock(&self.table).remote_go_away = true;
+                self.state_notify.notify_waiters();
+                Ok(())
+            }
+            FrameType::Data | FrameType::WindowUpdate => self.handle_stream(hdr, body),
+        }
+    }
+
+    fn handle_stream(self: &Arc<Self>, hdr: Header, body: Bytes) -> Result<(), MuxError> {
+        let id = hdr.stream_id;
+        if id == 0 {
+            return Err(MuxError::Protocol("stream frame with stream id 0".into()));
+        }
+        let st = if hdr.flags & frame::FLAG_SYN != 0 {
+            if !self.is_peer_id(id) {
+                return Err(MuxError::Protocol(format!("peer opened stream {id} with this side's id parity")));
+            }
+            let mut t = lock(&self.table);
+            if t.streams.contains_key(&id) || id <= t.max_peer_id {
+                return Err(MuxError::Protocol(format!("peer reopened stream {id}")));
+            }
+            t.max_peer_id = id;
+            if t.local_go_away
+                || t.closed.is_some()
+                || t.accept_queue.len() >= self.config.accept_backlog
+                || t.streams.len() >= self.config.max_streams
+            {
+                drop(t);
+                tracing::debug!(stream = id, "refusing stream from peer");
+                self.queue_control(FrameType::WindowUpdate, frame::FLAG_RST, id, 0);
+                return Ok(());
+            }
+            let st = Arc::new(stream::StreamShared::new(id, self.config.stream_window));
+            t.streams.insert(id, st.clone());
+            let delta = self.config.stream_window.saturating_sub(INITIAL_WINDOW);
+            self.queue_control(FrameType::WindowUpdate, frame::FLAG_ACK, id, delta);
+            t.accept_queue.push_back(Stream::new(st.clone(), self.clone()));
+            drop(t);
+            self.state_notify.notify_waiters();
+            st
+        } else {
+            let t = lock(&self.table);
+            match t.streams.get(&id) {
+                Some(st) => st.clone(),
+                None => {
+                    let known = if self.is_peer_id(id) { id <= t.max_peer_id } else { id < t.next_id };
+                    if known {
+                        // A frame racing the stream's close: drop it, as yamux peers do.
+                        return Ok(());
+                    }
+                    return Err(MuxError::Protocol(format!(
+                        "{} frame for stream {id}, which was never opened",
+                        if hdr.ty == FrameType::Data { "data" } else { "window update" }
+                    )));
+                }
+            }
+        };
+        let remove = st.on_frame(hdr, body)?;
+        if remove {
+            self.remove_stream(id);
+        }
+        Ok(())
+    }
+
+    fn close_with(&self, err: MuxError) {
+        let (streams, unaccepted): (Vec<_>, VecDeque<Stream>) = {
+            let mut t = lock(&self.table);
+            if t.closed.is_none() {
+                t.closed = Some(err);
+            }
+            let unaccepted = std::mem::take(&mut t.accept_queue);
+            (t.streams.drain().map(|(_, s)| s).collect(), unaccepted)
+        };
+        {
+            let mut wq = lock(&self.wq);
+            wq.closed = true;
+            for w in wq.blocked.drain(..) {
+                w.wake();
+            }
+        }
+        for s in streams {
+            s.on_session_closed();
+        }
+        // Dropped outside the table lock: a stream's drop takes it.
+        drop(unaccepted);
+        self.state_notify.notify_waiters();
+    }
+}
+
+async fn run<T>(shared: Arc<Shared>, io: T) -> Result<(), MuxError>
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let result = tokio::select! {
+        r = read_loop(&shared, rd) => r,
+        r = write_loop(&shared, wr) => r,
+        r = keepalive_loop(&shared) => r,
+    };
+    shared.close_with(match &result {
+        Ok(()) => MuxError::Closed,
+        Err(e) => e.clone(),
+    });
+    result
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Result<(), MuxError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        while buf.len() >= HEADER_LEN {
+            let mut raw = [0u8; HEADER_LEN];
+            raw.copy_from_slice(&buf[..HEADER_LEN]);
+            let hdr = Header::decode(&raw)?;
+            let body_len = if hdr.ty == FrameType::Data { hdr.length as usize } else { 0 };
+            if hdr.ty == FrameType::Data && hdr.length > shared.config.stream_window {
+                return Err(MuxError::Protocol(format!(
+                    "data frame length {} exceeds the stream window {}",
+                    hdr.length, shared.config.stream_window
+                )));
+            }
+            if buf.len() < HEADER_LEN + body_len {
+                buf.reserve(HEADER_LEN + body_len - buf.len());
+                break;
+            }
+            buf.advance(HEADER_LEN);
+            let body = buf.split_to(body_len).freeze();
+            shared.handle(hdr, body)?;
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(16 * 1024);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            return Err(MuxError::Protocol("connection ended in the middle of a frame".into()));
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(shared: &Shared, mut wr: W) -> Result<(), MuxError> {
+    loop {
+        let notified = shared.writer_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (chunk, close) = {
+            let mut wq = lock(&shared.wq);
+            let chunk = std::mem::take(&mut wq.buf);
+            for w in wq.blocked.drain(..) {
+                w.wake();
+            }
+            (chunk, wq.close_requested)
+        };
+        if !chunk.is_empty() {
+            wr.write_all(&chunk).await?;
+            wr.flush().await?;
+            continue;
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+        notified.await;
+    }
+}
+
+async fn keepalive_loop(shared: &Shared) -> Result<(), MuxError> {
+    let Some(interval) = shared.config.keepalive_interval else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let id = {
+            let mut t = lock(&shared.table);
+            if t.ping_outstanding.is_some() {
+                return Err(MuxError::KeepaliveTimeout);
+            }
+            t.ping_id = t.ping_id.wrapping_add(1);
+            t.ping_outstanding = Some((t.ping_id, Instant::now()));
+            t.ping_id
+        };
+        shared.queue_control(FrameType::Ping, frame::FLAG_SYN, 0, id);
+    }
+}
