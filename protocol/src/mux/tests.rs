@@ -287,6 +287,7 @@ async fn wrong_parity_and_reused_ids_are_protocol_errors() {
 async fn truncated_input_is_an_error_and_closes_streams() {
     let mut h = start(Mode::Server);
     let mut stream = h.session.open().unwrap();
+    let _syn = read_frame(&mut h.peer).await; // nothing left to write: the reader sees the end first
     h.peer.write_all(&raw_frame(TYPE_DATA, 0, stream.id(), 100, b"short")).await.unwrap();
     drop(h.peer);
     let res = timeout(T, h.driver).await.unwrap().unwrap();
