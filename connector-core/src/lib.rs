@@ -1,0 +1,1 @@
+//! Piko connector core (being written).
