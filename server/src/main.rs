@@ -1,1 +1,169 @@
-fn main() {}
+//! `piko-server`: parse options, set up logging, bind, run.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use piko_server::config::{self, env_name, flag_name, leaf_keys, Sources};
+use tokio_util::sync::CancellationToken;
+
+fn cli() -> Command {
+    let mut cmd = Command::new("piko-server")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Run a Piko server node: proxy (8000), upstream (8001), admin (8002) and cluster (8003) ports")
+        .arg(Arg::new("config.path").long("config.path").value_name("FILE").help("YAML configuration file"))
+        .arg(
+            Arg::new("config.expand-env")
+                .long("config.expand-env")
+                .action(ArgAction::SetTrue)
+                .help("Expand ${VAR} and ${VAR:default} in the configuration file"),
+        )
+        .subcommand(
+            Command::new("status")
+                .about("Print a node's status from its admin port")
+                .arg(Arg::new("what").required(true).value_parser(["endpoints", "nodes"]).help("endpoints | nodes"))
+                .arg(
+                    Arg::new("server.url")
+                        .long("server.url")
+                        .default_value("http://localhost:8002")
+                        .help("Admin URL of the node"),
+                ),
+        );
+    for (key, default) in leaf_keys() {
+        let default = serde_yaml_ng::to_string(&default).unwrap_or_default();
+        let default = default.trim();
+        let help = format!("env {}; default {}", env_name(&key), if default.is_empty() { "\"\"" } else { default });
+        cmd = cmd.arg(Arg::new(key.clone()).long(flag_name(&key)).value_name("VALUE").action(ArgAction::Append).help(help));
+    }
+    cmd
+}
+
+fn sources(m: &ArgMatches) -> anyhow::Result<Sources> {
+    let mut src = Sources { env: std::env::vars().collect(), expand_env: m.get_flag("config.expand-env"), ..Sources::default() };
+    if let Some(path) = m.get_one::<String>("config.path") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("config.path: cannot read {path}"))?;
+        src.file = Some((path.clone(), text));
+    }
+    let mut flags = BTreeMap::new();
+    for key in leaf_keys().keys() {
+        if let Some(vals) = m.get_many::<String>(key) {
+            flags.insert(key.clone(), vals.cloned().collect());
+        }
+    }
+    src.flags = flags;
+    Ok(src)
+}
+
+fn init_logging(log: &config::LogFile) {
+    let mut filter = format!("{},hyper=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn", log.level);
+    for s in &log.subsystems {
+        filter.push_str(&format!(",piko_server::{s}=debug"));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn status(m: &ArgMatches) -> anyhow::Result<()> {
+    let base = m.get_one::<String>("server.url").map(String::as_str).unwrap_or("http://localhost:8002");
+    let path = match m.get_one::<String>("what").map(String::as_str) {
+        Some("nodes") => "/status/cluster/nodes",
+        _ => "/status/upstream/endpoints",
+    };
+    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--server.url: invalid URL")?;
+    let authority = url.authority().context("--server.url: missing host")?.clone();
+    let stream = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .with_context(|| format!("cannot reach {authority}; is the admin port right (--server.url)?"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(url.path()).header("host", authority.as_str()).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    if !status.is_success() {
+        anyhow::bail!("{path}: {status}: {value}");
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let matches = cli().get_matches();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(("status", sub)) = matches.subcommand() {
+        return match runtime.block_on(status(sub)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let config = match sources(&matches).and_then(|s| config::load(&s).map_err(anyhow::Error::from)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            eprintln!("see `piko-server --help` for the options");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    runtime.block_on(async move {
+        let listeners = match piko_server::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}; choose another address with the flag of that key");
+                return ExitCode::from(1);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        piko_server::run(listeners, config, shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// First SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+async fn signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        for n in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("signal received; shutting down gracefully (send again to exit at once)");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal; exiting at once");
+                std::process::exit(1);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,66 @@
+//! The admin port: health, readiness and status as JSON.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::http::{json_error, json_response, Body};
+use crate::upstream::Registry;
+
+/// What this node tells others and operators about itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Proxy address.
+    pub proxy_addr: String,
+    /// Upstream address.
+    pub upstream_addr: String,
+    /// Admin address.
+    pub admin_addr: String,
+    /// Cluster address.
+    pub cluster_addr: String,
+}
+
+/// Serves the admin routes.
+pub struct Admin {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    node: NodeInfo,
+}
+
+impl Admin {
+    /// Admin routes over `registry`; `/ready` follows `ready`.
+    pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, node: NodeInfo) -> Self {
+        Self { registry, ready, node }
+    }
+
+    /// Handle one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+        if req.method() != Method::GET {
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        match req.uri().path() {
+            "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/ready" => {
+                if self.ready.load(Ordering::SeqCst) {
+                    json_response(StatusCode::OK, &json!({"status": "ready"}))
+                } else {
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting down"}))
+                }
+            }
+            "/status/upstream/endpoints" => json_response(StatusCode::OK, &json!(self.registry.endpoints())),
+            "/status/cluster/nodes" => {
+                let mut node = serde_json::to_value(&self.node).unwrap_or_default();
+                node["endpoints"] = json!(self.registry.endpoints());
+                node["upstreams"] = json!(self.registry.upstream_count());
+                json_response(StatusCode::OK, &json!([node]))
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The proxy port: routes client HTTP requests, WebSocket upgrades and TCP-over-WebSocket
+//! connections to an upstream of the endpoint they name.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use piko_protocol::mux::{MuxError, Stream};
+use piko_protocol::paths::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX};
+use piko_protocol::ws::{ws_config, WsStream};
+use piko_protocol::EndpointId;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, warn};
+
+pub use error::ProxyError;
+
+use crate::http::{is_websocket_upgrade, websocket_accept, Body};
+use crate::upstream::Registry;
+
+/// Routes requests to upstreams.
+pub struct Proxy {
+    registry: Arc<Registry>,
+    timeout: Duration,
+}
+
+/// Headers that describe one hop and are not forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+impl Proxy {
+    /// A proxy over `registry` giving upstreams `timeout` to start each response.
+    pub fn new(registry: Arc<Registry>, timeout: Duration) -> Self {
+        Self { registry, timeout }
+    }
+
+    /// Handle one client request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
+            let rest = rest.to_string();
+            self.tcp(req, &rest)
+        } else {
+            self.http(req, remote).await
+        };
+        result.unwrap_or_else(|e| {
+            match e.status() {
+                s if s.is_server_error() => warn!(error = %e, "proxy request failed"),
+                _ => debug!(error = %e, "proxy request rejected"),
+            }
+            e.response()
+        })
+    }
+
+    fn endpoint_of(req: &Request<Incoming>) -> Result<EndpointId, ProxyError> {
+        let header = match req.headers().get(ENDPOINT_HEADER) {
+            Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadEndpoint("endpoint id is not valid text".into()))?),
+            None => None,
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        match EndpointId::from_request_parts(header, host) {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(ProxyError::MissingEndpoint),
+            Err(e) => Err(ProxyError::BadEndpoint(e.to_string())),
+        }
+    }
+
+    /// Open a stream to an upstream of `endpoint`, skipping upstreams that are going away.
+    fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
+        for _ in 0..8 {
+            let u = self.registry.select(endpoint).ok_or(ProxyError::NoUpstream)?;
+            match u.session.open() {
+                Ok(s) => return Ok(s),
+                Err(MuxError::TooManyStreams) => return Err(ProxyError::UpstreamUnreachable),
+                Err(e) => {
+                    debug!(endpoint = %endpoint, upstream = u.id, error = %e, "upstream cannot take streams; removing it");
+                    self.registry.remove(endpoint, u.id);
+                }
+            }
+        }
+        Err(ProxyError::UpstreamUnreachable)
+    }
+
+    async fn http(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, ProxyError> {
+        let endpoint = Self::endpoint_of(&req)?;
+        let stream = self.open_stream(&endpoint)?;
+
+        let upgrade = req.version() == Version::HTTP_11
+            && req.headers().contains_key(header::UPGRADE)
+            && req
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+            if !parts.headers.contains_key("x-forwarded-host") {
+                parts.headers.insert("x-forwarded-host", host.clone());
+            }
+        }
+        let ip = remote.ip().to_string();
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        parts.headers.remove(FORWARD_HEADER);
+        parts.version = Version::HTTP_11;
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .parse::<Uri>()
+            .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
+        let req = Request::from_parts(parts, body);
+
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::UpstreamUnreachable)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream stream ended with an error");
+            }
+        });
+        let send = sender.send_request(req);
+        let resp = if upgrade {
+            send.await
+        } else {
+            match tokio::time::timeout(self.timeout, send).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+            }
+        };
+        let mut resp = resp.map_err(|e| {
+            debug!(error = %e, "upstream request failed");
+            ProxyError::UpstreamUnreachable
+        })?;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((c, u)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                        }
+                        Err(e) => debug!(error = %e, "upgrade failed"),
+                    }
+                });
+                return Ok(resp.map(Either::Left));
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        Ok(resp.map(Either::Left))
+    }
+
+    fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
+        let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
+        if !is_websocket_upgrade(&req) {
+            return Err(ProxyError::BadRequest("expected a websocket upgrade".into()));
+        }
+        let mut stream = self.open_stream(&endpoint)?;
+        let resp = websocket_accept(&req);
+        let on_upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => return debug!(error = %e, "tcp upgrade failed"),
+            };
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+            let mut ws = WsStream::new(ws);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut ws, &mut stream).await {
+                debug!(error = %e, endpoint = %endpoint, "tcp connection ended with an error");
+            }
+        });
+        Ok(resp)
+    }
+}

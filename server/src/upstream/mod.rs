@@ -1,0 +1,119 @@
+//! The upstream port: upstreams register endpoints over WebSocket and serve yamux streams.
+
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use piko_protocol::mux::{self, Mode, Session};
+use piko_protocol::paths::UPSTREAM_PATH_PREFIX;
+use piko_protocol::ws::{ws_config, WsStream};
+use piko_protocol::EndpointId;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+pub use registry::{Registry, RegistryObserver, Standalone, Upstream};
+
+use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body};
+
+/// Accepts upstream registrations.
+pub struct UpstreamServer {
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+}
+
+impl UpstreamServer {
+    /// A server registering upstreams in `registry`; on `shutdown` each session is told to go
+    /// away and given `grace` for its open streams.
+    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken, tasks: TaskTracker, grace: Duration) -> Self {
+        Self { registry, shutdown, tasks, grace }
+    }
+
+    /// Handle one request on the upstream port.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let Some(rest) = req.uri().path().strip_prefix(UPSTREAM_PATH_PREFIX) else {
+            return json_error(StatusCode::NOT_FOUND, "not found");
+        };
+        if req.method() != Method::GET {
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        let endpoint = match EndpointId::new(rest) {
+            Ok(e) => e,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        if !is_websocket_upgrade(&req) {
+            return json_error(StatusCode::BAD_REQUEST, "expected a websocket upgrade");
+        }
+        if self.shutdown.is_cancelled() {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        }
+        let resp = websocket_accept(&req);
+        let on_upgrade = hyper::upgrade::on(req);
+        let span = tracing::info_span!("upstream", endpoint = %endpoint, %remote);
+        let this = self.clone();
+        self.tasks.spawn(
+            async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => this.serve(TokioIo::new(upgraded), endpoint, remote).await,
+                    Err(e) => debug!(error = %e, "upstream upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+        resp
+    }
+
+    async fn serve<T>(&self, io: T, endpoint: EndpointId, remote: SocketAddr)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+        let (session, driver) = Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+        let upstream = Arc::new(Upstream { id: self.registry.next_id(), endpoint: endpoint.clone(), session: session.clone(), remote });
+        self.registry.add(upstream.clone());
+        info!("upstream connected");
+        // Upstreams never open streams: refuse any by dropping them (which resets them).
+        let refuse = {
+            let session = session.clone();
+            async move { while session.accept().await.is_some() {} }
+        };
+        tokio::spawn(refuse);
+        let mut driver = std::pin::pin!(driver);
+        let result = tokio::select! {
+            r = &mut driver => Some(r),
+            _ = session.gone_away() => {
+                info!("upstream going away; no new requests are sent to it");
+                None
+            }
+            _ = self.shutdown.cancelled() => {
+                session.go_away();
+                None
+            }
+        };
+        self.registry.remove(&endpoint, upstream.id);
+        let result = match result {
+            Some(r) => r,
+            None => {
+                // Let open streams finish, then close.
+                if tokio::time::timeout(self.grace, session.idle()).await.is_err() {
+                    warn!("open streams still running after the grace period; closing");
+                }
+                session.close();
+                driver.await
+            }
+        };
+        match result {
+            Ok(()) => info!("upstream disconnected"),
+            Err(e) => info!(error = %e, "upstream disconnected"),
+        }
+    }
+}
