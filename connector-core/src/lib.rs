@@ -1,1 +1,23 @@
-//! Piko connector core (being written).
+//! Piko connector core: everything the `piko` CLI and the tray app share.
+//!
+//! An upstream connector dials *out* to a Piko server, registers endpoints and serves the
+//! connections the server routes to them from a local target.
+//!
+//! Layout:
+//! - [`config`]: endpoint and agent configuration (CLI arguments and the original agent's YAML).
+//! - [`credentials`]: the [`Secret`] type that keeps tokens out of logs.
+//! - [`status`]: the status events a tunnel reports ([`StatusEvent`], [`TunnelState`]).
+//! - [`tunnel`]: the [`Agent`] that keeps one supervised, reconnecting tunnel per endpoint and
+//!   forwards each proxied stream to the local HTTP or TCP target.
+//! - [`forward`]: the client side of TCP endpoints (`piko forward tcp`).
+
+pub mod config;
+pub mod credentials;
+pub mod forward;
+pub mod status;
+pub mod tunnel;
+
+pub use config::{AgentConfig, ConfigError, ConnectConfig, EndpointConfig, Protocol, Target};
+pub use credentials::Secret;
+pub use status::{StatusEvent, TunnelState};
+pub use tunnel::{Agent, AgentError};

@@ -1,0 +1,498 @@
+//! Connector configuration: endpoints, the server to connect to, and the original Go agent's
+//! YAML file format.
+//!
+//! Input is deserialized once (unknown keys denied, errors naming the key) and converted into
+//! types that cannot be wrong: [`EndpointId`], [`Target`], [`Duration`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use piko_protocol::{EndpointId, EndpointIdError};
+use serde::Deserialize;
+
+pub use crate::credentials::Secret;
+
+/// Default server URL the agent registers with (the upstream port).
+pub const DEFAULT_CONNECT_URL: &str = "http://localhost:8001";
+/// Default per-request timeout to the local target.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time to wait for in-flight requests on shutdown.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+
+/// What an endpoint carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 requests (with upgrades such as WebSocket).
+    Http,
+    /// Raw TCP connections.
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// The local service an endpoint forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An HTTP service: scheme and authority (and an optional base path) of the local server.
+    Http(url::Url),
+    /// A TCP service as `host:port`.
+    Tcp(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // `Url` always prints a path; `http://127.0.0.1:3000/` reads better without it.
+            Target::Http(u) if u.path() == "/" && u.query().is_none() => {
+                f.write_str(u.as_str().trim_end_matches('/'))
+            }
+            Target::Http(u) => f.write_str(u.as_str()),
+            Target::Tcp(addr) => f.write_str(addr),
+        }
+    }
+}
+
+/// One endpoint to register and the local target behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The endpoint id registered with the server.
+    pub id: EndpointId,
+    /// Where proxied connections go.
+    pub target: Target,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+    /// Per-request timeout to the local target (HTTP response headers, TCP connect).
+    pub timeout: Duration,
+}
+
+impl EndpointConfig {
+    /// Build an endpoint from user input. `addr` is a port (`3000`, meaning `127.0.0.1:3000`),
+    /// `host:port`, or for HTTP a URL `http://host:port[/base]`.
+    pub fn parse(id: &str, addr: &str, protocol: Protocol, timeout: Duration) -> Result<Self, ConfigError> {
+        let id = EndpointId::new(id).map_err(|source| ConfigError::EndpointId { id: id.to_string(), source })?;
+        let target = parse_target(addr, protocol)?;
+        Ok(Self { id, target, protocol, timeout })
+    }
+}
+
+fn bad_addr(addr: &str, reason: &str) -> ConfigError {
+    ConfigError::Addr { addr: addr.to_string(), reason: reason.to_string() }
+}
+
+fn parse_port(addr: &str, port: &str) -> Result<u16, ConfigError> {
+    match port.parse::<u16>() {
+        Ok(0) => Err(bad_addr(addr, "port 0 is not a service port; use the port the local service listens on")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(bad_addr(addr, "expected a port (3000), host:port (localhost:3000) or http://host:port")),
+    }
+}
+
+/// Split `host:port` (host may be a bracketed IPv6 literal; an empty host means 127.0.0.1).
+fn parse_host_port(addr: &str) -> Result<(String, u16), ConfigError> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad_addr(addr, "expected a port (3000), host:port (localhost:3000) or http://host:port"));
+    };
+    let port = parse_port(addr, port)?;
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    let valid = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.contains(['[', ']', '/', ' ', ':', '@'])
+    };
+    if !valid {
+        return Err(bad_addr(addr, "the host is not a valid hostname or IP address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn parse_target(addr: &str, protocol: Protocol) -> Result<Target, ConfigError> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(bad_addr(addr, "the address is empty; give a port (3000), host:port or http://host:port"));
+    }
+    let (host, port, base) = if addr.contains("://") {
+        let url = url::Url::parse(addr).map_err(|e| bad_addr(addr, &format!("not a valid URL: {e}")))?;
+        match (url.scheme(), protocol) {
+            ("http", _) | ("tcp", Protocol::Tcp) => {}
+            ("https", _) => {
+                return Err(bad_addr(addr, "https targets are not supported yet; use http:// for the local service"))
+            }
+            (other, _) => return Err(bad_addr(addr, &format!("unsupported scheme {other:?}; use http://"))),
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            Some(h) => h.to_string(),
+            None => return Err(bad_addr(addr, "the URL has no host")),
+        };
+        let port = url.port_or_known_default().ok_or_else(|| bad_addr(addr, "the URL has no port"))?;
+        (host, port, Some(url))
+    } else if addr.bytes().all(|b| b.is_ascii_digit()) {
+        ("127.0.0.1".to_string(), parse_port(addr, addr)?, None)
+    } else {
+        let (h, p) = parse_host_port(addr)?;
+        (h, p, None)
+    };
+    match protocol {
+        Protocol::Tcp => Ok(Target::Tcp(format!("{host}:{port}"))),
+        Protocol::Http => {
+            let mut url = match base {
+                Some(u) => u,
+                None => url::Url::parse(&format!("http://{host}:{port}/"))
+                    .map_err(|e| bad_addr(addr, &format!("not a valid address: {e}")))?,
+            };
+            url.set_fragment(None);
+            Ok(Target::Http(url))
+        }
+    }
+}
+
+/// How to reach the Piko server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectConfig {
+    /// Server URL of the upstream port (`http://localhost:8001`).
+    pub url: String,
+    /// Token sent as `Authorization: Bearer`, if any.
+    pub token: Option<Secret>,
+    /// Time allowed to open the WebSocket to the server.
+    pub timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self { url: DEFAULT_CONNECT_URL.to_string(), token: None, timeout: DEFAULT_TIMEOUT }
+    }
+}
+
+/// Everything an [`Agent`](crate::tunnel::Agent) runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The server to register with.
+    pub connect: ConnectConfig,
+    /// The endpoints to register.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Time to let in-flight requests finish on shutdown.
+    pub grace_period: Duration,
+}
+
+/// A config file: the agent config plus the settings the binary applies itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The agent config.
+    pub agent: AgentConfig,
+    /// `log.level`, if set.
+    pub log_level: Option<String>,
+}
+
+impl AgentConfig {
+    /// Read the original agent's YAML format from a file.
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        ConfigFile::from_yaml_file(path).map(|f| f.agent)
+    }
+
+    /// Parse the original agent's YAML format.
+    pub fn from_yaml_str(s: &str) -> Result<Self, ConfigError> {
+        ConfigFile::from_yaml_str(s).map(|f| f.agent)
+    }
+}
+
+impl ConfigFile {
+    /// Read a YAML config file.
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_yaml_str(&text)
+    }
+
+    /// Parse a YAML config.
+    pub fn from_yaml_str(s: &str) -> Result<Self, ConfigError> {
+        let raw: RawFile = if s.trim().is_empty() {
+            RawFile::default()
+        } else {
+            let de = serde_yaml_ng::Deserializer::from_str(s);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let key = if path == "." { String::new() } else { path };
+                ConfigError::Invalid { key, message: yaml_message(&e.into_inner().to_string()) }
+            })?
+        };
+        raw.convert()
+    }
+}
+
+/// serde_yaml_ng prefixes its messages with its own (coarser) path, `connect: ...`; the key
+/// comes from serde_path_to_error instead, so drop that prefix and keep the message and line.
+fn yaml_message(msg: &str) -> String {
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        let is_path = !prefix.is_empty()
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+        if is_path {
+            return rest.to_string();
+        }
+    }
+    msg.to_string()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    connect: RawConnect,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, deserialize_with = "de_duration")]
+    grace_period: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnect {
+    url: Option<String>,
+    token: Option<serde::de::IgnoredAny>,
+    #[serde(default, deserialize_with = "de_duration")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    endpoint_id: String,
+    addr: String,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+    /// Accepted for compatibility with the Go agent's files; not used yet.
+    #[serde(default)]
+    #[allow(dead_code)]
+    access_log: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    /// Accepted for compatibility with the Go agent's files; not used.
+    #[serde(default)]
+    #[allow(dead_code)]
+    subsystems: Option<Vec<String>>,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim())
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); use values like 30s or 1m")))
+}
+
+impl RawFile {
+    fn convert(self) -> Result<ConfigFile, ConfigError> {
+        if self.connect.token.is_some() {
+            return Err(ConfigError::TokenInFile);
+        }
+        let mut endpoints = Vec::with_capacity(self.listeners.len());
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let protocol = l.protocol.unwrap_or(Protocol::Http);
+            let timeout = l.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            let ep = EndpointConfig::parse(&l.endpoint_id, &l.addr, protocol, timeout).map_err(|e| {
+                let field = if matches!(e, ConfigError::EndpointId { .. }) { "endpoint_id" } else { "addr" };
+                ConfigError::Invalid { key: format!("listeners[{i}].{field}"), message: e.to_string() }
+            })?;
+            if endpoints.iter().any(|o: &EndpointConfig| o.id == ep.id) {
+                return Err(ConfigError::Invalid {
+                    key: format!("listeners[{i}].endpoint_id"),
+                    message: format!("endpoint {} is listed twice; give each listener its own endpoint_id", ep.id),
+                });
+            }
+            endpoints.push(ep);
+        }
+        let connect = ConnectConfig {
+            url: self.connect.url.unwrap_or_else(|| DEFAULT_CONNECT_URL.to_string()),
+            token: None,
+            timeout: self.connect.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        };
+        Ok(ConfigFile {
+            agent: AgentConfig {
+                connect,
+                endpoints,
+                grace_period: self.grace_period.unwrap_or(DEFAULT_GRACE_PERIOD),
+            },
+            log_level: self.log.level,
+        })
+    }
+}
+
+/// Why a configuration is not usable. Messages name the key or value and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key has a bad value, or is unknown.
+    #[error("{}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Invalid {
+        /// Dotted path of the key (`listeners[0].timeout`); empty for the document itself.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file holds `connect.token`.
+    #[error("connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN")]
+    TokenInFile,
+    /// An endpoint id is not valid.
+    #[error("invalid endpoint id {id:?}: {source}")]
+    EndpointId {
+        /// The id given.
+        id: String,
+        /// Why it is invalid.
+        #[source]
+        source: EndpointIdError,
+    },
+    /// A target address is not valid.
+    #[error("invalid address {addr:?}: {reason}")]
+    Addr {
+        /// The address given.
+        addr: String,
+        /// Why it is invalid and what to give instead.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn parses_addresses() {
+        let cases: &[(&str, Protocol, &str)] = &[
+            ("3000", Protocol::Http, "http://127.0.0.1:3000"),
+            ("localhost:3000", Protocol::Http, "http://localhost:3000"),
+            ("10.0.0.5:80", Protocol::Http, "http://10.0.0.5"),
+            (":8080", Protocol::Http, "http://127.0.0.1:8080"),
+            ("[::1]:3000", Protocol::Http, "http://[::1]:3000"),
+            ("http://127.0.0.1:3000", Protocol::Http, "http://127.0.0.1:3000"),
+            ("http://127.0.0.1:3000/", Protocol::Http, "http://127.0.0.1:3000"),
+            ("http://svc.local:3000/api", Protocol::Http, "http://svc.local:3000/api"),
+            ("http://svc.local", Protocol::Http, "http://svc.local"),
+            ("5432", Protocol::Tcp, "127.0.0.1:5432"),
+            ("db.local:5432", Protocol::Tcp, "db.local:5432"),
+            ("[::1]:22", Protocol::Tcp, "[::1]:22"),
+            ("tcp://db.local:5432", Protocol::Tcp, "db.local:5432"),
+        ];
+        assert!(!cases.is_empty());
+        for (addr, proto, want) in cases {
+            let ep = EndpointConfig::parse("shop", addr, *proto, T).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(ep.target.to_string(), *want, "addr {addr:?}");
+            assert_eq!(ep.protocol, *proto);
+            assert_eq!(ep.id.as_str(), "shop");
+            assert_eq!(ep.timeout, T);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_addresses() {
+        let cases: &[(&str, Protocol, &str)] = &[
+            ("", Protocol::Http, "empty"),
+            ("abc", Protocol::Http, "expected a port"),
+            ("host:", Protocol::Http, "expected a port"),
+            ("host:99999", Protocol::Http, "expected a port"),
+            ("0", Protocol::Tcp, "port 0"),
+            ("https://127.0.0.1:3000", Protocol::Http, "https targets are not supported yet"),
+            ("ftp://x:21", Protocol::Http, "unsupported scheme"),
+            ("bad host:80", Protocol::Tcp, "not a valid hostname"),
+            ("http://", Protocol::Http, "not a valid URL"),
+        ];
+        for (addr, proto, want) in cases {
+            let err = EndpointConfig::parse("shop", addr, *proto, T).expect_err(addr).to_string();
+            assert!(err.contains(want), "addr {addr:?}: {err}");
+            assert!(err.contains(&format!("{addr:?}")), "error names the address: {err}");
+        }
+        let err = EndpointConfig::parse("bad id", "3000", Protocol::Http, T).unwrap_err().to_string();
+        assert!(err.starts_with("invalid endpoint id \"bad id\""), "{err}");
+    }
+
+    #[test]
+    fn parses_go_agent_yaml() {
+        let yaml = r#"
+connect:
+  url: http://piko.example.com:8001
+  timeout: 10s
+listeners:
+  - endpoint_id: shop
+    addr: "3000"
+    protocol: http
+    access_log: true
+    timeout: 1m
+  - endpoint_id: db
+    addr: db.local:5432
+    protocol: tcp
+log:
+  level: debug
+grace_period: 1m
+"#;
+        let f = ConfigFile::from_yaml_str(yaml).unwrap();
+        assert_eq!(f.log_level.as_deref(), Some("debug"));
+        let c = f.agent;
+        assert_eq!(c.connect.url, "http://piko.example.com:8001");
+        assert_eq!(c.connect.timeout, Duration::from_secs(10));
+        assert_eq!(c.connect.token, None);
+        assert_eq!(c.grace_period, Duration::from_secs(60));
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[0].target.to_string(), "http://127.0.0.1:3000");
+        assert_eq!(c.endpoints[0].timeout, Duration::from_secs(60));
+        assert_eq!(c.endpoints[1].target, Target::Tcp("db.local:5432".into()));
+        assert_eq!(c.endpoints[1].timeout, DEFAULT_TIMEOUT);
+
+        let d = AgentConfig::from_yaml_str("listeners:\n  - endpoint_id: a\n    addr: '80'\n").unwrap();
+        assert_eq!(d.connect.url, DEFAULT_CONNECT_URL);
+        assert_eq!(d.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(d.endpoints[0].protocol, Protocol::Http);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("connect:\n  url: x\n  token: abc\n", "connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN"),
+            ("connect:\n  urll: x\n", "connect.urll: unknown field `urll`"),
+            ("bogus: 1\n", "bogus: unknown field `bogus`"),
+            ("connect:\n  timeout: soon\n", "connect.timeout: invalid duration \"soon\""),
+            ("grace_period: 5 parsecs\n", "grace_period: invalid duration"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    timeout: x\n", "listeners[0].timeout: invalid duration"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    protocol: udp\n", "listeners[0].protocol: unknown variant `udp`"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    colour: red\n", "listeners[0].colour: unknown field `colour`"),
+            ("listeners:\n  - endpoint_id: a\n", "listeners[0]: missing field `addr`"),
+            ("listeners:\n  - endpoint_id: a\n    addr: nope\n", "listeners[0].addr: invalid address \"nope\""),
+            ("listeners:\n  - endpoint_id: a/b\n    addr: '1'\n", "listeners[0].endpoint_id: invalid endpoint id"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n  - endpoint_id: a\n    addr: '2'\n", "listeners[1].endpoint_id: endpoint a is listed twice"),
+        ];
+        for (yaml, want) in cases {
+            let err = AgentConfig::from_yaml_str(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with(want), "yaml {yaml:?}\n got: {err}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = AgentConfig::from_yaml_file(Path::new("/nonexistent/piko.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read config file /nonexistent/piko.yaml: "), "{err}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Local forwarding for TCP endpoints: `piko forward tcp` listens locally and carries each
+//! accepted connection over a WebSocket to the server's proxy port.
+
+use piko_protocol::paths::tcp_url;
+use piko_protocol::ws::ws_config;
+use piko_protocol::{EndpointId, WsStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::credentials::Secret;
+
+/// Default proxy URL for `piko forward`.
+pub const DEFAULT_PROXY_URL: &str = "http://localhost:8000";
+
+/// Why forwarding cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// The proxy URL does not make a WebSocket URL.
+    #[error("invalid proxy URL {url:?}: {reason}; check --connect.url")]
+    InvalidUrl {
+        /// The WebSocket URL built from the proxy URL.
+        url: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The token cannot be sent in an HTTP header.
+    #[error("the token contains characters not allowed in an HTTP header; check --connect.token or PIKO_TOKEN")]
+    InvalidToken,
+}
+
+/// Accepts TCP connections on `listener` and carries each one over WebSocket to
+/// `tcp_url(proxy_url, endpoint)` (`GET /_piko/v1/tcp/{endpoint}` on the proxy port), relaying
+/// bytes as binary messages, until `shutdown` is cancelled. The token, if any, is sent as
+/// `Authorization: Bearer`. Open connections are closed on shutdown.
+pub async fn forward_tcp(
+    listener: TcpListener,
+    proxy_url: String,
+    endpoint: EndpointId,
+    token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> Result<(), ForwardError> {
+    let url = tcp_url(&proxy_url, endpoint.as_str());
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ForwardError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
+    if let Some(t) = token {
+        let mut v = HeaderValue::try_from(format!("Bearer {}", t.expose())).map_err(|_| ForwardError::InvalidToken)?;
+        v.set_sensitive(true);
+        request.headers_mut().insert(header::AUTHORIZATION, v);
+    }
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, %url, "forwarding local connections to endpoint {endpoint}");
+    }
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually out of file descriptors: wait a little rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let request = request.clone();
+        let shutdown = shutdown.clone();
+        let span = info_span!("forward", %peer);
+        tracker.spawn(
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = relay(tcp, request) => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn relay(mut tcp: TcpStream, request: Request) {
+    let _ = tcp.set_nodelay(true);
+    let ws = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            warn!(status = resp.status().as_u16(), body = %body.trim(), "server refused the connection");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot reach the server");
+            return;
+        }
+    };
+    let mut ws = WsStream::new(ws);
+    match tokio::io::copy_bidirectional(&mut tcp, &mut ws).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "connection done"),
+        Err(e) => debug!(error = %e, "connection ended"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fake proxy port: accepts the WebSocket at the TCP path, checks the token, and echoes.
+    #[tokio::test]
+    async fn carries_a_connection_over_websocket() {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = proxy.accept().await.unwrap();
+            let check = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                assert_eq!(req.uri().path(), "/_piko/v1/tcp/db");
+                assert_eq!(req.headers()["authorization"], "Bearer tok");
+                Ok(resp)
+            };
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, check).await.unwrap();
+            let (mut r, mut w) = tokio::io::split(WsStream::new(ws));
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+        });
+
+        let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local_addr = local.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let fwd = tokio::spawn(forward_tcp(
+            local,
+            format!("http://{proxy_addr}"),
+            EndpointId::new("db").unwrap(),
+            Some(Secret::new("tok".into())),
+            shutdown.clone(),
+        ));
+        let mut c = TcpStream::connect(local_addr).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf, b"ping");
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(2), fwd).await.unwrap().unwrap().unwrap();
+    }
+}

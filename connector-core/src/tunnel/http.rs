@@ -1,0 +1,352 @@
+//! Serving the HTTP/1.1 requests of one proxied stream from the local HTTP target.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+/// Body of responses sent back through the tunnel: the target's, streamed, or our JSON error.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Forwards requests to one local HTTP target through a keep-alive connection pool.
+///
+/// Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct HttpForwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client<HttpConnector, Incoming>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Path of the target URL without its trailing `/` (empty for the root).
+    base_path: String,
+    timeout: Duration,
+}
+
+/// Why a target URL cannot be forwarded to.
+#[derive(Debug, thiserror::Error)]
+#[error("target {0} has no usable host and port")]
+pub struct BadTarget(String);
+
+impl HttpForwarder {
+    /// A forwarder to `target` (an `http://` URL) that gives up on a response after `timeout`.
+    pub fn new(target: &url::Url, timeout: Duration) -> Result<Self, BadTarget> {
+        let bad = || BadTarget(target.to_string());
+        let host = match target.host().ok_or_else(bad)? {
+            url::Host::Ipv6(ip) => format!("[{ip}]"),
+            h => h.to_string(),
+        };
+        let port = target.port_or_known_default().ok_or_else(bad)?;
+        let authority = http::uri::Authority::try_from(format!("{host}:{port}")).map_err(|_| bad())?;
+        let scheme = http::uri::Scheme::try_from(target.scheme()).map_err(|_| bad())?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                scheme,
+                authority,
+                base_path: target.path().trim_end_matches('/').to_string(),
+                timeout,
+            }),
+        })
+    }
+
+    /// Serve the HTTP/1.1 connection carried by `stream` until it closes: every request is
+    /// forwarded to the target, bodies streamed both ways, upgrades (WebSocket) relayed.
+    pub async fn serve<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.forward(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            debug!(error = %e, "proxied http connection ended with an error");
+        }
+    }
+
+    /// Forward one request and return the target's response, or a JSON error response.
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let uri = match self.target_uri(req.uri()) {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "bad request uri");
+                return json_error(StatusCode::BAD_REQUEST, "invalid request uri");
+            }
+        };
+        *req.uri_mut() = uri;
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+
+        let resp = match tokio::time::timeout(self.inner.timeout, self.inner.client.request(req)).await {
+            Err(_) => {
+                warn!(target_url = %self.inner.authority, timeout = ?self.inner.timeout, "local target did not answer in time");
+                return json_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                warn!(target_url = %self.inner.authority, error = %error_chain(&e), "local target unreachable");
+                return json_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+            }
+            Ok(Err(e)) => {
+                warn!(target_url = %self.inner.authority, error = %error_chain(&e), "request to local target failed");
+                return json_error(StatusCode::BAD_GATEWAY, "upstream request failed");
+            }
+            Ok(Ok(resp)) => resp,
+        };
+
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let target_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, target_upgrade) {
+                        Ok((client, target)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut target = TokioIo::new(target);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
+                                debug!(error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+        } else {
+            strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        resp.map(BodyExt::boxed)
+    }
+
+    fn target_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let pq = if self.inner.base_path.is_empty() {
+            http::uri::PathAndQuery::try_from(pq)?
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{}", self.inner.base_path, pq))?
+        };
+        Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// A JSON error response `{"error": "..."}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "upgrade") && headers.contains_key(header::UPGRADE)
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1): they describe the client's connection to the
+/// tunnel, not ours to the target (hyper frames bodies itself). An upgrade keeps
+/// `Connection: upgrade` and `Upgrade`, which the target needs to see.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piko_protocol::mux::{Config, Mode, Session};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tiny local HTTP server answering `hello <path> host=<host>` on 127.0.0.1:0.
+    async fn local_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+                        let body = format!("hello {} host={host}", req.uri());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A session pair over an in-memory pipe; the client side is served by `fwd`.
+    fn tunnel(fwd: HttpForwarder) -> Session {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (server, server_driver) = Session::new(a, Mode::Server, Config::default());
+        let (client, client_driver) = Session::new(b, Mode::Client, Config::default());
+        tokio::spawn(server_driver);
+        tokio::spawn(client_driver);
+        tokio::spawn(async move {
+            while let Some(stream) = client.accept().await {
+                let fwd = fwd.clone();
+                tokio::spawn(async move { fwd.serve(stream).await });
+            }
+        });
+        server
+    }
+
+    async fn roundtrip(server: &Session, request: &str) -> String {
+        let mut s = server.open().unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        // The forwarder closes its side after `Connection: close` and drops the stream; as we
+        // never half-close ours, the stream ends with a reset after the response's bytes.
+        let read_all = async {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(5), read_all).await.expect("response within 5s");
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_a_request_over_a_stream() {
+        let addr = local_server().await;
+        let target = url::Url::parse(&format!("http://{addr}")).unwrap();
+        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
+        let resp = roundtrip(&server, "GET /a/b?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(resp.ends_with("hello /a/b?q=1 host=x"), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn closed_target_port_gives_502_json_quickly() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let target = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(30)).unwrap());
+        let start = std::time::Instant::now();
+        let resp = roundtrip(&server, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+        assert!(resp.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{resp}");
+        assert!(resp.to_ascii_lowercase().contains("content-type: application/json\r\n"), "{resp}");
+        assert!(resp.ends_with(r#"{"error":"upstream unreachable"}"#), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn slow_target_gives_504_json() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let target = url::Url::parse(&format!("http://{addr}")).unwrap();
+        let server = tunnel(HttpForwarder::new(&target, Duration::from_millis(200)).unwrap());
+        let resp = roundtrip(&server, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(resp.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{resp}");
+        assert!(resp.ends_with(r#"{"error":"upstream timeout"}"#), "{resp}");
+    }
+
+    #[test]
+    fn strips_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::HOST], "shop.example.com");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}

@@ -1,0 +1,509 @@
+//! Tunnels: one supervised task per endpoint keeps a registration with the server open,
+//! reconnecting with [`Backoff`] after any loss, and forwards each stream the server opens to
+//! the endpoint's local target.
+//!
+//! Layout: this file ([`Agent`], the per-endpoint supervisor and one session's life),
+//! `backoff` (the reconnect policy), `http` (serving a stream's HTTP requests), `tcp`.
+
+mod backoff;
+pub mod http;
+mod tcp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use piko_protocol::mux::{self, Mode, Session};
+use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
+use piko_protocol::{EndpointId, WsStream};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{tungstenite, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
+pub use self::http::HttpForwarder;
+use crate::config::{AgentConfig, EndpointConfig, Target};
+use crate::status::{StatusEvent, TunnelState};
+
+/// Capacity of the status channel; a subscriber that falls further behind skips events.
+const STATUS_CAPACITY: usize = 256;
+
+/// Why an [`Agent`] stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The server refused an endpoint's registration (401, 403 or another 4xx): retrying
+    /// cannot help.
+    #[error("{reason}")]
+    Rejected {
+        /// The refused endpoint.
+        endpoint: EndpointId,
+        /// The HTTP status the server answered.
+        status: u16,
+        /// One line: what was refused, the status and the server's error message.
+        reason: String,
+    },
+    /// An endpoint cannot be connected as configured (bad server URL, unsupported scheme).
+    #[error("cannot connect endpoint {endpoint}: {reason}")]
+    Unusable {
+        /// The endpoint.
+        endpoint: EndpointId,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The token cannot be sent in an HTTP header.
+    #[error("the token contains characters not allowed in an HTTP header; check --connect.token or PIKO_TOKEN")]
+    InvalidToken,
+    /// There is nothing to run.
+    #[error("no endpoints configured; add listeners to the config file or use `piko agent http <endpoint> <addr>`")]
+    NoEndpoints,
+}
+
+/// Runs every configured endpoint's tunnel and reports their [`StatusEvent`]s.
+pub struct Agent {
+    config: AgentConfig,
+    events: broadcast::Sender<StatusEvent>,
+}
+
+impl Agent {
+    /// An agent for `config`; nothing runs until [`Agent::run`].
+    pub fn new(config: AgentConfig) -> Self {
+        let (events, _) = broadcast::channel(STATUS_CAPACITY);
+        Self { config, events }
+    }
+
+    /// Receive every status event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StatusEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs every endpoint until `shutdown` is cancelled (returns `Ok`) or an endpoint is
+    /// rejected (`Err(AgentError::Rejected{..})` after stopping the others).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        if self.config.endpoints.is_empty() {
+            return Err(AgentError::NoEndpoints);
+        }
+        let auth = match &self.config.connect.token {
+            Some(t) => Some(
+                HeaderValue::try_from(format!("Bearer {}", t.expose()))
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    })
+                    .map_err(|_| AgentError::InvalidToken)?,
+            ),
+            None => None,
+        };
+        let connect = Arc::new(ConnectSettings {
+            url: self.config.connect.url.clone(),
+            server: server_display(&self.config.connect.url),
+            auth,
+            timeout: self.config.connect.timeout,
+            grace_period: self.config.grace_period,
+        });
+
+        // Endpoints stop together: a rejection cancels `stop`, so do the caller's shutdown.
+        let stop = shutdown.child_token();
+        // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
+        let mut tasks = JoinSet::new();
+        for ep in self.config.endpoints {
+            let tunnel = Tunnel::new(ep, connect.clone(), self.events.clone())?;
+            let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
+            tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let r = match joined {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "tunnel task failed");
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                stop.cancel();
+            }
+        }
+        result
+    }
+}
+
+/// The server part of the status line: the base WebSocket URL (`ws://127.0.0.1:8001`).
+fn server_display(url: &str) -> String {
+    let full = upstream_url(url, "");
+    full.strip_suffix(UPSTREAM_PATH_PREFIX).unwrap_or(&full).to_string()
+}
+
+struct ConnectSettings {
+    url: String,
+    server: String,
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+    grace_period: Duration,
+}
+
+/// How to serve the streams of one endpoint.
+#[derive(Clone)]
+enum Handler {
+    Http(HttpForwarder),
+    Tcp { addr: Arc<str>, timeout: Duration },
+}
+
+impl Handler {
+    async fn serve(self, stream: mux::Stream) {
+        match self {
+            Handler::Http(fwd) => fwd.serve(stream).await,
+            Handler::Tcp { addr, timeout } => tcp::serve(stream, &addr, timeout).await,
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+enum ConnectFailure {
+    /// Worth retrying: network errors, 408/429/5xx, timeouts.
+    Retry(String),
+    /// Retrying cannot help.
+    Fatal(AgentError),
+}
+
+/// How one session ended.
+enum SessionEnd {
+    /// Shutdown was requested and the session was drained.
+    Shutdown,
+    /// The session was lost (or the server is draining it); reconnect.
+    Lost(String),
+}
+
+struct Tunnel {
+    endpoint: EndpointConfig,
+    target: String,
+    connect: Arc<ConnectSettings>,
+    events: broadcast::Sender<StatusEvent>,
+    handler: Handler,
+}
+
+impl Tunnel {
+    fn new(
+        endpoint: EndpointConfig,
+        connect: Arc<ConnectSettings>,
+        events: broadcast::Sender<StatusEvent>,
+    ) -> Result<Self, AgentError> {
+        let handler = match &endpoint.target {
+            Target::Http(url) => Handler::Http(HttpForwarder::new(url, endpoint.timeout).map_err(|e| {
+                AgentError::Unusable { endpoint: endpoint.id.clone(), reason: e.to_string() }
+            })?),
+            Target::Tcp(addr) => Handler::Tcp { addr: Arc::from(addr.as_str()), timeout: endpoint.timeout },
+        };
+        Ok(Self { target: endpoint.target.to_string(), endpoint, connect, events, handler })
+    }
+
+    fn emit(&self, state: TunnelState) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.events.send(StatusEvent {
+            endpoint: self.endpoint.id.clone(),
+            target: self.target.clone(),
+            state,
+        });
+    }
+
+    /// Keep the endpoint registered until `stop`, reconnecting after every loss.
+    async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
+        let mut backoff = Backoff::default();
+        self.emit(TunnelState::Connecting);
+        loop {
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = self.dial() => r,
+            };
+            let error = match attempt {
+                Ok(ws) => {
+                    let started = Instant::now();
+                    match self.run_session(ws, &stop).await {
+                        SessionEnd::Shutdown => break,
+                        SessionEnd::Lost(e) => {
+                            if started.elapsed() >= HEALTHY_AFTER {
+                                backoff.reset();
+                            }
+                            e
+                        }
+                    }
+                }
+                Err(ConnectFailure::Retry(e)) => e,
+                Err(ConnectFailure::Fatal(e)) => {
+                    warn!(error = %e, "endpoint stopped");
+                    self.emit(TunnelState::Stopped { reason: Some(e.to_string()) });
+                    return Err(e);
+                }
+            };
+            let delay = backoff.next_delay();
+            info!(error = %error, delay = ?delay, "tunnel lost; reconnecting");
+            self.emit(TunnelState::Reconnecting { delay, error });
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.emit(TunnelState::Stopped { reason: None });
+        Ok(())
+    }
+
+    fn request(&self) -> Result<Request, ConnectFailure> {
+        let url = upstream_url(&self.connect.url, self.endpoint.id.as_str());
+        let mut req = url.as_str().into_client_request().map_err(|e| {
+            ConnectFailure::Fatal(AgentError::Unusable {
+                endpoint: self.endpoint.id.clone(),
+                reason: format!("invalid server URL {url:?}: {e}; check --connect.url"),
+            })
+        })?;
+        if let Some(auth) = &self.connect.auth {
+            req.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, auth.clone());
+        }
+        Ok(req)
+    }
+
+    async fn dial(&self) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ConnectFailure> {
+        let req = self.request()?;
+        debug!(url = %req.uri(), "connecting");
+        let connecting = tokio_tungstenite::connect_async_with_config(req, Some(piko_protocol::ws::ws_config()), true);
+        match tokio::time::timeout(self.connect.timeout, connecting).await {
+            Err(_) => Err(ConnectFailure::Retry(format!(
+                "no answer from the server within {}",
+                crate::status::DisplayDuration(self.connect.timeout)
+            ))),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(classify(&self.endpoint.id, e)),
+        }
+    }
+
+    async fn run_session(&self, ws: WebSocketStream<MaybeTlsStream<TcpStream>>, stop: &CancellationToken) -> SessionEnd {
+        let (session, driver) = Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
+        let mut driver = tokio::spawn(driver);
+        info!(server = %self.connect.server, "connected");
+        self.emit(TunnelState::Connected { server: self.connect.server.clone() });
+        let streams = TaskTracker::new();
+        let end = loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    self.drain(&session, &streams).await;
+                    // Let the driver flush the close; it ends when the connection does.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut driver).await;
+                    driver.abort();
+                    return SessionEnd::Shutdown;
+                }
+                _ = session.gone_away() => {
+                    if session.is_closed() {
+                        break None;
+                    }
+                    // The server is draining this connection: register again (through the load
+                    // balancer, likely on another node) while in-flight streams finish here.
+                    let (session, grace) = (session.clone(), self.connect.grace_period);
+                    let streams = streams.clone();
+                    tokio::spawn(async move {
+                        streams.close();
+                        let _ = tokio::time::timeout(grace, session.idle()).await;
+                        session.close();
+                    });
+                    break Some("server is going away".to_string());
+                }
+                s = session.accept() => match s {
+                    Some(stream) => {
+                        let span = info_span!("stream", id = stream.id());
+                        streams.spawn(self.handler.clone().serve(stream).instrument(span));
+                    }
+                    None => break None,
+                },
+            }
+        };
+        if let Some(reason) = end {
+            return SessionEnd::Lost(reason);
+        }
+        let reason = match (&mut driver).await {
+            Ok(Ok(())) => "server closed the connection".to_string(),
+            Ok(Err(e)) => mux_error(&e),
+            Err(e) => format!("session task failed: {e}"),
+        };
+        SessionEnd::Lost(reason)
+    }
+
+    /// Graceful leave: GoAway (the server opens no new stream), let open streams finish within
+    /// the grace period, then close.
+    async fn drain(&self, session: &Session, streams: &TaskTracker) {
+        session.go_away();
+        streams.close();
+        let open = session.num_streams();
+        if open > 0 {
+            info!(open, grace = ?self.connect.grace_period, "waiting for open streams");
+        }
+        if tokio::time::timeout(self.connect.grace_period, session.idle()).await.is_err() {
+            warn!(open = session.num_streams(), "grace period over; closing open streams");
+        }
+        session.close();
+    }
+}
+
+fn mux_error(e: &mux::MuxError) -> String {
+    match e {
+        mux::MuxError::Io(io) => io_error(io),
+        other => other.to_string(),
+    }
+}
+
+/// A one-line description of an I/O error; the kind alone for the common network failures
+/// ("connection refused" rather than "Connection refused (os error 111)").
+fn io_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected | BrokenPipe
+        | UnexpectedEof | AddrNotAvailable | NetworkUnreachable | HostUnreachable | NetworkDown => {
+            e.kind().to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The server's `{"error": "..."}` message, else the body as text if it is one short line.
+fn server_message(body: Option<&[u8]>) -> Option<String> {
+    let body = body?;
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(m) = v.get("error").and_then(|e| e.as_str()) {
+            return Some(m.to_string());
+        }
+    }
+    let text = std::str::from_utf8(body).ok()?.trim();
+    (!text.is_empty() && text.len() <= 200 && !text.contains('\n')).then(|| text.to_string())
+}
+
+fn classify(endpoint: &EndpointId, e: tungstenite::Error) -> ConnectFailure {
+    match e {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status();
+            let message = server_message(resp.body().as_deref())
+                .or_else(|| status.canonical_reason().map(str::to_string))
+                .unwrap_or_default();
+            let code = status.as_u16();
+            let retry = !status.is_client_error() || code == 408 || code == 429;
+            if retry {
+                return ConnectFailure::Retry(format!("server answered {code} {message}").trim_end().to_string());
+            }
+            let reason = match code {
+                401 => format!("server rejected the token for endpoint {endpoint}: {code} {message}"),
+                403 => format!("server does not allow endpoint {endpoint} for this token: {code} {message}"),
+                _ => format!("server refused endpoint {endpoint}: {code} {message}"),
+            };
+            ConnectFailure::Fatal(AgentError::Rejected {
+                endpoint: endpoint.clone(),
+                status: code,
+                reason: reason.trim_end().to_string(),
+            })
+        }
+        tungstenite::Error::Url(u) => ConnectFailure::Fatal(AgentError::Unusable {
+            endpoint: endpoint.clone(),
+            reason: format!("{u}; check --connect.url"),
+        }),
+        tungstenite::Error::Io(io) => ConnectFailure::Retry(io_error(&io)),
+        other => ConnectFailure::Retry(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectConfig;
+
+    fn http_error(status: u16, body: Option<&str>) -> tungstenite::Error {
+        let resp = tungstenite::http::Response::builder()
+            .status(status)
+            .body(body.map(|b| b.as_bytes().to_vec()))
+            .unwrap();
+        tungstenite::Error::Http(Box::new(resp))
+    }
+
+    #[test]
+    fn classifies_upgrade_answers() {
+        let ep = EndpointId::new("shop").unwrap();
+        let fatal = [
+            (401, Some(r#"{"error": "invalid token"}"#), "server rejected the token for endpoint shop: 401 invalid token"),
+            (403, Some(r#"{"error":"endpoint not permitted"}"#), "server does not allow endpoint shop for this token: 403 endpoint not permitted"),
+            (401, None, "server rejected the token for endpoint shop: 401 Unauthorized"),
+            (404, Some("no such route"), "server refused endpoint shop: 404 no such route"),
+        ];
+        for (status, body, want) in fatal {
+            match classify(&ep, http_error(status, body)) {
+                ConnectFailure::Fatal(e @ AgentError::Rejected { .. }) => assert_eq!(e.to_string(), want),
+                _ => panic!("{status} should stop the endpoint"),
+            }
+        }
+        let retry = [
+            (408, None, "server answered 408 Request Timeout"),
+            (429, Some(r#"{"error":"slow down"}"#), "server answered 429 slow down"),
+            (503, Some(r#"{"error":"draining"}"#), "server answered 503 draining"),
+            (500, Some("<html>\n</html>"), "server answered 500 Internal Server Error"),
+            (200, None, "server answered 200 OK"),
+        ];
+        for (status, body, want) in retry {
+            match classify(&ep, http_error(status, body)) {
+                ConnectFailure::Retry(e) => assert_eq!(e, want),
+                ConnectFailure::Fatal(e) => panic!("{status} should be retried, got {e}"),
+            }
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        match classify(&ep, tungstenite::Error::Io(refused)) {
+            ConnectFailure::Retry(e) => assert_eq!(e, "connection refused"),
+            ConnectFailure::Fatal(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn server_display_is_the_base_ws_url() {
+        assert_eq!(server_display("http://127.0.0.1:8001"), "ws://127.0.0.1:8001");
+        assert_eq!(server_display("https://piko.example.com/"), "wss://piko.example.com");
+    }
+
+    /// The supervisor retries a server that refuses connections, reporting each delay, and
+    /// stops cleanly on shutdown.
+    #[tokio::test]
+    async fn reconnects_then_stops_on_shutdown() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = AgentConfig {
+            connect: ConnectConfig { url: format!("http://127.0.0.1:{port}"), token: None, timeout: Duration::from_secs(2) },
+            endpoints: vec![EndpointConfig::parse("shop", "3000", crate::config::Protocol::Http, Duration::from_secs(1)).unwrap()],
+            grace_period: Duration::from_millis(100),
+        };
+        let agent = Agent::new(config);
+        let mut events = agent.subscribe();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(agent.run(shutdown.clone()));
+        let first = events.recv().await.unwrap();
+        assert_eq!(first.to_string(), "connecting… shop");
+        let mut delays = Vec::new();
+        while delays.len() < 2 {
+            let ev = events.recv().await.unwrap();
+            match ev.state {
+                TunnelState::Reconnecting { delay, ref error } => {
+                    assert_eq!(error, "connection refused", "{ev}");
+                    delays.push(delay);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(delays[0] <= Duration::from_millis(200) && delays[1] >= Duration::from_millis(200), "{delays:?}");
+        shutdown.cancel();
+        let res = tokio::time::timeout(Duration::from_secs(2), run).await.unwrap().unwrap();
+        assert!(res.is_ok());
+        let last = events.recv().await.unwrap();
+        assert_eq!(last.to_string(), "stopped: shop");
+    }
+}
