@@ -374,7 +374,12 @@ fn io_error(e: &std::io::Error) -> String {
 /// The server's `{"error": "..."}` message, else the body as text if it is one short line.
 fn server_message(body: Option<&[u8]>) -> Option<String> {
     let body = body?;
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+    // The body is what arrived with the headers; it may be chunked, so look for the object.
+    let json = match (body.iter().position(|&b| b == b'{'), body.iter().rposition(|&b| b == b'}')) {
+        (Some(start), Some(end)) if start < end => &body[start..=end],
+        _ => body,
+    };
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
         if let Some(m) = v.get("error").and_then(|e| e.as_str()) {
             return Some(m.to_string());
         }
@@ -419,6 +424,7 @@ fn classify(endpoint: &EndpointId, e: tungstenite::Error) -> ConnectFailure {
 mod tests {
     use super::*;
     use crate::config::ConnectConfig;
+    use crate::credentials::Secret;
 
     fn http_error(status: u16, body: Option<&str>) -> tungstenite::Error {
         let resp = tungstenite::http::Response::builder()
@@ -436,6 +442,7 @@ mod tests {
             (403, Some(r#"{"error":"endpoint not permitted"}"#), "server does not allow endpoint shop for this token: 403 endpoint not permitted"),
             (401, None, "server rejected the token for endpoint shop: 401 Unauthorized"),
             (404, Some("no such route"), "server refused endpoint shop: 404 no such route"),
+            (401, Some("1a\r\n{\"error\":\"token expired\"}\r\n0\r\n\r\n"), "server rejected the token for endpoint shop: 401 token expired"),
         ];
         for (status, body, want) in fatal {
             match classify(&ep, http_error(status, body)) {
@@ -505,5 +512,116 @@ mod tests {
         assert!(res.is_ok());
         let last = events.recv().await.unwrap();
         assert_eq!(last.to_string(), "stopped: shop");
+    }
+
+    fn agent_config(url: String, target: &str, token: Option<&str>) -> AgentConfig {
+        AgentConfig {
+            connect: ConnectConfig { url, token: token.map(|t| Secret::new(t.into())), timeout: Duration::from_secs(2) },
+            endpoints: vec![EndpointConfig::parse("shop", target, crate::config::Protocol::Http, Duration::from_secs(5)).unwrap()],
+            grace_period: Duration::from_secs(1),
+        }
+    }
+
+    /// A fake Piko upstream port: checks the path and token, runs the yamux server side, sends
+    /// one request through the tunnel, returns the response text.
+    #[tokio::test]
+    async fn serves_a_request_through_a_fake_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::handshake::server::{Request as SReq, Response as SResp};
+
+        // Local target: answers "ok" to everything.
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = target.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let (resp_tx, resp_rx) = tokio::sync::oneshot::channel();
+        let fake = tokio::spawn(async move {
+            let (tcp, _) = server.accept().await.unwrap();
+            let check = |req: &SReq, resp: SResp| {
+                assert_eq!(req.uri().path(), "/piko/v1/upstream/shop");
+                assert_eq!(req.headers()["authorization"], "Bearer tok");
+                Ok(resp)
+            };
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, check).await.unwrap();
+            let (session, driver) = Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+            let driver = tokio::spawn(driver);
+            let mut s = session.open().unwrap();
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let mut got = Vec::new();
+            while !got.ends_with(b"ok") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "eof before response: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            drop(s);
+            resp_tx.send(String::from_utf8(got).unwrap()).unwrap();
+            // The connector leaves with GoAway on shutdown; the session then ends.
+            session.gone_away().await;
+            let _ = driver.await;
+        });
+
+        let agent = Agent::new(agent_config(format!("http://{server_addr}"), &target_port.to_string(), Some("tok")));
+        let mut events = agent.subscribe();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(agent.run(shutdown.clone()));
+        assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
+        assert_eq!(
+            events.recv().await.unwrap().to_string(),
+            format!("connected: shop → http://127.0.0.1:{target_port} (server ws://{server_addr})")
+        );
+        let text = tokio::time::timeout(Duration::from_secs(5), resp_rx).await.unwrap().unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        shutdown.cancel();
+        // The fake ends when it sees the connector's GoAway.
+        tokio::time::timeout(Duration::from_secs(3), fake).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(3), run).await.unwrap().unwrap().unwrap();
+        assert_eq!(events.recv().await.unwrap().to_string(), "stopped: shop");
+    }
+
+    /// A 401 before the upgrade stops the agent with the server's message.
+    #[tokio::test]
+    async fn rejected_token_stops_the_agent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = server.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let body = r#"{"error":"invalid token"}"#;
+                let resp = format!(
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(resp.as_bytes()).await;
+            }
+        });
+        let agent = Agent::new(agent_config(format!("http://{addr}"), "3000", Some("bad")));
+        let mut events = agent.subscribe();
+        let err = tokio::time::timeout(Duration::from_secs(5), agent.run(CancellationToken::new()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.to_string(), "server rejected the token for endpoint shop: 401 invalid token");
+        assert!(matches!(err, AgentError::Rejected { status: 401, .. }));
+        assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
+        assert_eq!(
+            events.recv().await.unwrap().to_string(),
+            "stopped: shop: server rejected the token for endpoint shop: 401 invalid token"
+        );
     }
 }
