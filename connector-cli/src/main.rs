@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use piko_connector_core::config::{
-    AgentConfig, ConfigFile, ConnectConfig, EndpointConfig, Protocol, DEFAULT_CONNECT_URL,
+    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, Protocol, DEFAULT_CONNECT_URL,
 };
 use piko_connector_core::forward::{forward_tcp, DEFAULT_PROXY_URL};
 use piko_connector_core::{Agent, AgentError, Secret};
@@ -112,12 +112,19 @@ struct ForwardArgs {
     token: TokenArg,
 }
 
-/// A failure with the exit code it maps to.
+/// A one-line failure message with the exit code it maps to.
 enum Failure {
     /// Bad input: exit 2.
-    Usage(anyhow::Error),
+    Usage(String),
     /// The run failed: exit 1.
-    Runtime(anyhow::Error),
+    Runtime(String),
+}
+
+impl Failure {
+    /// A failure from an `anyhow` chain (context, then causes).
+    fn runtime(e: anyhow::Error) -> Self {
+        Failure::Runtime(format!("{e:#}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -125,11 +132,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
@@ -137,11 +144,16 @@ fn main() -> ExitCode {
 
 fn init_logging(level: &str) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        Failure::Usage(anyhow::anyhow!(
+        Failure::Usage(format!(
             "--log.level {level:?} is not a valid level or filter ({e}); use error, warn, info, debug or trace"
         ))
     })?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     Ok(())
 }
 
@@ -155,8 +167,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Agent(AgentCommand::Http(a)) => (Job::Agent(expose_config(a, Protocol::Http)?), None),
         Command::Agent(AgentCommand::Tcp(a)) => (Job::Agent(expose_config(a, Protocol::Tcp)?), None),
         Command::Agent(AgentCommand::Start(a)) => {
-            let file = ConfigFile::from_yaml_file(&a.config_path)
-                .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}; fix the config file {}", a.config_path.display())))?;
+            let file = ConfigFile::from_yaml_file(&a.config_path).map_err(|e| match e {
+                ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
+                e => Failure::Usage(e.to_string()),
+            })?;
             let mut config = file.agent;
             if let Some(url) = a.url {
                 config.connect.url = url;
@@ -169,7 +183,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Forward(ForwardCommand::Tcp(a)) => {
             let endpoint = EndpointId::new(&a.endpoint)
-                .map_err(|e| Failure::Usage(anyhow::anyhow!("invalid endpoint id {:?}: {e}", a.endpoint)))?;
+                .map_err(|e| Failure::Usage(format!("invalid endpoint id {:?}: {e}", a.endpoint)))?;
             let local = if a.local_addr.bytes().all(|b| b.is_ascii_digit()) {
                 format!("127.0.0.1:{}", a.local_addr)
             } else {
@@ -185,7 +199,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .map_err(Failure::Runtime)?;
+        .map_err(Failure::runtime)?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -194,14 +208,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Job::Forward { local, url, endpoint, token } => {
                 let listener = tokio::net::TcpListener::bind(&local)
                     .await
-                    .with_context(|| format!("cannot listen on {local}; choose a free local address"))
-                    .map_err(Failure::Runtime)?;
+                    .map_err(|e| Failure::Runtime(format!("cannot listen on {local}: {e}; choose a free local address")))?;
                 if let Ok(addr) = listener.local_addr() {
                     println!("forwarding {addr} → endpoint {endpoint}");
                 }
                 forward_tcp(listener, url, endpoint, token, shutdown)
                     .await
-                    .map_err(|e| Failure::Usage(e.into()))
+                    .map_err(|e| Failure::Usage(e.to_string()))
             }
         }
     })
@@ -214,7 +227,7 @@ enum Job {
 
 fn expose_config(a: ExposeArgs, protocol: Protocol) -> Result<AgentConfig, Failure> {
     let endpoint = EndpointConfig::parse(&a.endpoint, &a.addr, protocol, a.timeout)
-        .map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?;
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(AgentConfig {
         connect: ConnectConfig { url: a.url, token: token(a.token), timeout: a.connect_timeout },
         endpoints: vec![endpoint],
@@ -241,12 +254,12 @@ async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(
     match result {
         Ok(()) => Ok(()),
         Err(e @ AgentError::Rejected { status: 401 | 403, .. }) => {
-            Err(Failure::Runtime(anyhow::anyhow!("{e}; check --connect.token or PIKO_TOKEN")))
+            Err(Failure::Runtime(format!("{e}; check --connect.token or PIKO_TOKEN")))
         }
         Err(e @ (AgentError::InvalidToken | AgentError::NoEndpoints | AgentError::Unusable { .. })) => {
-            Err(Failure::Usage(e.into()))
+            Err(Failure::Usage(e.to_string()))
         }
-        Err(e) => Err(Failure::Runtime(e.into())),
+        Err(e) => Err(Failure::Runtime(e.to_string())),
     }
 }
 

@@ -329,6 +329,55 @@ mod tests {
         assert!(resp.ends_with(r#"{"error":"upstream timeout"}"#), "{resp}");
     }
 
+    /// `Connection: upgrade` is forwarded; on 101 the two upgraded connections are joined.
+    #[tokio::test]
+    async fn relays_an_upgrade() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                assert_eq!(req.headers()[header::UPGRADE], "echo");
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let io = on.await.unwrap();
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await;
+        });
+        let target = url::Url::parse(&format!("http://{addr}")).unwrap();
+        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
+        let mut s = server.open().unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let io = async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+            assert!(head.contains("upgrade: echo\r\n"), "{head}");
+            s.write_all(b"through the tunnel").await.unwrap();
+            let mut echoed = [0u8; 18];
+            s.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(&echoed, b"through the tunnel");
+        };
+        tokio::time::timeout(Duration::from_secs(5), io).await.unwrap();
+    }
+
     #[test]
     fn strips_hop_by_hop_headers() {
         let mut h = HeaderMap::new();

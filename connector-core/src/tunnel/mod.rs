@@ -240,13 +240,13 @@ impl Tunnel {
                 }
                 Err(ConnectFailure::Retry(e)) => e,
                 Err(ConnectFailure::Fatal(e)) => {
-                    warn!(error = %e, "endpoint stopped");
+                    debug!(error = %e, "endpoint stopped");
                     self.emit(TunnelState::Stopped { reason: Some(e.to_string()) });
                     return Err(e);
                 }
             };
             let delay = backoff.next_delay();
-            info!(error = %error, delay = ?delay, "tunnel lost; reconnecting");
+            debug!(error = %error, delay = ?delay, "tunnel lost; reconnecting");
             self.emit(TunnelState::Reconnecting { delay, error });
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -288,7 +288,7 @@ impl Tunnel {
     async fn run_session(&self, ws: WebSocketStream<MaybeTlsStream<TcpStream>>, stop: &CancellationToken) -> SessionEnd {
         let (session, driver) = Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
         let mut driver = tokio::spawn(driver);
-        info!(server = %self.connect.server, "connected");
+        debug!(server = %self.connect.server, "connected");
         self.emit(TunnelState::Connected { server: self.connect.server.clone() });
         let streams = TaskTracker::new();
         let end = loop {
