@@ -4,6 +4,8 @@
 //! Status lines go to stdout, logs to stderr. Exit codes: 0 ok, 1 runtime failure, 2 usage or
 //! config error.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use piko_connector_core::config::{
-    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, Protocol, DEFAULT_CONNECT_URL,
+    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, Protocol,
+    DEFAULT_CONNECT_URL,
 };
 use piko_connector_core::forward::{forward_tcp, DEFAULT_PROXY_URL};
 use piko_connector_core::{Agent, AgentError, Secret};
@@ -19,7 +22,11 @@ use piko_protocol::EndpointId;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "piko", version, about = "Expose local services through a Piko server")]
+#[command(
+    name = "piko",
+    version,
+    about = "Expose local services through a Piko server"
+)]
 struct Cli {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long = "log.level", global = true, env = "PIKO_LOG_LEVEL")]
@@ -164,8 +171,12 @@ fn token(arg: TokenArg) -> Option<Secret> {
 fn run(cli: Cli) -> Result<(), Failure> {
     // Load the config file first: its log level applies unless --log.level is given.
     let (job, file_level) = match cli.command {
-        Command::Agent(AgentCommand::Http(a)) => (Job::Agent(expose_config(a, Protocol::Http)?), None),
-        Command::Agent(AgentCommand::Tcp(a)) => (Job::Agent(expose_config(a, Protocol::Tcp)?), None),
+        Command::Agent(AgentCommand::Http(a)) => {
+            (Job::Agent(expose_config(a, Protocol::Http)?), None)
+        }
+        Command::Agent(AgentCommand::Tcp(a)) => {
+            (Job::Agent(expose_config(a, Protocol::Tcp)?), None)
+        }
         Command::Agent(AgentCommand::Start(a)) => {
             let file = ConfigFile::from_yaml_file(&a.config_path).map_err(|e| match e {
                 ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
@@ -182,17 +193,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             (Job::Agent(config), file.log_level)
         }
         Command::Forward(ForwardCommand::Tcp(a)) => {
-            let endpoint = EndpointId::new(&a.endpoint)
-                .map_err(|e| Failure::Usage(format!("invalid endpoint id {:?}: {e}", a.endpoint)))?;
+            let endpoint = EndpointId::new(&a.endpoint).map_err(|e| {
+                Failure::Usage(format!("invalid endpoint id {:?}: {e}", a.endpoint))
+            })?;
             let local = if a.local_addr.bytes().all(|b| b.is_ascii_digit()) {
                 format!("127.0.0.1:{}", a.local_addr)
             } else {
                 a.local_addr.clone()
             };
-            (Job::Forward { local, url: a.url, endpoint, token: token(a.token) }, None)
+            (
+                Job::Forward {
+                    local,
+                    url: a.url,
+                    endpoint,
+                    token: token(a.token),
+                },
+                None,
+            )
         }
     };
-    let level = cli.log_level.or(file_level).unwrap_or_else(|| "info".to_string());
+    let level = cli
+        .log_level
+        .or(file_level)
+        .unwrap_or_else(|| "info".to_string());
     init_logging(&level)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -205,10 +228,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         match job {
             Job::Agent(config) => run_agent(config, shutdown).await,
-            Job::Forward { local, url, endpoint, token } => {
-                let listener = tokio::net::TcpListener::bind(&local)
-                    .await
-                    .map_err(|e| Failure::Runtime(format!("cannot listen on {local}: {e}; choose a free local address")))?;
+            Job::Forward {
+                local,
+                url,
+                endpoint,
+                token,
+            } => {
+                let listener = tokio::net::TcpListener::bind(&local).await.map_err(|e| {
+                    Failure::Runtime(format!(
+                        "cannot listen on {local}: {e}; choose a free local address"
+                    ))
+                })?;
                 if let Ok(addr) = listener.local_addr() {
                     println!("forwarding {addr} → endpoint {endpoint}");
                 }
@@ -222,14 +252,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 enum Job {
     Agent(AgentConfig),
-    Forward { local: String, url: String, endpoint: EndpointId, token: Option<Secret> },
+    Forward {
+        local: String,
+        url: String,
+        endpoint: EndpointId,
+        token: Option<Secret>,
+    },
 }
 
 fn expose_config(a: ExposeArgs, protocol: Protocol) -> Result<AgentConfig, Failure> {
     let endpoint = EndpointConfig::parse(&a.endpoint, &a.addr, protocol, a.timeout)
         .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(AgentConfig {
-        connect: ConnectConfig { url: a.url, token: token(a.token), timeout: a.connect_timeout },
+        connect: ConnectConfig {
+            url: a.url,
+            token: token(a.token),
+            timeout: a.connect_timeout,
+        },
         endpoints: vec![endpoint],
         grace_period: a.grace_period,
     })
@@ -253,12 +292,16 @@ async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(
     let _ = printer.await;
     match result {
         Ok(()) => Ok(()),
-        Err(e @ AgentError::Rejected { status: 401 | 403, .. }) => {
-            Err(Failure::Runtime(format!("{e}; check --connect.token or PIKO_TOKEN")))
-        }
-        Err(e @ (AgentError::InvalidToken | AgentError::NoEndpoints | AgentError::Unusable { .. })) => {
-            Err(Failure::Usage(e.to_string()))
-        }
+        Err(
+            e @ AgentError::Rejected {
+                status: 401 | 403, ..
+            },
+        ) => Err(Failure::Runtime(format!(
+            "{e}; check --connect.token or PIKO_TOKEN"
+        ))),
+        Err(
+            e @ (AgentError::InvalidToken | AgentError::NoEndpoints | AgentError::Unusable { .. }),
+        ) => Err(Failure::Usage(e.to_string())),
         Err(e) => Err(Failure::Runtime(e.to_string())),
     }
 }
@@ -306,10 +349,20 @@ mod tests {
     #[test]
     fn parses_agent_http() {
         let cli = Cli::try_parse_from([
-            "piko", "agent", "http", "shop", "3000", "--connect.url", "http://10.0.0.1:8001", "--timeout", "5s",
+            "piko",
+            "agent",
+            "http",
+            "shop",
+            "3000",
+            "--connect.url",
+            "http://10.0.0.1:8001",
+            "--timeout",
+            "5s",
         ])
         .unwrap();
-        let Command::Agent(AgentCommand::Http(a)) = cli.command else { panic!("{cli:?}") };
+        let Command::Agent(AgentCommand::Http(a)) = cli.command else {
+            panic!("{cli:?}")
+        };
         let c = expose_config(a, Protocol::Http).ok().unwrap();
         assert_eq!(c.connect.url, "http://10.0.0.1:8001");
         assert_eq!(c.endpoints[0].timeout, Duration::from_secs(5));
@@ -320,7 +373,9 @@ mod tests {
     #[test]
     fn forward_defaults_to_the_proxy_port() {
         let cli = Cli::try_parse_from(["piko", "forward", "tcp", "5432", "db"]).unwrap();
-        let Command::Forward(ForwardCommand::Tcp(a)) = cli.command else { panic!() };
+        let Command::Forward(ForwardCommand::Tcp(a)) = cli.command else {
+            panic!()
+        };
         assert_eq!(a.url, "http://localhost:8000");
     }
 }

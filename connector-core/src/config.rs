@@ -77,29 +77,54 @@ pub struct EndpointConfig {
 impl EndpointConfig {
     /// Build an endpoint from user input. `addr` is a port (`3000`, meaning `127.0.0.1:3000`),
     /// `host:port`, or for HTTP a URL `http://host:port[/base]`.
-    pub fn parse(id: &str, addr: &str, protocol: Protocol, timeout: Duration) -> Result<Self, ConfigError> {
-        let id = EndpointId::new(id).map_err(|source| ConfigError::EndpointId { id: id.to_string(), source })?;
+    pub fn parse(
+        id: &str,
+        addr: &str,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let id = EndpointId::new(id).map_err(|source| ConfigError::EndpointId {
+            id: id.to_string(),
+            source,
+        })?;
         let target = parse_target(addr, protocol)?;
-        Ok(Self { id, target, protocol, timeout })
+        Ok(Self {
+            id,
+            target,
+            protocol,
+            timeout,
+        })
     }
 }
 
 fn bad_addr(addr: &str, reason: &str) -> ConfigError {
-    ConfigError::Addr { addr: addr.to_string(), reason: reason.to_string() }
+    ConfigError::Addr {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 fn parse_port(addr: &str, port: &str) -> Result<u16, ConfigError> {
     match port.parse::<u16>() {
-        Ok(0) => Err(bad_addr(addr, "port 0 is not a service port; use the port the local service listens on")),
+        Ok(0) => Err(bad_addr(
+            addr,
+            "port 0 is not a service port; use the port the local service listens on",
+        )),
         Ok(p) => Ok(p),
-        Err(_) => Err(bad_addr(addr, "expected a port (3000), host:port (localhost:3000) or http://host:port")),
+        Err(_) => Err(bad_addr(
+            addr,
+            "expected a port (3000), host:port (localhost:3000) or http://host:port",
+        )),
     }
 }
 
 /// Split `host:port` (host may be a bracketed IPv6 literal; an empty host means 127.0.0.1).
 fn parse_host_port(addr: &str) -> Result<(String, u16), ConfigError> {
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(bad_addr(addr, "expected a port (3000), host:port (localhost:3000) or http://host:port"));
+        return Err(bad_addr(
+            addr,
+            "expected a port (3000), host:port (localhost:3000) or http://host:port",
+        ));
     };
     let port = parse_port(addr, port)?;
     let host = if host.is_empty() { "127.0.0.1" } else { host };
@@ -109,7 +134,10 @@ fn parse_host_port(addr: &str) -> Result<(String, u16), ConfigError> {
         !host.contains(['[', ']', '/', ' ', ':', '@'])
     };
     if !valid {
-        return Err(bad_addr(addr, "the host is not a valid hostname or IP address"));
+        return Err(bad_addr(
+            addr,
+            "the host is not a valid hostname or IP address",
+        ));
     }
     Ok((host.to_string(), port))
 }
@@ -117,23 +145,37 @@ fn parse_host_port(addr: &str) -> Result<(String, u16), ConfigError> {
 fn parse_target(addr: &str, protocol: Protocol) -> Result<Target, ConfigError> {
     let addr = addr.trim();
     if addr.is_empty() {
-        return Err(bad_addr(addr, "the address is empty; give a port (3000), host:port or http://host:port"));
+        return Err(bad_addr(
+            addr,
+            "the address is empty; give a port (3000), host:port or http://host:port",
+        ));
     }
     let (host, port, base) = if addr.contains("://") {
-        let url = url::Url::parse(addr).map_err(|e| bad_addr(addr, &format!("not a valid URL: {e}")))?;
+        let url =
+            url::Url::parse(addr).map_err(|e| bad_addr(addr, &format!("not a valid URL: {e}")))?;
         match (url.scheme(), protocol) {
             ("http", _) | ("tcp", Protocol::Tcp) => {}
             ("https", _) => {
-                return Err(bad_addr(addr, "https targets are not supported yet; use http:// for the local service"))
+                return Err(bad_addr(
+                    addr,
+                    "https targets are not supported yet; use http:// for the local service",
+                ))
             }
-            (other, _) => return Err(bad_addr(addr, &format!("unsupported scheme {other:?}; use http://"))),
+            (other, _) => {
+                return Err(bad_addr(
+                    addr,
+                    &format!("unsupported scheme {other:?}; use http://"),
+                ))
+            }
         }
         let host = match url.host() {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
             Some(h) => h.to_string(),
             None => return Err(bad_addr(addr, "the URL has no host")),
         };
-        let port = url.port_or_known_default().ok_or_else(|| bad_addr(addr, "the URL has no port"))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| bad_addr(addr, "the URL has no port"))?;
         (host, port, Some(url))
     } else if addr.bytes().all(|b| b.is_ascii_digit()) {
         ("127.0.0.1".to_string(), parse_port(addr, addr)?, None)
@@ -168,7 +210,11 @@ pub struct ConnectConfig {
 
 impl Default for ConnectConfig {
     fn default() -> Self {
-        Self { url: DEFAULT_CONNECT_URL.to_string(), token: None, timeout: DEFAULT_TIMEOUT }
+        Self {
+            url: DEFAULT_CONNECT_URL.to_string(),
+            token: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -207,8 +253,10 @@ impl AgentConfig {
 impl ConfigFile {
     /// Read a YAML config file.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_yaml_str(&text)
     }
 
@@ -221,7 +269,10 @@ impl ConfigFile {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = e.path().to_string();
                 let key = if path == "." { String::new() } else { path };
-                ConfigError::Invalid { key, message: yaml_message(&e.into_inner().to_string()) }
+                ConfigError::Invalid {
+                    key,
+                    message: yaml_message(&e.into_inner().to_string()),
+                }
             })?
         };
         raw.convert()
@@ -233,7 +284,9 @@ impl ConfigFile {
 fn yaml_message(msg: &str) -> String {
     if let Some((prefix, rest)) = msg.split_once(": ") {
         let is_path = !prefix.is_empty()
-            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
         if is_path {
             return rest.to_string();
         }
@@ -290,9 +343,11 @@ struct RawLog {
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim())
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); use values like 30s or 1m")))
+    humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); use values like 30s or 1m"
+        ))
+    })
 }
 
 impl RawFile {
@@ -304,20 +359,34 @@ impl RawFile {
         for (i, l) in self.listeners.into_iter().enumerate() {
             let protocol = l.protocol.unwrap_or(Protocol::Http);
             let timeout = l.timeout.unwrap_or(DEFAULT_TIMEOUT);
-            let ep = EndpointConfig::parse(&l.endpoint_id, &l.addr, protocol, timeout).map_err(|e| {
-                let field = if matches!(e, ConfigError::EndpointId { .. }) { "endpoint_id" } else { "addr" };
-                ConfigError::Invalid { key: format!("listeners[{i}].{field}"), message: e.to_string() }
-            })?;
+            let ep =
+                EndpointConfig::parse(&l.endpoint_id, &l.addr, protocol, timeout).map_err(|e| {
+                    let field = if matches!(e, ConfigError::EndpointId { .. }) {
+                        "endpoint_id"
+                    } else {
+                        "addr"
+                    };
+                    ConfigError::Invalid {
+                        key: format!("listeners[{i}].{field}"),
+                        message: e.to_string(),
+                    }
+                })?;
             if endpoints.iter().any(|o: &EndpointConfig| o.id == ep.id) {
                 return Err(ConfigError::Invalid {
                     key: format!("listeners[{i}].endpoint_id"),
-                    message: format!("endpoint {} is listed twice; give each listener its own endpoint_id", ep.id),
+                    message: format!(
+                        "endpoint {} is listed twice; give each listener its own endpoint_id",
+                        ep.id
+                    ),
                 });
             }
             endpoints.push(ep);
         }
         let connect = ConnectConfig {
-            url: self.connect.url.unwrap_or_else(|| DEFAULT_CONNECT_URL.to_string()),
+            url: self
+                .connect
+                .url
+                .unwrap_or_else(|| DEFAULT_CONNECT_URL.to_string()),
             token: None,
             timeout: self.connect.timeout.unwrap_or(DEFAULT_TIMEOUT),
         };
@@ -354,7 +423,9 @@ pub enum ConfigError {
         message: String,
     },
     /// The file holds `connect.token`.
-    #[error("connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN")]
+    #[error(
+        "connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN"
+    )]
     TokenInFile,
     /// An endpoint id is not valid.
     #[error("invalid endpoint id {id:?}: {source}")]
@@ -389,9 +460,21 @@ mod tests {
             ("10.0.0.5:80", Protocol::Http, "http://10.0.0.5"),
             (":8080", Protocol::Http, "http://127.0.0.1:8080"),
             ("[::1]:3000", Protocol::Http, "http://[::1]:3000"),
-            ("http://127.0.0.1:3000", Protocol::Http, "http://127.0.0.1:3000"),
-            ("http://127.0.0.1:3000/", Protocol::Http, "http://127.0.0.1:3000"),
-            ("http://svc.local:3000/api", Protocol::Http, "http://svc.local:3000/api"),
+            (
+                "http://127.0.0.1:3000",
+                Protocol::Http,
+                "http://127.0.0.1:3000",
+            ),
+            (
+                "http://127.0.0.1:3000/",
+                Protocol::Http,
+                "http://127.0.0.1:3000",
+            ),
+            (
+                "http://svc.local:3000/api",
+                Protocol::Http,
+                "http://svc.local:3000/api",
+            ),
             ("http://svc.local", Protocol::Http, "http://svc.local"),
             ("5432", Protocol::Tcp, "127.0.0.1:5432"),
             ("db.local:5432", Protocol::Tcp, "db.local:5432"),
@@ -400,7 +483,8 @@ mod tests {
         ];
         assert!(!cases.is_empty());
         for (addr, proto, want) in cases {
-            let ep = EndpointConfig::parse("shop", addr, *proto, T).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            let ep = EndpointConfig::parse("shop", addr, *proto, T)
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
             assert_eq!(ep.target.to_string(), *want, "addr {addr:?}");
             assert_eq!(ep.protocol, *proto);
             assert_eq!(ep.id.as_str(), "shop");
@@ -416,17 +500,28 @@ mod tests {
             ("host:", Protocol::Http, "expected a port"),
             ("host:99999", Protocol::Http, "expected a port"),
             ("0", Protocol::Tcp, "port 0"),
-            ("https://127.0.0.1:3000", Protocol::Http, "https targets are not supported yet"),
+            (
+                "https://127.0.0.1:3000",
+                Protocol::Http,
+                "https targets are not supported yet",
+            ),
             ("ftp://x:21", Protocol::Http, "unsupported scheme"),
             ("bad host:80", Protocol::Tcp, "not a valid hostname"),
             ("http://", Protocol::Http, "not a valid URL"),
         ];
         for (addr, proto, want) in cases {
-            let err = EndpointConfig::parse("shop", addr, *proto, T).expect_err(addr).to_string();
+            let err = EndpointConfig::parse("shop", addr, *proto, T)
+                .expect_err(addr)
+                .to_string();
             assert!(err.contains(want), "addr {addr:?}: {err}");
-            assert!(err.contains(&format!("{addr:?}")), "error names the address: {err}");
+            assert!(
+                err.contains(&format!("{addr:?}")),
+                "error names the address: {err}"
+            );
         }
-        let err = EndpointConfig::parse("bad id", "3000", Protocol::Http, T).unwrap_err().to_string();
+        let err = EndpointConfig::parse("bad id", "3000", Protocol::Http, T)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("invalid endpoint id \"bad id\""), "{err}");
     }
 
@@ -462,7 +557,8 @@ grace_period: 1m
         assert_eq!(c.endpoints[1].target, Target::Tcp("db.local:5432".into()));
         assert_eq!(c.endpoints[1].timeout, DEFAULT_TIMEOUT);
 
-        let d = AgentConfig::from_yaml_str("listeners:\n  - endpoint_id: a\n    addr: '80'\n").unwrap();
+        let d =
+            AgentConfig::from_yaml_str("listeners:\n  - endpoint_id: a\n    addr: '80'\n").unwrap();
         assert_eq!(d.connect.url, DEFAULT_CONNECT_URL);
         assert_eq!(d.grace_period, DEFAULT_GRACE_PERIOD);
         assert_eq!(d.endpoints[0].protocol, Protocol::Http);
@@ -485,14 +581,24 @@ grace_period: 1m
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n  - endpoint_id: a\n    addr: '2'\n", "listeners[1].endpoint_id: endpoint a is listed twice"),
         ];
         for (yaml, want) in cases {
-            let err = AgentConfig::from_yaml_str(yaml).expect_err(yaml).to_string();
-            assert!(err.starts_with(want), "yaml {yaml:?}\n got: {err}\nwant: {want}");
+            let err = AgentConfig::from_yaml_str(yaml)
+                .expect_err(yaml)
+                .to_string();
+            assert!(
+                err.starts_with(want),
+                "yaml {yaml:?}\n got: {err}\nwant: {want}"
+            );
         }
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = AgentConfig::from_yaml_file(Path::new("/nonexistent/piko.yaml")).unwrap_err().to_string();
-        assert!(err.starts_with("cannot read config file /nonexistent/piko.yaml: "), "{err}");
+        let err = AgentConfig::from_yaml_file(Path::new("/nonexistent/piko.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read config file /nonexistent/piko.yaml: "),
+            "{err}"
+        );
     }
 }

@@ -49,9 +49,13 @@ pub async fn forward_tcp(
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| ForwardError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
+        .map_err(|e| ForwardError::InvalidUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
     if let Some(t) = token {
-        let mut v = HeaderValue::try_from(format!("Bearer {}", t.expose())).map_err(|_| ForwardError::InvalidToken)?;
+        let mut v = HeaderValue::try_from(format!("Bearer {}", t.expose()))
+            .map_err(|_| ForwardError::InvalidToken)?;
         v.set_sensitive(true);
         request.headers_mut().insert(header::AUTHORIZATION, v);
     }
@@ -93,10 +97,16 @@ pub async fn forward_tcp(
 
 async fn relay(mut tcp: TcpStream, request: Request) {
     let _ = tcp.set_nodelay(true);
-    let ws = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true).await {
+    let ws = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
+        .await
+    {
         Ok((ws, _)) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             warn!(status = resp.status().as_u16(), body = %body.trim(), "server refused the connection");
             return;
         }
@@ -117,6 +127,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
     /// A fake proxy port: accepts the WebSocket at the TCP path, checks the token, and echoes.
     #[tokio::test]
     async fn carries_a_connection_over_websocket() {
@@ -130,7 +141,9 @@ mod tests {
                 assert_eq!(req.headers()["authorization"], "Bearer tok");
                 Ok(resp)
             };
-            let ws = tokio_tungstenite::accept_hdr_async(tcp, check).await.unwrap();
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, check)
+                .await
+                .unwrap();
             let (mut r, mut w) = tokio::io::split(WsStream::new(ws));
             tokio::io::copy(&mut r, &mut w).await.unwrap();
         });
@@ -148,9 +161,16 @@ mod tests {
         let mut c = TcpStream::connect(local_addr).await.unwrap();
         c.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
-        tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"ping");
         shutdown.cancel();
-        tokio::time::timeout(std::time::Duration::from_secs(2), fwd).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(2), fwd)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

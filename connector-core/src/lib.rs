@@ -11,6 +11,9 @@
 //!   forwards each proxied stream to the local HTTP or TCP target.
 //! - [`forward`]: the client side of TCP endpoints (`piko forward tcp`).
 
+// Tests unwrap freely: a panic there is a failed test with its message.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod config;
 pub mod credentials;
 pub mod forward;

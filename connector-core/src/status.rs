@@ -45,9 +45,15 @@ impl fmt::Display for StatusEvent {
         let ep = &self.endpoint;
         match &self.state {
             TunnelState::Connecting => write!(f, "connecting… {ep}"),
-            TunnelState::Connected { server } => write!(f, "connected: {ep} → {} (server {server})", self.target),
+            TunnelState::Connected { server } => {
+                write!(f, "connected: {ep} → {} (server {server})", self.target)
+            }
             TunnelState::Reconnecting { delay, error } => {
-                write!(f, "reconnecting in {}: {ep}: {error}", DisplayDuration(*delay))
+                write!(
+                    f,
+                    "reconnecting in {}: {ep}: {error}",
+                    DisplayDuration(*delay)
+                )
             }
             TunnelState::Stopped { reason: None } => write!(f, "stopped: {ep}"),
             TunnelState::Stopped { reason: Some(r) } => write!(f, "stopped: {ep}: {r}"),
@@ -67,10 +73,11 @@ impl fmt::Display for DisplayDuration {
         }
         // One decimal, rounded to the nearest tenth; "2.0s" reads as "2s".
         let tenths = (ms + 50) / 100;
-        if tenths % 10 == 0 {
-            write!(f, "{}s", tenths / 10)
+        let (whole, tenth) = (tenths / 10, tenths % 10);
+        if tenth == 0 {
+            write!(f, "{whole}s")
         } else {
-            write!(f, "{}.{}s", tenths / 10, tenths % 10)
+            write!(f, "{whole}.{tenth}s")
         }
     }
 }
@@ -93,20 +100,32 @@ mod tests {
         let cases = [
             (TunnelState::Connecting, "connecting… shop"),
             (
-                TunnelState::Connected { server: "ws://127.0.0.1:8001".into() },
+                TunnelState::Connected {
+                    server: "ws://127.0.0.1:8001".into(),
+                },
                 "connected: shop → http://127.0.0.1:3000 (server ws://127.0.0.1:8001)",
             ),
             (
-                TunnelState::Reconnecting { delay: Duration::from_millis(1600), error: "connection refused".into() },
+                TunnelState::Reconnecting {
+                    delay: Duration::from_millis(1600),
+                    error: "connection refused".into(),
+                },
                 "reconnecting in 1.6s: shop: connection refused",
             ),
             (
-                TunnelState::Reconnecting { delay: Duration::from_millis(200), error: "x".into() },
+                TunnelState::Reconnecting {
+                    delay: Duration::from_millis(200),
+                    error: "x".into(),
+                },
                 "reconnecting in 200ms: shop: x",
             ),
             (TunnelState::Stopped { reason: None }, "stopped: shop"),
             (
-                TunnelState::Stopped { reason: Some("server rejected the token for endpoint shop: 401 invalid token".into()) },
+                TunnelState::Stopped {
+                    reason: Some(
+                        "server rejected the token for endpoint shop: 401 invalid token".into(),
+                    ),
+                },
                 "stopped: shop: server rejected the token for endpoint shop: 401 invalid token",
             ),
         ];
@@ -117,9 +136,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases = [(0, "0ms"), (100, "100ms"), (999, "999ms"), (1000, "1s"), (1049, "1s"), (1650, "1.7s"), (15_000, "15s"), (12_340, "12.3s")];
+        let cases = [
+            (0, "0ms"),
+            (100, "100ms"),
+            (999, "999ms"),
+            (1000, "1s"),
+            (1049, "1s"),
+            (1650, "1.7s"),
+            (15_000, "15s"),
+            (12_340, "12.3s"),
+        ];
         for (ms, want) in cases {
-            assert_eq!(DisplayDuration(Duration::from_millis(ms)).to_string(), want, "{ms}ms");
+            assert_eq!(
+                DisplayDuration(Duration::from_millis(ms)).to_string(),
+                want,
+                "{ms}ms"
+            );
         }
     }
 }

@@ -35,7 +35,11 @@ impl Backoff {
             .with_factor(2.0)
             .with_jitter()
             .without_max_times();
-        Self { builder, max, iter: builder.build() }
+        Self {
+            builder,
+            max,
+            iter: builder.build(),
+        }
     }
 
     /// The delay before the next attempt.
@@ -63,15 +67,24 @@ mod tests {
         let mut base = MIN_DELAY;
         for attempt in 0..20 {
             let d = b.next_delay();
-            assert!(d >= base.min(MAX_DELAY), "attempt {attempt}: {d:?} < {base:?}");
-            assert!(d <= (base * 2).min(MAX_DELAY), "attempt {attempt}: {d:?} > 2 * {base:?}");
+            assert!(
+                d >= base.min(MAX_DELAY),
+                "attempt {attempt}: {d:?} < {base:?}"
+            );
+            assert!(
+                d <= (base * 2).min(MAX_DELAY),
+                "attempt {attempt}: {d:?} > 2 * {base:?}"
+            );
             tokio::time::sleep(d).await;
             total += d;
             base = (base * 2).min(MAX_DELAY);
         }
         // Each sleep is rounded up to the timer's 1 ms resolution.
         let elapsed = start.elapsed();
-        assert!(elapsed >= total && elapsed <= total + Duration::from_millis(20), "{elapsed:?} vs {total:?}");
+        assert!(
+            elapsed >= total && elapsed <= total + Duration::from_millis(20),
+            "{elapsed:?} vs {total:?}"
+        );
         // Far along, every delay is the cap (base 15 s, jitter clipped to 15 s).
         for _ in 0..10 {
             assert_eq!(b.next_delay(), MAX_DELAY);
@@ -89,13 +102,22 @@ mod tests {
         let first = b.next_delay();
         assert!((MIN_DELAY..=MIN_DELAY * 2).contains(&first), "{first:?}");
         let second = b.next_delay();
-        assert!((MIN_DELAY * 2..=MIN_DELAY * 4).contains(&second), "{second:?}");
+        assert!(
+            (MIN_DELAY * 2..=MIN_DELAY * 4).contains(&second),
+            "{second:?}"
+        );
     }
 
     #[test]
     fn jitter_varies() {
-        let firsts: std::collections::HashSet<Duration> = (0..50).map(|_| Backoff::default().next_delay()).collect();
-        assert!(firsts.len() > 1, "jitter spreads the first delay: {firsts:?}");
-        assert!(firsts.iter().all(|d| (MIN_DELAY..=MIN_DELAY * 2).contains(d)));
+        let firsts: std::collections::HashSet<Duration> =
+            (0..50).map(|_| Backoff::default().next_delay()).collect();
+        assert!(
+            firsts.len() > 1,
+            "jitter spreads the first delay: {firsts:?}"
+        );
+        assert!(firsts
+            .iter()
+            .all(|d| (MIN_DELAY..=MIN_DELAY * 2).contains(d)));
     }
 }

@@ -50,7 +50,8 @@ impl HttpForwarder {
             h => h.to_string(),
         };
         let port = target.port_or_known_default().ok_or_else(bad)?;
-        let authority = http::uri::Authority::try_from(format!("{host}:{port}")).map_err(|_| bad())?;
+        let authority =
+            http::uri::Authority::try_from(format!("{host}:{port}")).map_err(|_| bad())?;
         let scheme = http::uri::Scheme::try_from(target.scheme()).map_err(|_| bad())?;
 
         let mut connector = HttpConnector::new();
@@ -106,7 +107,9 @@ impl HttpForwarder {
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut(), upgrade);
 
-        let resp = match tokio::time::timeout(self.inner.timeout, self.inner.client.request(req)).await {
+        let resp = match tokio::time::timeout(self.inner.timeout, self.inner.client.request(req))
+            .await
+        {
             Err(_) => {
                 warn!(target_url = %self.inner.authority, timeout = ?self.inner.timeout, "local target did not answer in time");
                 return json_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
@@ -131,7 +134,9 @@ impl HttpForwarder {
                         Ok((client, target)) => {
                             let mut client = TokioIo::new(client);
                             let mut target = TokioIo::new(target);
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
+                            if let Err(e) =
+                                tokio::io::copy_bidirectional(&mut client, &mut target).await
+                            {
                                 debug!(error = %e, "upgraded connection ended");
                             }
                         }
@@ -174,9 +179,16 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// A JSON error response `{"error": "..."}`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": message }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -208,7 +220,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for n in [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+    for n in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+    ] {
         headers.remove(n);
     }
     headers.remove("keep-alive");
@@ -233,14 +250,23 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+                        let host = req
+                            .headers()
+                            .get(header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
                         let body = format!("hello {} host={host}", req.uri());
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
                 });
             }
         });
@@ -281,7 +307,9 @@ mod tests {
             }
             out
         };
-        let out = tokio::time::timeout(Duration::from_secs(5), read_all).await.expect("response within 5s");
+        let out = tokio::time::timeout(Duration::from_secs(5), read_all)
+            .await
+            .expect("response within 5s");
         String::from_utf8(out).unwrap()
     }
 
@@ -290,7 +318,11 @@ mod tests {
         let addr = local_server().await;
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
         let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
-        let resp = roundtrip(&server, "GET /a/b?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let resp = roundtrip(
+            &server,
+            "GET /a/b?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
         assert!(resp.ends_with("hello /a/b?q=1 host=x"), "{resp}");
     }
@@ -304,11 +336,26 @@ mod tests {
         let target = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(30)).unwrap());
         let start = std::time::Instant::now();
-        let resp = roundtrip(&server, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+        let resp = roundtrip(
+            &server,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
         assert!(resp.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{resp}");
-        assert!(resp.to_ascii_lowercase().contains("content-type: application/json\r\n"), "{resp}");
-        assert!(resp.ends_with(r#"{"error":"upstream unreachable"}"#), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("content-type: application/json\r\n"),
+            "{resp}"
+        );
+        assert!(
+            resp.ends_with(r#"{"error":"upstream unreachable"}"#),
+            "{resp}"
+        );
     }
 
     #[tokio::test]
@@ -324,8 +371,15 @@ mod tests {
         });
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
         let server = tunnel(HttpForwarder::new(&target, Duration::from_millis(200)).unwrap());
-        let resp = roundtrip(&server, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-        assert!(resp.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{resp}");
+        let resp = roundtrip(
+            &server,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            resp.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+            "{resp}"
+        );
         assert!(resp.ends_with(r#"{"error":"upstream timeout"}"#), "{resp}");
     }
 
@@ -346,8 +400,10 @@ mod tests {
                 });
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                resp.headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("echo"));
                 Ok::<_, Infallible>(resp)
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -358,7 +414,9 @@ mod tests {
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
         let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
         let mut s = server.open().unwrap();
-        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 1024];
         let io = async {
@@ -368,23 +426,34 @@ mod tests {
                 got.extend_from_slice(&buf[..n]);
             }
             let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
-            assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+            assert!(
+                head.starts_with("http/1.1 101 switching protocols\r\n"),
+                "{head}"
+            );
             assert!(head.contains("upgrade: echo\r\n"), "{head}");
             s.write_all(b"through the tunnel").await.unwrap();
             let mut echoed = [0u8; 18];
             s.read_exact(&mut echoed).await.unwrap();
             assert_eq!(&echoed, b"through the tunnel");
         };
-        tokio::time::timeout(Duration::from_secs(5), io).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), io)
+            .await
+            .unwrap();
     }
 
     #[test]
     fn strips_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");

@@ -141,7 +141,9 @@ impl Agent {
 /// The server part of the status line: the base WebSocket URL (`ws://127.0.0.1:8001`).
 fn server_display(url: &str) -> String {
     let full = upstream_url(url, "");
-    full.strip_suffix(UPSTREAM_PATH_PREFIX).unwrap_or(&full).to_string()
+    full.strip_suffix(UPSTREAM_PATH_PREFIX)
+        .unwrap_or(&full)
+        .to_string()
 }
 
 struct ConnectSettings {
@@ -199,12 +201,26 @@ impl Tunnel {
         events: broadcast::Sender<StatusEvent>,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
-            Target::Http(url) => Handler::Http(HttpForwarder::new(url, endpoint.timeout).map_err(|e| {
-                AgentError::Unusable { endpoint: endpoint.id.clone(), reason: e.to_string() }
-            })?),
-            Target::Tcp(addr) => Handler::Tcp { addr: Arc::from(addr.as_str()), timeout: endpoint.timeout },
+            Target::Http(url) => {
+                Handler::Http(HttpForwarder::new(url, endpoint.timeout).map_err(|e| {
+                    AgentError::Unusable {
+                        endpoint: endpoint.id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
+            Target::Tcp(addr) => Handler::Tcp {
+                addr: Arc::from(addr.as_str()),
+                timeout: endpoint.timeout,
+            },
         };
-        Ok(Self { target: endpoint.target.to_string(), endpoint, connect, events, handler })
+        Ok(Self {
+            target: endpoint.target.to_string(),
+            endpoint,
+            connect,
+            events,
+            handler,
+        })
     }
 
     fn emit(&self, state: TunnelState) {
@@ -241,7 +257,9 @@ impl Tunnel {
                 Err(ConnectFailure::Retry(e)) => e,
                 Err(ConnectFailure::Fatal(e)) => {
                     debug!(error = %e, "endpoint stopped");
-                    self.emit(TunnelState::Stopped { reason: Some(e.to_string()) });
+                    self.emit(TunnelState::Stopped {
+                        reason: Some(e.to_string()),
+                    });
                     return Err(e);
                 }
             };
@@ -266,7 +284,8 @@ impl Tunnel {
             })
         })?;
         if let Some(auth) = &self.connect.auth {
-            req.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, auth.clone());
+            req.headers_mut()
+                .insert(tungstenite::http::header::AUTHORIZATION, auth.clone());
         }
         Ok(req)
     }
@@ -274,7 +293,11 @@ impl Tunnel {
     async fn dial(&self) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ConnectFailure> {
         let req = self.request()?;
         debug!(url = %req.uri(), "connecting");
-        let connecting = tokio_tungstenite::connect_async_with_config(req, Some(piko_protocol::ws::ws_config()), true);
+        let connecting = tokio_tungstenite::connect_async_with_config(
+            req,
+            Some(piko_protocol::ws::ws_config()),
+            true,
+        );
         match tokio::time::timeout(self.connect.timeout, connecting).await {
             Err(_) => Err(ConnectFailure::Retry(format!(
                 "no answer from the server within {}",
@@ -285,11 +308,18 @@ impl Tunnel {
         }
     }
 
-    async fn run_session(&self, ws: WebSocketStream<MaybeTlsStream<TcpStream>>, stop: &CancellationToken) -> SessionEnd {
-        let (session, driver) = Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
+    async fn run_session(
+        &self,
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        stop: &CancellationToken,
+    ) -> SessionEnd {
+        let (session, driver) =
+            Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
         let mut driver = tokio::spawn(driver);
         debug!(server = %self.connect.server, "connected");
-        self.emit(TunnelState::Connected { server: self.connect.server.clone() });
+        self.emit(TunnelState::Connected {
+            server: self.connect.server.clone(),
+        });
         let streams = TaskTracker::new();
         let end = loop {
             tokio::select! {
@@ -344,8 +374,14 @@ impl Tunnel {
         if open > 0 {
             info!(open, grace = ?self.connect.grace_period, "waiting for open streams");
         }
-        if tokio::time::timeout(self.connect.grace_period, session.idle()).await.is_err() {
-            warn!(open = session.num_streams(), "grace period over; closing open streams");
+        if tokio::time::timeout(self.connect.grace_period, session.idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = session.num_streams(),
+                "grace period over; closing open streams"
+            );
         }
         session.close();
     }
@@ -363,10 +399,9 @@ fn mux_error(e: &mux::MuxError) -> String {
 fn io_error(e: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
     match e.kind() {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected | BrokenPipe
-        | UnexpectedEof | AddrNotAvailable | NetworkUnreachable | HostUnreachable | NetworkDown => {
-            e.kind().to_string()
-        }
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected
+        | BrokenPipe | UnexpectedEof | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+        | NetworkDown => e.kind().to_string(),
         _ => e.to_string(),
     }
 }
@@ -375,7 +410,10 @@ fn io_error(e: &std::io::Error) -> String {
 fn server_message(body: Option<&[u8]>) -> Option<String> {
     let body = body?;
     // The body is what arrived with the headers; it may be chunked, so look for the object.
-    let json = match (body.iter().position(|&b| b == b'{'), body.iter().rposition(|&b| b == b'}')) {
+    let json = match (
+        body.iter().position(|&b| b == b'{'),
+        body.iter().rposition(|&b| b == b'}'),
+    ) {
         (Some(start), Some(end)) if start < end => &body[start..=end],
         _ => body,
     };
@@ -398,11 +436,19 @@ fn classify(endpoint: &EndpointId, e: tungstenite::Error) -> ConnectFailure {
             let code = status.as_u16();
             let retry = !status.is_client_error() || code == 408 || code == 429;
             if retry {
-                return ConnectFailure::Retry(format!("server answered {code} {message}").trim_end().to_string());
+                return ConnectFailure::Retry(
+                    format!("server answered {code} {message}")
+                        .trim_end()
+                        .to_string(),
+                );
             }
             let reason = match code {
-                401 => format!("server rejected the token for endpoint {endpoint}: {code} {message}"),
-                403 => format!("server does not allow endpoint {endpoint} for this token: {code} {message}"),
+                401 => {
+                    format!("server rejected the token for endpoint {endpoint}: {code} {message}")
+                }
+                403 => format!(
+                    "server does not allow endpoint {endpoint} for this token: {code} {message}"
+                ),
                 _ => format!("server refused endpoint {endpoint}: {code} {message}"),
             };
             ConnectFailure::Fatal(AgentError::Rejected {
@@ -438,23 +484,57 @@ mod tests {
     fn classifies_upgrade_answers() {
         let ep = EndpointId::new("shop").unwrap();
         let fatal = [
-            (401, Some(r#"{"error": "invalid token"}"#), "server rejected the token for endpoint shop: 401 invalid token"),
-            (403, Some(r#"{"error":"endpoint not permitted"}"#), "server does not allow endpoint shop for this token: 403 endpoint not permitted"),
-            (401, None, "server rejected the token for endpoint shop: 401 Unauthorized"),
-            (404, Some("no such route"), "server refused endpoint shop: 404 no such route"),
-            (401, Some("1a\r\n{\"error\":\"token expired\"}\r\n0\r\n\r\n"), "server rejected the token for endpoint shop: 401 token expired"),
+            (
+                401,
+                Some(r#"{"error": "invalid token"}"#),
+                "server rejected the token for endpoint shop: 401 invalid token",
+            ),
+            (
+                403,
+                Some(r#"{"error":"endpoint not permitted"}"#),
+                "server does not allow endpoint shop for this token: 403 endpoint not permitted",
+            ),
+            (
+                401,
+                None,
+                "server rejected the token for endpoint shop: 401 Unauthorized",
+            ),
+            (
+                404,
+                Some("no such route"),
+                "server refused endpoint shop: 404 no such route",
+            ),
+            (
+                401,
+                Some("1a\r\n{\"error\":\"token expired\"}\r\n0\r\n\r\n"),
+                "server rejected the token for endpoint shop: 401 token expired",
+            ),
         ];
         for (status, body, want) in fatal {
             match classify(&ep, http_error(status, body)) {
-                ConnectFailure::Fatal(e @ AgentError::Rejected { .. }) => assert_eq!(e.to_string(), want),
+                ConnectFailure::Fatal(e @ AgentError::Rejected { .. }) => {
+                    assert_eq!(e.to_string(), want)
+                }
                 _ => panic!("{status} should stop the endpoint"),
             }
         }
         let retry = [
             (408, None, "server answered 408 Request Timeout"),
-            (429, Some(r#"{"error":"slow down"}"#), "server answered 429 slow down"),
-            (503, Some(r#"{"error":"draining"}"#), "server answered 503 draining"),
-            (500, Some("<html>\n</html>"), "server answered 500 Internal Server Error"),
+            (
+                429,
+                Some(r#"{"error":"slow down"}"#),
+                "server answered 429 slow down",
+            ),
+            (
+                503,
+                Some(r#"{"error":"draining"}"#),
+                "server answered 503 draining",
+            ),
+            (
+                500,
+                Some("<html>\n</html>"),
+                "server answered 500 Internal Server Error",
+            ),
             (200, None, "server answered 200 OK"),
         ];
         for (status, body, want) in retry {
@@ -472,8 +552,14 @@ mod tests {
 
     #[test]
     fn server_display_is_the_base_ws_url() {
-        assert_eq!(server_display("http://127.0.0.1:8001"), "ws://127.0.0.1:8001");
-        assert_eq!(server_display("https://piko.example.com/"), "wss://piko.example.com");
+        assert_eq!(
+            server_display("http://127.0.0.1:8001"),
+            "ws://127.0.0.1:8001"
+        );
+        assert_eq!(
+            server_display("https://piko.example.com/"),
+            "wss://piko.example.com"
+        );
     }
 
     /// The supervisor retries a server that refuses connections, reporting each delay, and
@@ -485,8 +571,18 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let config = AgentConfig {
-            connect: ConnectConfig { url: format!("http://127.0.0.1:{port}"), token: None, timeout: Duration::from_secs(2) },
-            endpoints: vec![EndpointConfig::parse("shop", "3000", crate::config::Protocol::Http, Duration::from_secs(1)).unwrap()],
+            connect: ConnectConfig {
+                url: format!("http://127.0.0.1:{port}"),
+                token: None,
+                timeout: Duration::from_secs(2),
+            },
+            endpoints: vec![EndpointConfig::parse(
+                "shop",
+                "3000",
+                crate::config::Protocol::Http,
+                Duration::from_secs(1),
+            )
+            .unwrap()],
             grace_period: Duration::from_millis(100),
         };
         let agent = Agent::new(config);
@@ -506,9 +602,15 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert!(delays[0] <= Duration::from_millis(200) && delays[1] >= Duration::from_millis(200), "{delays:?}");
+        assert!(
+            delays[0] <= Duration::from_millis(200) && delays[1] >= Duration::from_millis(200),
+            "{delays:?}"
+        );
         shutdown.cancel();
-        let res = tokio::time::timeout(Duration::from_secs(2), run).await.unwrap().unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(res.is_ok());
         let last = events.recv().await.unwrap();
         assert_eq!(last.to_string(), "stopped: shop");
@@ -516,18 +618,31 @@ mod tests {
 
     fn agent_config(url: String, target: &str, token: Option<&str>) -> AgentConfig {
         AgentConfig {
-            connect: ConnectConfig { url, token: token.map(|t| Secret::new(t.into())), timeout: Duration::from_secs(2) },
-            endpoints: vec![EndpointConfig::parse("shop", target, crate::config::Protocol::Http, Duration::from_secs(5)).unwrap()],
+            connect: ConnectConfig {
+                url,
+                token: token.map(|t| Secret::new(t.into())),
+                timeout: Duration::from_secs(2),
+            },
+            endpoints: vec![EndpointConfig::parse(
+                "shop",
+                target,
+                crate::config::Protocol::Http,
+                Duration::from_secs(5),
+            )
+            .unwrap()],
             grace_period: Duration::from_secs(1),
         }
     }
 
+    #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
     /// A fake Piko upstream port: checks the path and token, runs the yamux server side, sends
     /// one request through the tunnel, returns the response text.
     #[tokio::test]
     async fn serves_a_request_through_a_fake_server() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio_tungstenite::tungstenite::handshake::server::{Request as SReq, Response as SResp};
+        use tokio_tungstenite::tungstenite::handshake::server::{
+            Request as SReq, Response as SResp,
+        };
 
         // Local target: answers "ok" to everything.
         let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -536,7 +651,9 @@ mod tests {
             while let Ok((tcp, _)) = target.accept().await {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
@@ -555,16 +672,25 @@ mod tests {
                 assert_eq!(req.headers()["authorization"], "Bearer tok");
                 Ok(resp)
             };
-            let ws = tokio_tungstenite::accept_hdr_async(tcp, check).await.unwrap();
-            let (session, driver) = Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, check)
+                .await
+                .unwrap();
+            let (session, driver) =
+                Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
             let driver = tokio::spawn(driver);
             let mut s = session.open().unwrap();
-            s.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n")
+                .await
+                .unwrap();
             let mut buf = vec![0u8; 1024];
             let mut got = Vec::new();
             while !got.ends_with(b"ok") {
                 let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "eof before response: {:?}", String::from_utf8_lossy(&got));
+                assert!(
+                    n > 0,
+                    "eof before response: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
                 got.extend_from_slice(&buf[..n]);
             }
             drop(s);
@@ -574,7 +700,11 @@ mod tests {
             let _ = driver.await;
         });
 
-        let agent = Agent::new(agent_config(format!("http://{server_addr}"), &target_port.to_string(), Some("tok")));
+        let agent = Agent::new(agent_config(
+            format!("http://{server_addr}"),
+            &target_port.to_string(),
+            Some("tok"),
+        ));
         let mut events = agent.subscribe();
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(agent.run(shutdown.clone()));
@@ -583,12 +713,22 @@ mod tests {
             events.recv().await.unwrap().to_string(),
             format!("connected: shop → http://127.0.0.1:{target_port} (server ws://{server_addr})")
         );
-        let text = tokio::time::timeout(Duration::from_secs(5), resp_rx).await.unwrap().unwrap();
+        let text = tokio::time::timeout(Duration::from_secs(5), resp_rx)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         shutdown.cancel();
         // The fake ends when it sees the connector's GoAway.
-        tokio::time::timeout(Duration::from_secs(3), fake).await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(3), run).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(3), fake)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(3), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(events.recv().await.unwrap().to_string(), "stopped: shop");
     }
 
@@ -616,7 +756,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap_err();
-        assert_eq!(err.to_string(), "server rejected the token for endpoint shop: 401 invalid token");
+        assert_eq!(
+            err.to_string(),
+            "server rejected the token for endpoint shop: 401 invalid token"
+        );
         assert!(matches!(err, AgentError::Rejected { status: 401, .. }));
         assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
         assert_eq!(

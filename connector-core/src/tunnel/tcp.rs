@@ -16,13 +16,21 @@ pub(super) async fn serve(mut stream: mux::Stream, addr: &str, timeout: Duration
             return;
         }
         Err(_) => {
-            warn!(target_addr = addr, ?timeout, "local target did not accept in time");
+            warn!(
+                target_addr = addr,
+                ?timeout,
+                "local target did not accept in time"
+            );
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
     match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-        Ok((up, down)) => debug!(bytes_to_target = up, bytes_from_target = down, "tcp stream done"),
+        Ok((up, down)) => debug!(
+            bytes_to_target = up,
+            bytes_from_target = down,
+            "tcp stream done"
+        ),
         Err(e) => debug!(error = %e, "tcp stream ended"),
     }
 }
