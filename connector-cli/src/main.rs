@@ -261,8 +261,11 @@ enum Job {
 }
 
 fn expose_config(a: ExposeArgs, protocol: Protocol) -> Result<AgentConfig, Failure> {
-    let endpoint = EndpointConfig::parse(&a.endpoint, &a.addr, protocol, a.timeout)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let endpoint =
+        EndpointConfig::parse(&a.endpoint, &a.addr, protocol, a.timeout).map_err(|e| match e {
+            ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {}: {e}", a.endpoint)),
+            e => Failure::Usage(e.to_string()),
+        })?;
     Ok(AgentConfig {
         connect: ConnectConfig {
             url: a.url,
