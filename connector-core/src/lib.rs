@@ -13,6 +13,7 @@
 
 // Tests unwrap freely: a panic there is a failed test with its message.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod credentials;
