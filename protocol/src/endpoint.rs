@@ -24,7 +24,9 @@ pub enum EndpointIdError {
     #[error("endpoint id is {0} bytes long; the limit is {MAX_ENDPOINT_ID_LEN}")]
     TooLong(usize),
     /// The id holds a character outside `[A-Za-z0-9._-]`.
-    #[error("endpoint id has invalid character {0:?} at byte {1}; use letters, digits, '-', '_' or '.'")]
+    #[error(
+        "endpoint id has invalid character {0:?} at byte {1}; use letters, digits, '-', '_' or '.'"
+    )]
     InvalidChar(char, usize),
 }
 
@@ -128,7 +130,10 @@ mod tests {
     #[test]
     fn validates_ids() {
         for ok in ["a", "shop", "my-endpoint_2", "v1.api", &"x".repeat(128)] {
-            assert_eq!(EndpointId::new(ok).map(|e| e.to_string()), Ok(ok.to_string()));
+            assert_eq!(
+                EndpointId::new(ok).map(|e| e.to_string()),
+                Ok(ok.to_string())
+            );
         }
         let cases: [(&str, EndpointIdError); 5] = [
             ("", EndpointIdError::Empty),
@@ -157,7 +162,11 @@ mod tests {
             (None, None, None),
         ];
         for (header, host, want) in cases {
-            assert_eq!(EndpointId::from_request_parts(header, host), Ok(want), "{header:?} {host:?}");
+            assert_eq!(
+                EndpointId::from_request_parts(header, host),
+                Ok(want),
+                "{header:?} {host:?}"
+            );
         }
         assert_eq!(
             EndpointId::from_request_parts(Some("bad id"), None),

@@ -51,13 +51,25 @@ mod tests {
     #[test]
     fn builds_ws_urls() {
         let cases = [
-            ("http://localhost:8001", "ws://localhost:8001/piko/v1/upstream/shop"),
-            ("https://piko.example.com/", "wss://piko.example.com/piko/v1/upstream/shop"),
-            ("ws://10.0.0.1:8001/base", "ws://10.0.0.1:8001/base/piko/v1/upstream/shop"),
+            (
+                "http://localhost:8001",
+                "ws://localhost:8001/piko/v1/upstream/shop",
+            ),
+            (
+                "https://piko.example.com/",
+                "wss://piko.example.com/piko/v1/upstream/shop",
+            ),
+            (
+                "ws://10.0.0.1:8001/base",
+                "ws://10.0.0.1:8001/base/piko/v1/upstream/shop",
+            ),
         ];
         for (base, want) in cases {
             assert_eq!(upstream_url(base, "shop"), want);
         }
-        assert_eq!(tcp_url("http://127.0.0.1:8000", "db"), "ws://127.0.0.1:8000/_piko/v1/tcp/db");
+        assert_eq!(
+            tcp_url("http://127.0.0.1:8000", "db"),
+            "ws://127.0.0.1:8000/_piko/v1/tcp/db"
+        );
     }
 }

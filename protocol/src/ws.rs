@@ -40,7 +40,11 @@ pub struct WsStream<S> {
 impl<S> WsStream<S> {
     /// Wrap an established WebSocket.
     pub fn new(inner: WebSocketStream<S>) -> Self {
-        Self { inner, read_buf: Bytes::new(), eof: false }
+        Self {
+            inner,
+            read_buf: Bytes::new(),
+            eof: false,
+        }
     }
 
     /// The wrapped WebSocket.
@@ -104,7 +108,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         let mut sink = Pin::new(&mut self.inner);
         ready!(sink.as_mut().poll_ready(cx)).map_err(to_io)?;
         let n = buf.len().min(MAX_MESSAGE_SIZE);
-        sink.start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).map_err(to_io)?;
+        sink.start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+            .map_err(to_io)?;
         Poll::Ready(Ok(n))
     }
 
@@ -127,7 +132,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    async fn pair() -> (WebSocketStream<tokio::io::DuplexStream>, WebSocketStream<tokio::io::DuplexStream>) {
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let a = WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_config())).await;
         let b = WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_config())).await;
@@ -138,9 +146,15 @@ mod tests {
     async fn messages_form_one_byte_stream() {
         let (mut a, b) = pair().await;
         let mut b = WsStream::new(b);
-        a.send(Message::Binary(Bytes::from_static(b"hel"))).await.unwrap();
-        a.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
-        a.send(Message::Binary(Bytes::from_static(b"lo"))).await.unwrap();
+        a.send(Message::Binary(Bytes::from_static(b"hel")))
+            .await
+            .unwrap();
+        a.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        a.send(Message::Binary(Bytes::from_static(b"lo")))
+            .await
+            .unwrap();
         a.close(None).await.unwrap();
         let mut out = Vec::new();
         b.read_to_end(&mut out).await.unwrap();
@@ -172,7 +186,9 @@ mod tests {
     async fn oversized_message_is_an_error() {
         let (a, b) = tokio::io::duplex(1 << 16);
         let mut a = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-        let small = WebSocketConfig::default().max_message_size(Some(1024)).max_frame_size(Some(1024));
+        let small = WebSocketConfig::default()
+            .max_message_size(Some(1024))
+            .max_frame_size(Some(1024));
         let b = WebSocketStream::from_raw_socket(b, Role::Server, Some(small)).await;
         let mut b = WsStream::new(b);
         let writer = tokio::spawn(async move {

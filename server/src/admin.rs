@@ -36,11 +36,19 @@ pub struct Admin {
 impl Admin {
     /// Admin routes over `registry`; `/ready` follows `ready`.
     pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, node: NodeInfo) -> Self {
-        Self { registry, ready, node }
+        Self {
+            registry,
+            ready,
+            node,
+        }
     }
 
     /// Handle one admin request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _remote: SocketAddr,
+    ) -> Response<Body> {
         if req.method() != Method::GET {
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
@@ -50,10 +58,15 @@ impl Admin {
                 if self.ready.load(Ordering::SeqCst) {
                     json_response(StatusCode::OK, &json!({"status": "ready"}))
                 } else {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting down"}))
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "shutting down"}),
+                    )
                 }
             }
-            "/status/upstream/endpoints" => json_response(StatusCode::OK, &json!(self.registry.endpoints())),
+            "/status/upstream/endpoints" => {
+                json_response(StatusCode::OK, &json!(self.registry.endpoints()))
+            }
             "/status/cluster/nodes" => {
                 let mut node = serde_json::to_value(&self.node).unwrap_or_default();
                 node["endpoints"] = json!(self.registry.endpoints());

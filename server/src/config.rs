@@ -28,7 +28,11 @@ pub struct Dur(pub Duration);
 
 impl Serialize for Dur {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string().replace(' ', ""))
+        s.serialize_str(
+            &humantime::format_duration(self.0)
+                .to_string()
+                .replace(' ', ""),
+        )
     }
 }
 
@@ -38,9 +42,11 @@ impl<'de> Deserialize<'de> for Dur {
         if s.trim() == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); use a value like 30s, 1m or 500ms")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use a value like 30s, 1m or 500ms"
+            ))
+        })
     }
 }
 
@@ -130,8 +136,14 @@ impl Default for FileConfig {
     fn default() -> Self {
         Self {
             proxy: ProxyFile::default(),
-            upstream: PortFile { bind_addr: ":8001".into(), advertise_addr: String::new() },
-            admin: PortFile { bind_addr: ":8002".into(), advertise_addr: String::new() },
+            upstream: PortFile {
+                bind_addr: ":8001".into(),
+                advertise_addr: String::new(),
+            },
+            admin: PortFile {
+                bind_addr: ":8002".into(),
+                advertise_addr: String::new(),
+            },
             cluster: ClusterFile::default(),
             log: LogFile::default(),
             grace_period: Dur(Duration::from_secs(60)),
@@ -141,31 +153,53 @@ impl Default for FileConfig {
 
 impl Default for ProxyFile {
     fn default() -> Self {
-        Self { bind_addr: ":8000".into(), advertise_addr: String::new(), timeout: Dur(Duration::from_secs(30)), http: HttpFile::default() }
+        Self {
+            bind_addr: ":8000".into(),
+            advertise_addr: String::new(),
+            timeout: Dur(Duration::from_secs(30)),
+            http: HttpFile::default(),
+        }
     }
 }
 
 impl Default for HttpFile {
     fn default() -> Self {
-        Self { read_header_timeout: Dur(Duration::from_secs(10)), idle_timeout: Dur(Duration::from_secs(300)), max_header_bytes: 1 << 20 }
+        Self {
+            read_header_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(300)),
+            max_header_bytes: 1 << 20,
+        }
     }
 }
 
 impl Default for PortFile {
     fn default() -> Self {
-        Self { bind_addr: String::new(), advertise_addr: String::new() }
+        Self {
+            bind_addr: String::new(),
+            advertise_addr: String::new(),
+        }
     }
 }
 
 impl Default for ClusterFile {
     fn default() -> Self {
-        Self { node_id: String::new(), bind_addr: ":8003".into(), advertise_addr: String::new(), join: vec![], data_dir: String::new() }
+        Self {
+            node_id: String::new(),
+            bind_addr: ":8003".into(),
+            advertise_addr: String::new(),
+            join: vec![],
+            data_dir: String::new(),
+        }
     }
 }
 
 impl Default for LogFile {
     fn default() -> Self {
-        Self { level: "info".into(), subsystems: vec![], format: "text".into() }
+        Self {
+            level: "info".into(),
+            subsystems: vec![],
+            format: "text".into(),
+        }
     }
 }
 
@@ -219,15 +253,27 @@ pub struct Advertise {
 pub fn parse_bind_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(err(key, "missing address; use host:port such as 127.0.0.1:8000"));
+        return Err(err(
+            key,
+            "missing address; use host:port such as 127.0.0.1:8000",
+        ));
     }
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
     if let Ok(a) = full.parse() {
         return Ok(a);
     }
     match full.to_socket_addrs() {
-        Ok(mut it) => it.next().ok_or_else(|| err(key, format!("{s:?} resolves to no address"))),
-        Err(_) => Err(err(key, format!("invalid address {s:?}; use host:port such as 127.0.0.1:8000"))),
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| err(key, format!("{s:?} resolves to no address"))),
+        Err(_) => Err(err(
+            key,
+            format!("invalid address {s:?}; use host:port such as 127.0.0.1:8000"),
+        )),
     }
 }
 
@@ -244,7 +290,11 @@ fn walk(v: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
         Value::Mapping(m) => {
             for (k, child) in m {
                 let k = k.as_str().unwrap_or_default();
-                let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 walk(child, key, out);
             }
         }
@@ -280,7 +330,11 @@ pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        out.push_str(&env(name).or_else(|| default.map(str::to_string)).unwrap_or_default());
+        out.push_str(
+            &env(name)
+                .or_else(|| default.map(str::to_string))
+                .unwrap_or_default(),
+        );
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -305,7 +359,9 @@ fn typed_value(default: &Value, raw: &[String]) -> Value {
         },
         Value::Number(_) => {
             let s = raw.last().cloned().unwrap_or_default();
-            s.parse::<u64>().map(Value::from).unwrap_or(Value::String(s))
+            s.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or(Value::String(s))
         }
         _ => Value::String(raw.last().cloned().unwrap_or_default()),
     }
@@ -346,17 +402,30 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
     let keys = leaf_keys();
     let mut tree = Value::Mapping(Mapping::new());
     if let Some((path, text)) = &src.file {
-        let text = if src.expand_env { expand_env(text, &|n| src.env.get(n).cloned()) } else { text.clone() };
-        let v: Value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError(format!("config file {path}: {e}")))?;
+        let text = if src.expand_env {
+            expand_env(text, &|n| src.env.get(n).cloned())
+        } else {
+            text.clone()
+        };
+        let v: Value = serde_yaml_ng::from_str(&text)
+            .map_err(|e| ConfigError(format!("config file {path}: {e}")))?;
         match v {
             Value::Null => {}
             Value::Mapping(_) => tree = v,
-            _ => return Err(ConfigError(format!("config file {path}: expected a mapping of keys at the top level"))),
+            _ => {
+                return Err(ConfigError(format!(
+                    "config file {path}: expected a mapping of keys at the top level"
+                )))
+            }
         }
     }
     for (key, default) in &keys {
         if let Some(v) = src.env.get(&env_name(key)) {
-            set_path(&mut tree, key, typed_value(default, std::slice::from_ref(v)));
+            set_path(
+                &mut tree,
+                key,
+                typed_value(default, std::slice::from_ref(v)),
+            );
         }
     }
     for (key, vals) in &src.flags {
@@ -367,7 +436,11 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde_yaml_ng appends " at line N column M" for file input; keep the message short.
-        ConfigError(format!("{}: {}", if path == "." { "config".into() } else { path }, inner))
+        ConfigError(format!(
+            "{}: {}",
+            if path == "." { "config".into() } else { path },
+            inner
+        ))
     })?;
     file.into_config()
 }
@@ -377,24 +450,43 @@ impl FileConfig {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let level = self.log.level.to_lowercase();
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-            return Err(err("log.level", format!("invalid level {:?}; use error, warn, info, debug or trace", self.log.level)));
+            return Err(err(
+                "log.level",
+                format!(
+                    "invalid level {:?}; use error, warn, info, debug or trace",
+                    self.log.level
+                ),
+            ));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
-            return Err(err("log.format", format!("invalid format {:?}; use text or json", self.log.format)));
+            return Err(err(
+                "log.format",
+                format!("invalid format {:?}; use text or json", self.log.format),
+            ));
         }
         if self.proxy.timeout.0.is_zero() {
             return Err(err("proxy.timeout", "must be greater than zero"));
         }
         if self.proxy.http.max_header_bytes < 8192 || self.proxy.http.max_header_bytes > 64 << 20 {
-            return Err(err("proxy.http.max_header_bytes", "must be between 8192 and 67108864"));
+            return Err(err(
+                "proxy.http.max_header_bytes",
+                "must be between 8192 and 67108864",
+            ));
         }
         let opt = |s: String| if s.trim().is_empty() { None } else { Some(s) };
         let node_id = if self.cluster.node_id.is_empty() {
             format!("piko-{:08x}", rand_u32())
         } else {
             let id = self.cluster.node_id.clone();
-            if !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || id.len() > 64 {
-                return Err(err("cluster.node_id", "use up to 64 letters, digits, '-', '_' or '.'"));
+            if !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || id.len() > 64
+            {
+                return Err(err(
+                    "cluster.node_id",
+                    "use up to 64 letters, digits, '-', '_' or '.'",
+                ));
             }
             id
         };
@@ -425,7 +517,12 @@ impl FileConfig {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
@@ -433,7 +530,12 @@ impl Config {
     /// Defaults with every port on 127.0.0.1 port 0: for tests and embedding.
     pub fn loopback_ephemeral() -> Self {
         let mut src = Sources::default();
-        for k in ["proxy.bind_addr", "upstream.bind_addr", "admin.bind_addr", "cluster.bind_addr"] {
+        for k in [
+            "proxy.bind_addr",
+            "upstream.bind_addr",
+            "admin.bind_addr",
+            "cluster.bind_addr",
+        ] {
             src.flags.insert(k.into(), vec!["127.0.0.1:0".into()]);
         }
         load(&src).unwrap_or_else(|e| unreachable!("built-in configuration is valid: {e}"))
@@ -448,8 +550,14 @@ mod tests {
         Sources {
             file: file.map(|f| ("piko.yaml".to_string(), f.to_string())),
             expand_env: true,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            flags: flags.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
         }
     }
 
@@ -467,7 +575,15 @@ mod tests {
     #[test]
     fn precedence_is_defaults_file_env_flags() {
         let file = "proxy:\n  bind_addr: 127.0.0.1:1000\n  timeout: 5s\nupstream:\n  bind_addr: 127.0.0.1:1001\n";
-        let c = load(&src(Some(file), &[("PIKO_PROXY_BIND_ADDR", "127.0.0.1:2000"), ("PIKO_PROXY_TIMEOUT", "7s")], &[("proxy.bind_addr", "127.0.0.1:3000")])).unwrap();
+        let c = load(&src(
+            Some(file),
+            &[
+                ("PIKO_PROXY_BIND_ADDR", "127.0.0.1:2000"),
+                ("PIKO_PROXY_TIMEOUT", "7s"),
+            ],
+            &[("proxy.bind_addr", "127.0.0.1:3000")],
+        ))
+        .unwrap();
         assert_eq!(c.proxy_addr.port(), 3000, "flag wins");
         assert_eq!(c.proxy_timeout, Duration::from_secs(7), "env beats file");
         assert_eq!(c.upstream_addr.port(), 1001, "file beats default");
@@ -477,8 +593,14 @@ mod tests {
     fn expands_env_in_file() {
         let file = "proxy:\n  bind_addr: ${ADDR}\n  timeout: ${TIMEOUT:12s}\n";
         let c = load(&src(Some(file), &[("ADDR", "127.0.0.1:4000")], &[])).unwrap();
-        assert_eq!((c.proxy_addr.port(), c.proxy_timeout), (4000, Duration::from_secs(12)));
-        assert_eq!(expand_env("a${X}b${Y:z}c${", &|n| (n == "X").then(|| "1".into())), "a1bzc${");
+        assert_eq!(
+            (c.proxy_addr.port(), c.proxy_timeout),
+            (4000, Duration::from_secs(12))
+        );
+        assert_eq!(
+            expand_env("a${X}b${Y:z}c${", &|n| (n == "X").then(|| "1".into())),
+            "a1bzc${"
+        );
     }
 
     #[test]
@@ -492,14 +614,35 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases: [(Sources, &str); 8] = [
-            (src(Some("proxy:\n  bind_adr: x\n"), &[], &[]), "proxy.bind_adr: unknown field `bind_adr`"),
+            (
+                src(Some("proxy:\n  bind_adr: x\n"), &[], &[]),
+                "proxy.bind_adr: unknown field `bind_adr`",
+            ),
             (src(Some("nope: 1\n"), &[], &[]), "unknown field `nope`"),
-            (src(Some("proxy:\n  timeout: soon\n"), &[], &[]), "proxy.timeout: invalid duration \"soon\""),
-            (src(None, &[("PIKO_PROXY_TIMEOUT", "10 parsecs")], &[]), "proxy.timeout: invalid duration"),
-            (src(None, &[], &[("upstream.bind_addr", "nowhere")]), "upstream.bind_addr: invalid address"),
-            (src(None, &[], &[("log.level", "loud")]), "log.level: invalid level"),
-            (src(None, &[], &[("proxy.http.max_header_bytes", "lots")]), "proxy.http.max_header_bytes: invalid type"),
-            (src(Some("proxy: [1, 2]\n"), &[], &[]), "proxy: invalid type"),
+            (
+                src(Some("proxy:\n  timeout: soon\n"), &[], &[]),
+                "proxy.timeout: invalid duration \"soon\"",
+            ),
+            (
+                src(None, &[("PIKO_PROXY_TIMEOUT", "10 parsecs")], &[]),
+                "proxy.timeout: invalid duration",
+            ),
+            (
+                src(None, &[], &[("upstream.bind_addr", "nowhere")]),
+                "upstream.bind_addr: invalid address",
+            ),
+            (
+                src(None, &[], &[("log.level", "loud")]),
+                "log.level: invalid level",
+            ),
+            (
+                src(None, &[], &[("proxy.http.max_header_bytes", "lots")]),
+                "proxy.http.max_header_bytes: invalid type",
+            ),
+            (
+                src(Some("proxy: [1, 2]\n"), &[], &[]),
+                "proxy: invalid type",
+            ),
         ];
         for (s, want) in cases {
             let e = load(&s).unwrap_err().to_string();
@@ -512,7 +655,10 @@ mod tests {
         let keys = leaf_keys();
         assert!(keys.contains_key("proxy.http.read_header_timeout"));
         assert!(keys.contains_key("cluster.join"));
-        assert_eq!(flag_name("proxy.http.read_header_timeout"), "proxy.http.read-header-timeout");
+        assert_eq!(
+            flag_name("proxy.http.read_header_timeout"),
+            "proxy.http.read-header-timeout"
+        );
         assert_eq!(env_name("cluster.node_id"), "PIKO_CLUSTER_NODE_ID");
     }
 }

@@ -48,7 +48,10 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self { read_header_timeout: Duration::from_secs(10), max_header_bytes: 1 << 20 }
+        Self {
+            read_header_timeout: Duration::from_secs(10),
+            max_header_bytes: 1 << 20,
+        }
     }
 }
 
@@ -94,12 +97,15 @@ pub async fn serve<F, Fut>(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = HeadTimeoutIo::new(stream, limits.read_header_timeout);
         let handler = handler.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req, remote).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
@@ -134,7 +140,11 @@ pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade request.
 pub fn websocket_accept<B>(req: &Request<B>) -> Response<Body> {
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes()).unwrap_or_default();
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .unwrap_or_default();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -143,4 +153,113 @@ pub fn websocket_accept<B>(req: &Request<B>) -> Response<Body> {
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Either::Right(Full::new(Bytes::new())))
         .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+/// A client connection that answers `408 Request Timeout` when hyper drops it while a request
+/// head has been arriving for longer than the header timeout (hyper itself just closes).
+/// HTTP/2 connections (which start with the `PRI` preface) are left alone.
+pub struct HeadTimeoutIo {
+    inner: tokio::net::TcpStream,
+    head_started: Option<std::time::Instant>,
+    timeout: Duration,
+    http2: Option<bool>,
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 35\r\n\r\n{\"error\":\"request header timeout\"}\n";
+
+impl HeadTimeoutIo {
+    /// Wrap `inner`; `timeout` is the header read timeout hyper enforces.
+    pub fn new(inner: tokio::net::TcpStream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            head_started: None,
+            timeout,
+            http2: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for HeadTimeoutIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = res {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                if self.http2.is_none() {
+                    self.http2 = Some(new.starts_with(b"PRI "));
+                }
+                if self.head_started.is_none() {
+                    self.head_started = Some(std::time::Instant::now());
+                }
+            }
+        }
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadTimeoutIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.head_started = None;
+            }
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.head_started = None;
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for HeadTimeoutIo {
+    fn drop(&mut self) {
+        if self.http2 == Some(true) {
+            return;
+        }
+        if let Some(started) = self.head_started {
+            if started.elapsed() >= self.timeout {
+                // Best effort, never blocks: the connection is closing anyway.
+                let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
+            }
+        }
+    }
 }

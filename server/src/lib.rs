@@ -40,7 +40,9 @@ impl Listeners {
     /// Bind every port of `config`.
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
         let bind = |key: &'static str, addr| async move {
-            TcpListener::bind(addr).await.map_err(|source| BindError { key, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { key, addr, source })
         };
         Ok(Self {
             proxy: bind("proxy.bind_addr", config.proxy_addr).await?,
@@ -72,30 +74,69 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let node = admin::NodeInfo {
         id: config.node_id.clone(),
-        proxy_addr: config.advertise.proxy.clone().unwrap_or_else(|| addr(&listeners.proxy)),
-        upstream_addr: config.advertise.upstream.clone().unwrap_or_else(|| addr(&listeners.upstream)),
-        admin_addr: config.advertise.admin.clone().unwrap_or_else(|| addr(&listeners.admin)),
-        cluster_addr: config.advertise.cluster.clone().unwrap_or_else(|| config.cluster_addr.to_string()),
+        proxy_addr: config
+            .advertise
+            .proxy
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.proxy)),
+        upstream_addr: config
+            .advertise
+            .upstream
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.upstream)),
+        admin_addr: config
+            .advertise
+            .admin
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.admin)),
+        cluster_addr: config
+            .advertise
+            .cluster
+            .clone()
+            .unwrap_or_else(|| config.cluster_addr.to_string()),
     };
     info!(node_id = %config.node_id, "starting node");
 
-    let limits = http::HttpLimits { read_header_timeout: config.read_header_timeout, max_header_bytes: config.max_header_bytes };
+    let limits = http::HttpLimits {
+        read_header_timeout: config.read_header_timeout,
+        max_header_bytes: config.max_header_bytes,
+    };
     let grace = config.grace_period;
     // Admin stays up until the data ports have drained, so probes see /ready = 503 meanwhile.
     let admin_shutdown = CancellationToken::new();
 
     let proxy = Arc::new(proxy::Proxy::new(registry.clone(), config.proxy_timeout));
-    tasks.spawn(http::serve("proxy", listeners.proxy, limits.clone(), shutdown.clone(), grace, move |req, remote| {
-        proxy.clone().handle(req, remote)
-    }));
-    let upstreams = Arc::new(upstream::UpstreamServer::new(registry.clone(), shutdown.clone(), tasks.clone(), grace));
-    tasks.spawn(http::serve("upstream", listeners.upstream, limits.clone(), shutdown.clone(), grace, move |req, remote| {
-        upstreams.clone().handle(req, remote)
-    }));
+    tasks.spawn(http::serve(
+        "proxy",
+        listeners.proxy,
+        limits.clone(),
+        shutdown.clone(),
+        grace,
+        move |req, remote| proxy.clone().handle(req, remote),
+    ));
+    let upstreams = Arc::new(upstream::UpstreamServer::new(
+        registry.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+        grace,
+    ));
+    tasks.spawn(http::serve(
+        "upstream",
+        listeners.upstream,
+        limits.clone(),
+        shutdown.clone(),
+        grace,
+        move |req, remote| upstreams.clone().handle(req, remote),
+    ));
     let admin = Arc::new(admin::Admin::new(registry.clone(), ready.clone(), node));
-    let admin_task = tokio::spawn(http::serve("admin", listeners.admin, limits, admin_shutdown.clone(), grace, move |req, remote| {
-        admin.clone().handle(req, remote)
-    }));
+    let admin_task = tokio::spawn(http::serve(
+        "admin",
+        listeners.admin,
+        limits,
+        admin_shutdown.clone(),
+        grace,
+        move |req, remote| admin.clone().handle(req, remote),
+    ));
 
     shutdown.cancelled().await;
     ready.store(false, Ordering::SeqCst);

@@ -33,16 +33,31 @@ fn cli() -> Command {
     for (key, default) in leaf_keys() {
         let default = serde_yaml_ng::to_string(&default).unwrap_or_default();
         let default = default.trim();
-        let help = format!("env {}; default {}", env_name(&key), if default.is_empty() { "\"\"" } else { default });
-        cmd = cmd.arg(Arg::new(key.clone()).long(flag_name(&key)).value_name("VALUE").action(ArgAction::Append).help(help));
+        let help = format!(
+            "env {}; default {}",
+            env_name(&key),
+            if default.is_empty() { "\"\"" } else { default }
+        );
+        cmd = cmd.arg(
+            Arg::new(key.clone())
+                .long(flag_name(&key))
+                .value_name("VALUE")
+                .action(ArgAction::Append)
+                .help(help),
+        );
     }
     cmd
 }
 
 fn sources(m: &ArgMatches) -> anyhow::Result<Sources> {
-    let mut src = Sources { env: std::env::vars().collect(), expand_env: m.get_flag("config.expand-env"), ..Sources::default() };
+    let mut src = Sources {
+        env: std::env::vars().collect(),
+        expand_env: m.get_flag("config.expand-env"),
+        ..Sources::default()
+    };
     if let Some(path) = m.get_one::<String>("config.path") {
-        let text = std::fs::read_to_string(path).with_context(|| format!("config.path: cannot read {path}"))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("config.path: cannot read {path}"))?;
         src.file = Some((path.clone(), text));
     }
     let mut flags = BTreeMap::new();
@@ -56,12 +71,18 @@ fn sources(m: &ArgMatches) -> anyhow::Result<Sources> {
 }
 
 fn init_logging(log: &config::LogFile) {
-    let mut filter = format!("{},hyper=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn", log.level);
+    let mut filter = format!(
+        "{},hyper=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn",
+        log.level
+    );
     for s in &log.subsystems {
         filter.push_str(&format!(",piko_server::{s}=debug"));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if log.format == "json" {
         builder.json().init();
     } else {
@@ -70,23 +91,40 @@ fn init_logging(log: &config::LogFile) {
 }
 
 async fn status(m: &ArgMatches) -> anyhow::Result<()> {
-    let base = m.get_one::<String>("server.url").map(String::as_str).unwrap_or("http://localhost:8002");
+    let base = m
+        .get_one::<String>("server.url")
+        .map(String::as_str)
+        .unwrap_or("http://localhost:8002");
     let path = match m.get_one::<String>("what").map(String::as_str) {
         Some("nodes") => "/status/cluster/nodes",
         _ => "/status/upstream/endpoints",
     };
-    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/')).parse().context("--server.url: invalid URL")?;
-    let authority = url.authority().context("--server.url: missing host")?.clone();
+    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .context("--server.url: invalid URL")?;
+    let authority = url
+        .authority()
+        .context("--server.url: missing host")?
+        .clone();
     let stream = tokio::net::TcpStream::connect(authority.as_str())
         .await
-        .with_context(|| format!("cannot reach {authority}; is the admin port right (--server.url)?"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        .with_context(|| {
+            format!("cannot reach {authority}; is the admin port right (--server.url)?")
+        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(url.path()).header("host", authority.as_str()).body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let req = http::Request::get(url.path())
+        .header("host", authority.as_str())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(
+        serde_json::Value::String(String::from_utf8_lossy(&body).into()),
+    );
     if !status.is_success() {
         anyhow::bail!("{path}: {status}: {value}");
     }
@@ -96,7 +134,10 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -112,7 +153,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match sources(&matches).and_then(|s| config::load(&s).map_err(anyhow::Error::from)) {
+    let config = match sources(&matches).and_then(|s| config::load(&s).map_err(anyhow::Error::from))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -141,7 +183,10 @@ async fn signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -151,7 +196,9 @@ async fn signals(shutdown: CancellationToken) {
                 _ = int.recv() => {}
             }
             if n == 0 {
-                tracing::info!("signal received; shutting down gracefully (send again to exit at once)");
+                tracing::info!(
+                    "signal received; shutting down gracefully (send again to exit at once)"
+                );
                 shutdown.cancel();
             } else {
                 tracing::warn!("second signal; exiting at once");

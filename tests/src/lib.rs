@@ -1,1 +1,269 @@
-//! Test harness (being written).
+//! The Piko test harness: servers, connectors and local services on loopback port 0.
+//!
+//! - [`TestServer`]: a `piko-server` node running in-process on ephemeral ports.
+//! - [`TestConnector`]: a connector agent (connector-core) for one or more endpoints.
+//! - [`EchoUpstream`]: the local service behind the tunnel, with routes for every test.
+//! - [`wait_until`]: poll a condition instead of sleeping.
+//! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
+
+pub mod echo;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use piko_connector_core::config::{AgentConfig, ConnectConfig, EndpointConfig, Protocol};
+use piko_connector_core::status::{StatusEvent, TunnelState};
+use piko_connector_core::tunnel::Agent;
+use piko_server::{Config, Listeners};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use echo::EchoUpstream;
+
+/// Install a test log subscriber once (RUST_LOG controls it).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `cond` every 20 ms until it is true; panic with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A server node running in this process.
+pub struct TestServer {
+    /// Proxy port address.
+    pub proxy_addr: SocketAddr,
+    /// Upstream port address.
+    pub upstream_addr: SocketAddr,
+    /// Admin port address.
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Start a node with default settings on ephemeral loopback ports.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start a node after `tweak` adjusts its configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::loopback_ephemeral();
+        config.grace_period = Duration::from_secs(5);
+        tweak(&mut config);
+        let listeners = Listeners::bind(&config).await.expect("bind test server");
+        Self::start_on(listeners, config)
+    }
+
+    /// Start a node on listeners the test bound itself (to restart on the same ports).
+    pub fn start_on(listeners: Listeners, config: Config) -> Self {
+        init_logs();
+        let proxy_addr = listeners.proxy.local_addr().expect("proxy addr");
+        let upstream_addr = listeners.upstream.local_addr().expect("upstream addr");
+        let admin_addr = listeners.admin.local_addr().expect("admin addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(piko_server::run(listeners, config, shutdown.clone()));
+        Self {
+            proxy_addr,
+            upstream_addr,
+            admin_addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// `http://` URL of the proxy port.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr)
+    }
+
+    /// `http://` URL of the upstream port.
+    pub fn upstream_url(&self) -> String {
+        format!("http://{}", self.upstream_addr)
+    }
+
+    /// `http://` URL of the admin port.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Endpoint → local upstream count, from the admin API.
+    pub async fn endpoints(&self) -> serde_json::Value {
+        let url = format!("{}/status/upstream/endpoints", self.admin_url());
+        match reqwest::get(url).await {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Wait until `endpoint` has `count` upstreams registered.
+    pub async fn wait_for_upstreams(&self, endpoint: &str, count: u64) {
+        wait_until(
+            &format!("{endpoint} has {count} upstream(s)"),
+            Duration::from_secs(10),
+            || async {
+                self.endpoints()
+                    .await
+                    .get(endpoint)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    == count
+            },
+        )
+        .await;
+    }
+
+    /// Begin a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shut down and wait until the node has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A connector agent running in this process.
+pub struct TestConnector {
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), piko_connector_core::tunnel::AgentError>>>,
+    events: tokio::sync::broadcast::Receiver<StatusEvent>,
+}
+
+impl TestConnector {
+    /// Connect `endpoints` (id, addr, protocol) to the server at `upstream_url`.
+    pub fn start(upstream_url: &str, endpoints: &[(&str, &str, Protocol)]) -> Self {
+        init_logs();
+        let endpoints = endpoints
+            .iter()
+            .map(|(id, addr, proto)| {
+                EndpointConfig::parse(id, addr, *proto, Duration::from_secs(30))
+                    .expect("endpoint config")
+            })
+            .collect();
+        let config = AgentConfig {
+            connect: ConnectConfig {
+                url: upstream_url.to_string(),
+                token: None,
+                timeout: Duration::from_secs(10),
+            },
+            endpoints,
+            grace_period: Duration::from_secs(2),
+        };
+        let agent = Agent::new(config);
+        let events = agent.subscribe();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(agent.run(shutdown.clone()));
+        Self {
+            shutdown,
+            task: Some(task),
+            events,
+        }
+    }
+
+    /// One HTTP endpoint to a local address.
+    pub fn http(server: &TestServer, endpoint: &str, addr: &str) -> Self {
+        Self::start(&server.upstream_url(), &[(endpoint, addr, Protocol::Http)])
+    }
+
+    /// Wait for the next status event matching `pred`.
+    pub async fn wait_for_state(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&TunnelState) -> bool,
+    ) -> StatusEvent {
+        let fut = async {
+            loop {
+                match self.events.recv().await {
+                    Ok(ev) if pred(&ev.state) => return ev,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(e) => panic!("status channel closed while waiting for {what}: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Stop the agent gracefully and wait for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("connector stops in time");
+        }
+    }
+}
+
+impl Drop for TestConnector {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Path of a binary built from this workspace (`piko-server`, `piko`), next to the test's
+/// own executable. The test command builds them first (`cargo build --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Bind a loopback listener on an ephemeral port.
+pub async fn loopback_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
+}
+
+/// A reqwest client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}

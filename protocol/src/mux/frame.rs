@@ -135,11 +135,28 @@ mod tests {
 
     #[test]
     fn header_round_trips_every_type_and_flag() {
-        let types = [FrameType::Data, FrameType::WindowUpdate, FrameType::Ping, FrameType::GoAway];
-        let flags = [0, FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN | FLAG_FIN];
+        let types = [
+            FrameType::Data,
+            FrameType::WindowUpdate,
+            FrameType::Ping,
+            FrameType::GoAway,
+        ];
+        let flags = [
+            0,
+            FLAG_SYN,
+            FLAG_ACK,
+            FLAG_FIN,
+            FLAG_RST,
+            FLAG_SYN | FLAG_FIN,
+        ];
         for ty in types {
             for f in flags {
-                let h = Header { ty, flags: f, stream_id: 0x0102_0304, length: 0xa0b0_c0d0 };
+                let h = Header {
+                    ty,
+                    flags: f,
+                    stream_id: 0x0102_0304,
+                    length: 0xa0b0_c0d0,
+                };
                 assert_eq!(Header::decode(&h.encode()), Ok(h));
             }
         }
@@ -150,9 +167,17 @@ mod tests {
         let b: [u8; 12] = [0, 1, 0, 1, 0, 0, 0, 3, 0, 4, 0, 0];
         assert_eq!(
             Header::decode(&b),
-            Ok(Header { ty: FrameType::WindowUpdate, flags: FLAG_SYN, stream_id: 3, length: 0x40000 })
+            Ok(Header {
+                ty: FrameType::WindowUpdate,
+                flags: FLAG_SYN,
+                stream_id: 3,
+                length: 0x40000
+            })
         );
-        assert_eq!(raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0x40000, &[]), b.to_vec());
+        assert_eq!(
+            raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0x40000, &[]),
+            b.to_vec()
+        );
     }
 
     #[test]

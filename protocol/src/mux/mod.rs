@@ -160,14 +160,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl WriteQueue {
     fn push(&mut self, ty: FrameType, flags: u16, stream_id: u32, length: u32, body: &[u8]) {
-        self.buf.extend_from_slice(&Header { ty, flags, stream_id, length }.encode());
+        self.buf.extend_from_slice(
+            &Header {
+                ty,
+                flags,
+                stream_id,
+                length,
+            }
+            .encode(),
+        );
         self.buf.extend_from_slice(body);
     }
 }
 
 impl Session {
     /// Start a session over `io`. Spawn the returned future; it ends when the connection does.
-    pub fn new<T>(io: T, mode: Mode, config: Config) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
+    pub fn new<T>(
+        io: T,
+        mode: Mode,
+        config: Config,
+    ) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -275,7 +287,8 @@ impl Session {
 
     /// Wait until the peer sends GoAway or the session ends.
     pub async fn gone_away(&self) {
-        self.wait_for(|t| t.remote_go_away || t.closed.is_some()).await
+        self.wait_for(|t| t.remote_go_away || t.closed.is_some())
+            .await
     }
 
     /// Wait until the session has ended.
@@ -285,7 +298,8 @@ impl Session {
 
     /// Wait until no stream is open (or the session has ended).
     pub async fn idle(&self) {
-        self.wait_for(|t| t.streams.is_empty() || t.closed.is_some()).await
+        self.wait_for(|t| t.streams.is_empty() || t.closed.is_some())
+            .await
     }
 
     async fn wait_for(&self, cond: impl Fn(&Table) -> bool) {
@@ -363,7 +377,10 @@ impl Shared {
             }
             FrameType::GoAway => {
                 if hdr.length != frame::GO_AWAY_NORMAL {
-                    return Err(MuxError::Protocol(format!("peer went away with error code {}", hdr.length)));
+                    return Err(MuxError::Protocol(format!(
+                        "peer went away with error code {}",
+                        hdr.length
+                    )));
                 }
                 lock(&self.table).remote_go_away = true;
                 self.state_notify.notify_waiters();
@@ -380,7 +397,9 @@ impl Shared {
         }
         let st = if hdr.flags & frame::FLAG_SYN != 0 {
             if !self.is_peer_id(id) {
-                return Err(MuxError::Protocol(format!("peer opened stream {id} with this side's id parity")));
+                return Err(MuxError::Protocol(format!(
+                    "peer opened stream {id} with this side's id parity"
+                )));
             }
             let mut t = lock(&self.table);
             if t.streams.contains_key(&id) || id <= t.max_peer_id {
@@ -401,7 +420,8 @@ impl Shared {
             t.streams.insert(id, st.clone());
             let delta = self.config.stream_window.saturating_sub(INITIAL_WINDOW);
             self.queue_control(FrameType::WindowUpdate, frame::FLAG_ACK, id, delta);
-            t.accept_queue.push_back(Stream::new(st.clone(), self.clone()));
+            t.accept_queue
+                .push_back(Stream::new(st.clone(), self.clone()));
             drop(t);
             self.state_notify.notify_waiters();
             st
@@ -410,14 +430,22 @@ impl Shared {
             match t.streams.get(&id) {
                 Some(st) => st.clone(),
                 None => {
-                    let known = if self.is_peer_id(id) { id <= t.max_peer_id } else { id < t.next_id };
+                    let known = if self.is_peer_id(id) {
+                        id <= t.max_peer_id
+                    } else {
+                        id < t.next_id
+                    };
                     if known {
                         // A frame racing the stream's close: drop it, as yamux peers do.
                         return Ok(());
                     }
                     return Err(MuxError::Protocol(format!(
                         "{} frame for stream {id}, which was never opened",
-                        if hdr.ty == FrameType::Data { "data" } else { "window update" }
+                        if hdr.ty == FrameType::Data {
+                            "data"
+                        } else {
+                            "window update"
+                        }
                     )));
                 }
             }
@@ -478,7 +506,11 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Res
             let mut raw = [0u8; HEADER_LEN];
             raw.copy_from_slice(&buf[..HEADER_LEN]);
             let hdr = Header::decode(&raw)?;
-            let body_len = if hdr.ty == FrameType::Data { hdr.length as usize } else { 0 };
+            let body_len = if hdr.ty == FrameType::Data {
+                hdr.length as usize
+            } else {
+                0
+            };
             if hdr.ty == FrameType::Data && hdr.length > shared.config.stream_window {
                 return Err(MuxError::Protocol(format!(
                     "data frame length {} exceeds the stream window {}",
@@ -500,7 +532,9 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Res
             if buf.is_empty() {
                 return Ok(());
             }
-            return Err(MuxError::Protocol("connection ended in the middle of a frame".into()));
+            return Err(MuxError::Protocol(
+                "connection ended in the middle of a frame".into(),
+            ));
         }
     }
 }

@@ -133,30 +133,46 @@ impl Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("id", &self.inner.id).finish()
+        f.debug_struct("Stream")
+            .field("id", &self.inner.id)
+            .finish()
     }
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut st = lock(&this.inner.state);
         if st.recv.is_empty() {
-            if st.reset {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by peer")));
-            }
+            // A peer that finished sending before resetting (a close without waiting for our
+            // FIN) delivered everything: that is end of stream, not an error.
             if st.remote_fin {
                 return Poll::Ready(Ok(()));
             }
+            if st.reset {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset by peer",
+                )));
+            }
             if st.session_closed {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "session closed")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "session closed",
+                )));
             }
             st.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
         let mut n = 0usize;
         while buf.remaining() > 0 {
-            let Some(front) = st.recv.front_mut() else { break };
+            let Some(front) = st.recv.front_mut() else {
+                break;
+            };
             let k = front.len().min(buf.remaining());
             buf.put_slice(&front[..k]);
             front.advance(k);
@@ -172,24 +188,38 @@ impl AsyncRead for Stream {
             st.consumed = 0;
             st.recv_window += delta;
             drop(st);
-            this.session.queue_control(FrameType::WindowUpdate, 0, this.inner.id, delta);
+            this.session
+                .queue_control(FrameType::WindowUpdate, 0, this.inner.id, delta);
         }
         Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut st = lock(&this.inner.state);
         if st.reset {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by peer")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "stream reset by peer",
+            )));
         }
         if st.session_closed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "session closed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "session closed",
+            )));
         }
         if st.local_fin {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed for writing")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream closed for writing",
+            )));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -202,7 +232,10 @@ impl AsyncWrite for Stream {
         {
             let mut wq = lock(&this.session.wq);
             if wq.closed {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "session closed")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "session closed",
+                )));
             }
             if wq.buf.len() >= this.session.config.write_queue_limit {
                 wq.blocked.push(cx.waker().clone());
@@ -230,7 +263,8 @@ impl AsyncWrite for Stream {
         st.local_fin = true;
         let done = st.remote_fin;
         drop(st);
-        this.session.queue_control(FrameType::WindowUpdate, frame::FLAG_FIN, this.inner.id, 0);
+        this.session
+            .queue_control(FrameType::WindowUpdate, frame::FLAG_FIN, this.inner.id, 0);
         if done {
             this.session.remove_stream(this.inner.id);
         }
@@ -244,7 +278,8 @@ impl Drop for Stream {
         let finished = st.reset || st.session_closed || (st.local_fin && st.remote_fin);
         drop(st);
         if !finished {
-            self.session.queue_control(FrameType::WindowUpdate, frame::FLAG_RST, self.inner.id, 0);
+            self.session
+                .queue_control(FrameType::WindowUpdate, frame::FLAG_RST, self.inner.id, 0);
         }
         self.session.remove_stream(self.inner.id);
     }

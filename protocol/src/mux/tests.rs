@@ -19,22 +19,43 @@ struct Harness {
 
 fn start(mode: Mode) -> Harness {
     let (a, peer) = tokio::io::duplex(1 << 20);
-    let config = Config { keepalive_interval: None, ..Config::default() };
+    let config = Config {
+        keepalive_interval: None,
+        ..Config::default()
+    };
     let (session, driver) = Session::new(a, mode, config);
-    Harness { peer, session, driver: tokio::spawn(driver) }
+    Harness {
+        peer,
+        session,
+        driver: tokio::spawn(driver),
+    }
 }
 
 async fn read_frame(peer: &mut DuplexStream) -> (Header, Vec<u8>) {
     let mut h = [0u8; HEADER_LEN];
-    timeout(T, peer.read_exact(&mut h)).await.expect("frame in time").expect("read header");
+    timeout(T, peer.read_exact(&mut h))
+        .await
+        .expect("frame in time")
+        .expect("read header");
     let header = Header::decode(&h).expect("valid header from the session");
-    let mut body = vec![0u8; if header.ty == FrameType::Data { header.length as usize } else { 0 }];
+    let mut body = vec![
+        0u8;
+        if header.ty == FrameType::Data {
+            header.length as usize
+        } else {
+            0
+        }
+    ];
     peer.read_exact(&mut body).await.expect("read body");
     (header, body)
 }
 
 async fn session_error(h: Harness) -> MuxError {
-    match timeout(T, h.driver).await.expect("session ends in time").expect("driver task") {
+    match timeout(T, h.driver)
+        .await
+        .expect("session ends in time")
+        .expect("driver task")
+    {
         Err(e) => e,
         Ok(()) => panic!("expected the session to fail"),
     }
@@ -43,15 +64,29 @@ async fn session_error(h: Harness) -> MuxError {
 #[tokio::test]
 async fn ping_syn_is_answered_with_ack() {
     let mut h = start(Mode::Server);
-    h.peer.write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, 0xdead_beef, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, 0xdead_beef, &[]))
+        .await
+        .unwrap();
     let (hdr, _) = read_frame(&mut h.peer).await;
-    assert_eq!(hdr, Header { ty: FrameType::Ping, flags: FLAG_ACK, stream_id: 0, length: 0xdead_beef });
+    assert_eq!(
+        hdr,
+        Header {
+            ty: FrameType::Ping,
+            flags: FLAG_ACK,
+            stream_id: 0,
+            length: 0xdead_beef
+        }
+    );
 }
 
 #[tokio::test]
 async fn keepalive_sends_pings_and_times_out_without_answers() {
     let (a, mut peer) = tokio::io::duplex(1 << 16);
-    let config = Config { keepalive_interval: Some(Duration::from_millis(50)), ..Config::default() };
+    let config = Config {
+        keepalive_interval: Some(Duration::from_millis(50)),
+        ..Config::default()
+    };
     let (_session, driver) = Session::new(a, Mode::Client, config);
     let driver = tokio::spawn(driver);
     let (hdr, _) = read_frame(&mut peer).await;
@@ -68,44 +103,90 @@ async fn server_opens_even_streams_and_carries_data_both_ways() {
     assert_eq!(stream.id() % 2, 0);
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let (syn, _) = read_frame(&mut h.peer).await;
-    assert_eq!(syn, Header { ty: FrameType::WindowUpdate, flags: FLAG_SYN, stream_id: stream.id(), length: STREAM_WINDOW - INITIAL_WINDOW });
+    assert_eq!(
+        syn,
+        Header {
+            ty: FrameType::WindowUpdate,
+            flags: FLAG_SYN,
+            stream_id: stream.id(),
+            length: STREAM_WINDOW - INITIAL_WINDOW
+        }
+    );
     let (data, body) = read_frame(&mut h.peer).await;
-    assert_eq!((data.ty, data.stream_id, body.as_slice()), (FrameType::Data, stream.id(), &b"GET / HTTP/1.1\r\n\r\n"[..]));
+    assert_eq!(
+        (data.ty, data.stream_id, body.as_slice()),
+        (FrameType::Data, stream.id(), &b"GET / HTTP/1.1\r\n\r\n"[..])
+    );
     let id = stream.id();
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0, &[])).await.unwrap();
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, id, 5, b"hello")).await.unwrap();
-    h.peer.write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0, &[]))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, id, 5, b"hello"))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 0, &[]))
+        .await
+        .unwrap();
     let mut got = Vec::new();
-    timeout(T, stream.read_to_end(&mut got)).await.unwrap().unwrap();
+    timeout(T, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, b"hello");
     stream.shutdown().await.unwrap();
     let (fin, _) = read_frame(&mut h.peer).await;
     assert_eq!((fin.flags, fin.stream_id), (FLAG_FIN, id));
-    timeout(T, h.session.idle()).await.expect("stream closed both ways leaves the table");
+    timeout(T, h.session.idle())
+        .await
+        .expect("stream closed both ways leaves the table");
 }
 
 #[tokio::test]
 async fn client_accepts_streams_opened_by_the_peer() {
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, 2, 4, b"ping")).await.unwrap();
-    let mut stream = timeout(T, h.session.accept()).await.unwrap().expect("stream");
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, 2, 4, b"ping"))
+        .await
+        .unwrap();
+    let mut stream = timeout(T, h.session.accept())
+        .await
+        .unwrap()
+        .expect("stream");
     assert_eq!(stream.id(), 2);
     let (ack, _) = read_frame(&mut h.peer).await;
-    assert_eq!((ack.ty, ack.flags, ack.stream_id), (FrameType::WindowUpdate, FLAG_ACK, 2));
+    assert_eq!(
+        (ack.ty, ack.flags, ack.stream_id),
+        (FrameType::WindowUpdate, FLAG_ACK, 2)
+    );
     let mut buf = [0u8; 4];
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
     stream.write_all(b"pong").await.unwrap();
     let (data, body) = read_frame(&mut h.peer).await;
-    assert_eq!((data.ty, data.stream_id, body.as_slice()), (FrameType::Data, 2, &b"pong"[..]));
+    assert_eq!(
+        (data.ty, data.stream_id, body.as_slice()),
+        (FrameType::Data, 2, &b"pong"[..])
+    );
 }
 
 #[tokio::test]
 async fn syn_on_a_data_frame_carries_payload() {
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_DATA, FLAG_SYN, 4, 3, b"abc")).await.unwrap();
-    let mut stream = timeout(T, h.session.accept()).await.unwrap().expect("stream");
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, FLAG_SYN, 4, 3, b"abc"))
+        .await
+        .unwrap();
+    let mut stream = timeout(T, h.session.accept())
+        .await
+        .unwrap()
+        .expect("stream");
     let mut buf = [0u8; 3];
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"abc");
@@ -114,10 +195,19 @@ async fn syn_on_a_data_frame_carries_payload() {
 #[tokio::test]
 async fn rst_from_peer_fails_the_stream() {
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     let mut stream = timeout(T, h.session.accept()).await.unwrap().unwrap();
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_RST, 2, 0, &[])).await.unwrap();
-    let err = timeout(T, stream.read(&mut [0u8; 8])).await.unwrap().unwrap_err();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_RST, 2, 0, &[]))
+        .await
+        .unwrap();
+    let err = timeout(T, stream.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     let err = stream.write_all(b"x").await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
@@ -149,8 +239,14 @@ async fn a_write_only_stream_continues_after_a_window_update() {
     while received < INITIAL_WINDOW as usize {
         received += read_frame(&mut h.peer).await.1.len();
     }
-    assert_eq!(received, INITIAL_WINDOW as usize, "the sender stops at the window");
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, 0, id, 1 << 20, &[])).await.unwrap();
+    assert_eq!(
+        received, INITIAL_WINDOW as usize,
+        "the sender stops at the window"
+    );
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, 0, id, 1 << 20, &[]))
+        .await
+        .unwrap();
     while received < 300 * 1024 {
         received += read_frame(&mut h.peer).await.1.len();
     }
@@ -160,26 +256,44 @@ async fn a_write_only_stream_continues_after_a_window_update() {
 #[tokio::test]
 async fn reader_grants_window_as_it_consumes() {
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     let mut stream = timeout(T, h.session.accept()).await.unwrap().unwrap();
     let _ack = read_frame(&mut h.peer).await;
     let chunk = vec![1u8; 1 << 20];
     for _ in 0..2 {
-        h.peer.write_all(&raw_frame(TYPE_DATA, 0, 2, chunk.len() as u32, &chunk)).await.unwrap();
+        h.peer
+            .write_all(&raw_frame(TYPE_DATA, 0, 2, chunk.len() as u32, &chunk))
+            .await
+            .unwrap();
     }
     let mut buf = vec![0u8; 2 << 20];
     stream.read_exact(&mut buf).await.unwrap();
     let (upd, _) = read_frame(&mut h.peer).await;
-    assert_eq!((upd.ty, upd.stream_id, upd.length), (FrameType::WindowUpdate, 2, 2 << 20));
+    assert_eq!(
+        (upd.ty, upd.stream_id, upd.length),
+        (FrameType::WindowUpdate, 2, 2 << 20)
+    );
 }
 
 #[tokio::test]
 async fn exceeding_the_window_is_a_protocol_error() {
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     let chunk = vec![0u8; STREAM_WINDOW as usize];
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, 2, STREAM_WINDOW, &chunk)).await.unwrap();
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, 2, 1, b"x")).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, 2, STREAM_WINDOW, &chunk))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, 2, 1, b"x"))
+        .await
+        .unwrap();
     let e = session_error(h).await;
     assert!(e.to_string().contains("window"), "{e}");
 }
@@ -190,10 +304,16 @@ async fn go_away_stops_new_streams_but_keeps_open_ones() {
     let mut open = h.session.open().unwrap();
     let id = open.id();
     let _syn = read_frame(&mut h.peer).await;
-    h.peer.write_all(&raw_frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL, &[]))
+        .await
+        .unwrap();
     timeout(T, h.session.gone_away()).await.unwrap();
     assert!(matches!(h.session.open(), Err(MuxError::GoAway)));
-    h.peer.write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 2, b"ok")).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 2, b"ok"))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     open.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"ok", "streams open before GoAway finish");
@@ -205,7 +325,10 @@ async fn local_go_away_is_sent_and_refuses_peer_streams() {
     h.session.go_away();
     let (ga, _) = read_frame(&mut h.peer).await;
     assert_eq!((ga.ty, ga.length), (FrameType::GoAway, GO_AWAY_NORMAL));
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     let (rst, _) = read_frame(&mut h.peer).await;
     assert_eq!((rst.flags, rst.stream_id), (FLAG_RST, 2));
 }
@@ -213,7 +336,10 @@ async fn local_go_away_is_sent_and_refuses_peer_streams() {
 #[tokio::test]
 async fn go_away_with_error_code_ends_the_session() {
     let mut h = start(Mode::Server);
-    h.peer.write_all(&raw_frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR, &[]))
+        .await
+        .unwrap();
     let e = session_error(h).await;
     assert!(e.to_string().contains("error code 1"), "{e}");
 }
@@ -239,7 +365,10 @@ async fn unknown_type_is_a_session_error() {
 #[tokio::test]
 async fn oversize_length_is_a_session_error() {
     let mut h = start(Mode::Server);
-    h.peer.write_all(&raw_frame(TYPE_DATA, FLAG_SYN, 1, STREAM_WINDOW + 1, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, FLAG_SYN, 1, STREAM_WINDOW + 1, &[]))
+        .await
+        .unwrap();
     let e = session_error(h).await;
     assert!(e.to_string().contains("exceeds the stream window"), "{e}");
 }
@@ -247,7 +376,10 @@ async fn oversize_length_is_a_session_error() {
 #[tokio::test]
 async fn data_on_a_never_opened_stream_is_a_session_error() {
     let mut h = start(Mode::Server);
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, 41, 3, b"xyz")).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, 41, 3, b"xyz"))
+        .await
+        .unwrap();
     let e = session_error(h).await;
     assert!(e.to_string().contains("never opened"), "{e}");
 }
@@ -258,8 +390,14 @@ async fn frames_for_a_closed_stream_are_dropped() {
     let stream = h.session.open().unwrap();
     let id = stream.id();
     drop(stream);
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, id, 4, b"late")).await.unwrap_or(());
-    h.peer.write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, 9, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, id, 4, b"late"))
+        .await
+        .unwrap_or(());
+    h.peer
+        .write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, 9, &[]))
+        .await
+        .unwrap();
     loop {
         let (hdr, _) = read_frame(&mut h.peer).await;
         if hdr.ty == FrameType::Ping {
@@ -272,14 +410,26 @@ async fn frames_for_a_closed_stream_are_dropped() {
 #[tokio::test]
 async fn wrong_parity_and_reused_ids_are_protocol_errors() {
     let mut h = start(Mode::Server);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     assert!(session_error(h).await.to_string().contains("parity"));
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
-    h.peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+        .await
+        .unwrap();
     assert!(session_error(h).await.to_string().contains("reopened"));
     let mut h = start(Mode::Client);
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, 0, 0, &[])).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, 0, 0, &[]))
+        .await
+        .unwrap();
     assert!(session_error(h).await.to_string().contains("stream id 0"));
 }
 
@@ -288,10 +438,16 @@ async fn truncated_input_is_an_error_and_closes_streams() {
     let mut h = start(Mode::Server);
     let mut stream = h.session.open().unwrap();
     let _syn = read_frame(&mut h.peer).await; // nothing left to write: the reader sees the end first
-    h.peer.write_all(&raw_frame(TYPE_DATA, 0, stream.id(), 100, b"short")).await.unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, 0, stream.id(), 100, b"short"))
+        .await
+        .unwrap();
     drop(h.peer);
     let res = timeout(T, h.driver).await.unwrap().unwrap();
-    assert!(matches!(res, Err(MuxError::Protocol(ref m)) if m.contains("middle of a frame")), "{res:?}");
+    assert!(
+        matches!(res, Err(MuxError::Protocol(ref m)) if m.contains("middle of a frame")),
+        "{res:?}"
+    );
     let err = stream.read(&mut [0u8; 4]).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
     let res = h.session.open();
@@ -337,4 +493,27 @@ async fn two_sessions_carry_many_streams_in_parallel() {
         timeout(Duration::from_secs(20), t).await.unwrap().unwrap();
     }
     timeout(T, server.idle()).await.unwrap();
+}
+
+#[tokio::test]
+async fn fin_then_rst_reads_as_end_of_stream() {
+    let mut h = start(Mode::Server);
+    let mut stream = h.session.open().unwrap();
+    let id = stream.id();
+    let _syn = read_frame(&mut h.peer).await;
+    h.peer
+        .write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 4, b"done"))
+        .await
+        .unwrap();
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_RST, id, 0, &[]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut got = Vec::new();
+    stream
+        .read_to_end(&mut got)
+        .await
+        .expect("data then end of stream, not an error");
+    assert_eq!(got, b"done");
 }

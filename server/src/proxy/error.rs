@@ -32,7 +32,9 @@ impl ProxyError {
     /// The status this error maps to.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingEndpoint | ProxyError::BadEndpoint(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MissingEndpoint
+            | ProxyError::BadEndpoint(_)
+            | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoUpstream | ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -52,7 +54,11 @@ mod tests {
     fn statuses_and_messages() {
         let cases = [
             (ProxyError::MissingEndpoint, 400, "missing endpoint id"),
-            (ProxyError::BadEndpoint("endpoint id is empty".into()), 400, "endpoint id is empty"),
+            (
+                ProxyError::BadEndpoint("endpoint id is empty".into()),
+                400,
+                "endpoint id is empty",
+            ),
             (ProxyError::NoUpstream, 502, "no available upstreams"),
             (ProxyError::UpstreamUnreachable, 502, "upstream unreachable"),
             (ProxyError::UpstreamTimeout, 504, "upstream timeout"),

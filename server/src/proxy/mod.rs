@@ -69,7 +69,11 @@ impl Proxy {
     }
 
     /// Handle one client request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest)
@@ -87,7 +91,10 @@ impl Proxy {
 
     fn endpoint_of(req: &Request<Incoming>) -> Result<EndpointId, ProxyError> {
         let header = match req.headers().get(ENDPOINT_HEADER) {
-            Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadEndpoint("endpoint id is not valid text".into()))?),
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| ProxyError::BadEndpoint("endpoint id is not valid text".into()))?,
+            ),
             None => None,
         };
         let host = req
@@ -105,7 +112,10 @@ impl Proxy {
     /// Open a stream to an upstream of `endpoint`, skipping upstreams that are going away.
     fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
         for _ in 0..8 {
-            let u = self.registry.select(endpoint).ok_or(ProxyError::NoUpstream)?;
+            let u = self
+                .registry
+                .select(endpoint)
+                .ok_or(ProxyError::NoUpstream)?;
             match u.session.open() {
                 Ok(s) => return Ok(s),
                 Err(MuxError::TooManyStreams) => return Err(ProxyError::UpstreamUnreachable),
@@ -118,7 +128,11 @@ impl Proxy {
         Err(ProxyError::UpstreamUnreachable)
     }
 
-    async fn http(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    async fn http(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
         let endpoint = Self::endpoint_of(&req)?;
         let stream = self.open_stream(&endpoint)?;
 
@@ -129,15 +143,19 @@ impl Proxy {
                 .get_all(header::CONNECTION)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+                .any(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                });
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let Some(host) = &host {
             parts.headers.insert(header::HOST, host.clone());
@@ -146,7 +164,11 @@ impl Proxy {
             }
         }
         let ip = remote.ip().to_string();
-        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };
@@ -154,7 +176,9 @@ impl Proxy {
             parts.headers.insert("x-forwarded-for", v);
         }
         if !parts.headers.contains_key("x-forwarded-proto") {
-            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
         }
         parts.headers.remove(FORWARD_HEADER);
         parts.version = Version::HTTP_11;
@@ -196,7 +220,11 @@ impl Proxy {
                 tokio::spawn(async move {
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
                         Ok((c, u)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(c),
+                                &mut TokioIo::new(u),
+                            )
+                            .await;
                         }
                         Err(e) => debug!(error = %e, "upgrade failed"),
                     }
@@ -211,7 +239,9 @@ impl Proxy {
     fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
         let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
         if !is_websocket_upgrade(&req) {
-            return Err(ProxyError::BadRequest("expected a websocket upgrade".into()));
+            return Err(ProxyError::BadRequest(
+                "expected a websocket upgrade".into(),
+            ));
         }
         let mut stream = self.open_stream(&endpoint)?;
         let resp = websocket_accept(&req);
@@ -221,7 +251,12 @@ impl Proxy {
                 Ok(u) => u,
                 Err(e) => return debug!(error = %e, "tcp upgrade failed"),
             };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(ws_config()),
+            )
+            .await;
             let mut ws = WsStream::new(ws);
             if let Err(e) = tokio::io::copy_bidirectional(&mut ws, &mut stream).await {
                 debug!(error = %e, endpoint = %endpoint, "tcp connection ended with an error");

@@ -34,12 +34,26 @@ pub struct UpstreamServer {
 impl UpstreamServer {
     /// A server registering upstreams in `registry`; on `shutdown` each session is told to go
     /// away and given `grace` for its open streams.
-    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken, tasks: TaskTracker, grace: Duration) -> Self {
-        Self { registry, shutdown, tasks, grace }
+    pub fn new(
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            shutdown,
+            tasks,
+            grace,
+        }
     }
 
     /// Handle one request on the upstream port.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
         let Some(rest) = req.uri().path().strip_prefix(UPSTREAM_PATH_PREFIX) else {
             return json_error(StatusCode::NOT_FOUND, "not found");
         };
@@ -77,8 +91,14 @@ impl UpstreamServer {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        let (session, driver) = Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
-        let upstream = Arc::new(Upstream { id: self.registry.next_id(), endpoint: endpoint.clone(), session: session.clone(), remote });
+        let (session, driver) =
+            Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+        let upstream = Arc::new(Upstream {
+            id: self.registry.next_id(),
+            endpoint: endpoint.clone(),
+            session: session.clone(),
+            remote,
+        });
         self.registry.add(upstream.clone());
         info!("upstream connected");
         // Upstreams never open streams: refuse any by dropping them (which resets them).
@@ -87,8 +107,9 @@ impl UpstreamServer {
             async move { while session.accept().await.is_some() {} }
         };
         tokio::spawn(refuse);
-        let mut driver = std::pin::pin!(driver);
-        let result = tokio::select! {
+        // The session runs in its own task so it keeps moving while this one waits to drain.
+        let mut driver = tokio::spawn(driver);
+        let ended = tokio::select! {
             r = &mut driver => Some(r),
             _ = session.gone_away() => {
                 info!("upstream going away; no new requests are sent to it");
@@ -100,17 +121,28 @@ impl UpstreamServer {
             }
         };
         self.registry.remove(&endpoint, upstream.id);
-        let result = match result {
+        let ended = match ended {
             Some(r) => r,
             None => {
                 // Let open streams finish, then close.
-                if tokio::time::timeout(self.grace, session.idle()).await.is_err() {
-                    warn!("open streams still running after the grace period; closing");
+                if tokio::time::timeout(self.grace, session.idle())
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        open = session.num_streams(),
+                        "open streams still running after the grace period; closing"
+                    );
                 }
                 session.close();
                 driver.await
             }
         };
+        let result = ended.unwrap_or_else(|e| {
+            Err(piko_protocol::mux::MuxError::Protocol(format!(
+                "session task failed: {e}"
+            )))
+        });
         match result {
             Ok(()) => info!("upstream disconnected"),
             Err(e) => info!(error = %e, "upstream disconnected"),

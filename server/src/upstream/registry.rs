@@ -54,7 +54,11 @@ pub struct Registry {
 impl Registry {
     /// An empty registry reporting changes to `observer`.
     pub fn new(observer: Arc<dyn RegistryObserver>) -> Self {
-        Self { entries: RwLock::new(HashMap::new()), next_id: AtomicU64::new(1), observer }
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            observer,
+        }
     }
 
     /// A fresh upstream id.
@@ -77,7 +81,9 @@ impl Registry {
     pub fn remove(&self, endpoint: &EndpointId, id: u64) -> bool {
         let (removed, count) = {
             let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            let Some(e) = map.get_mut(endpoint) else { return false };
+            let Some(e) = map.get_mut(endpoint) else {
+                return false;
+            };
             let before = e.upstreams.len();
             e.upstreams.retain(|u| u.id != id);
             let count = e.upstreams.len();
@@ -98,19 +104,26 @@ impl Registry {
         let e = map.get(endpoint)?;
         let n = e.upstreams.len();
         let start = e.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| &e.upstreams[(start + i) % n]).find(|u| !u.session.is_gone_away() && !u.session.is_closed()).cloned()
+        (0..n)
+            .map(|i| &e.upstreams[(start + i) % n])
+            .find(|u| !u.session.is_gone_away() && !u.session.is_closed())
+            .cloned()
     }
 
     /// Endpoint → number of local upstreams.
     pub fn endpoints(&self) -> BTreeMap<String, usize> {
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.to_string(), v.upstreams.len())).collect()
+        map.iter()
+            .map(|(k, v)| (k.to_string(), v.upstreams.len()))
+            .collect()
     }
 
     /// Every registered upstream.
     pub fn all(&self) -> Vec<Arc<Upstream>> {
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        map.values().flat_map(|e| e.upstreams.iter().cloned()).collect()
+        map.values()
+            .flat_map(|e| e.upstreams.iter().cloned())
+            .collect()
     }
 
     /// Number of registered upstreams.
@@ -138,7 +151,12 @@ mod tests {
         let (a, peer) = tokio::io::duplex(64);
         let (session, driver) = Session::new(a, Mode::Server, Config::default());
         tokio::spawn(driver);
-        let u = Upstream { id: reg.next_id(), endpoint: EndpointId::new(ep).unwrap(), session, remote: "127.0.0.1:1".parse().unwrap() };
+        let u = Upstream {
+            id: reg.next_id(),
+            endpoint: EndpointId::new(ep).unwrap(),
+            session,
+            remote: "127.0.0.1:1".parse().unwrap(),
+        };
         (Arc::new(u), peer)
     }
 
@@ -152,14 +170,21 @@ mod tests {
     async fn round_robin_and_counts() {
         let rec = Arc::new(Recorder::default());
         let reg = Registry::new(rec.clone());
-        let (a, b, c) = (upstream(&reg, "shop"), upstream(&reg, "shop"), upstream(&reg, "blog"));
+        let (a, b, c) = (
+            upstream(&reg, "shop"),
+            upstream(&reg, "shop"),
+            upstream(&reg, "blog"),
+        );
         for u in [&a, &b, &c] {
             reg.add(u.clone());
         }
         let shop = EndpointId::new("shop").unwrap();
         let picks: Vec<u64> = (0..4).map(|_| reg.select(&shop).unwrap().id).collect();
         assert_eq!(picks, vec![a.id, b.id, a.id, b.id]);
-        assert_eq!(reg.endpoints(), BTreeMap::from([("blog".into(), 1), ("shop".into(), 2)]));
+        assert_eq!(
+            reg.endpoints(),
+            BTreeMap::from([("blog".into(), 1), ("shop".into(), 2)])
+        );
         assert!(reg.remove(&shop, a.id));
         assert!(!reg.remove(&shop, a.id), "second removal is a no-op");
         assert_eq!(reg.select(&shop).unwrap().id, b.id);
@@ -168,7 +193,13 @@ mod tests {
         assert_eq!(reg.upstream_count(), 1);
         assert_eq!(
             *rec.0.lock().unwrap(),
-            vec![("shop".into(), 1), ("shop".into(), 2), ("blog".into(), 1), ("shop".into(), 1), ("shop".into(), 0)]
+            vec![
+                ("shop".into(), 1),
+                ("shop".into(), 2),
+                ("blog".into(), 1),
+                ("shop".into(), 1),
+                ("shop".into(), 0)
+            ]
         );
     }
 
@@ -183,7 +214,11 @@ mod tests {
         a.session.closed().await;
         let shop = EndpointId::new("shop").unwrap();
         for _ in 0..4 {
-            assert_eq!(reg.select(&shop).unwrap().id, b.id, "a closed session is never picked");
+            assert_eq!(
+                reg.select(&shop).unwrap().id,
+                b.id,
+                "a closed session is never picked"
+            );
         }
     }
 }

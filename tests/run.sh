@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run every Piko test from a fresh checkout: installs what the tests need, builds the
+# binaries the CLI tests run, then runs the whole workspace's tests with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A shared target dir outside the clone keeps repeated runs fast; a fresh machine still works.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/piko/target}"
+if ! mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null; then
+  export CARGO_TARGET_DIR="$PWD/target"
+fi
+export CARGO_TERM_COLOR=never
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+
+cargo fmt --all -- --check
+cargo build --workspace --bins --locked
+cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,222 @@
+//! The real binaries: the README's quick start, exit codes and one-line errors.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use piko_tests::{bin, client, wait_until, EchoUpstream};
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
+}
+
+#[tokio::test]
+async fn quick_start_with_the_real_binaries() {
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let mut server = spawn(
+        Command::new(bin("piko-server"))
+            .arg("--proxy.bind-addr")
+            .arg(addr(ports[0]))
+            .arg("--upstream.bind-addr")
+            .arg(addr(ports[1]))
+            .arg("--admin.bind-addr")
+            .arg(addr(ports[2]))
+            .arg("--cluster.bind-addr")
+            .arg(addr(ports[3])),
+    );
+    let admin = format!("http://{}", addr(ports[2]));
+    wait_until("the server is ready", Duration::from_secs(10), || async {
+        matches!(client().get(format!("{admin}/ready")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let echo = EchoUpstream::start().await;
+    let mut agent = spawn(
+        Command::new(bin("piko"))
+            .args(["agent", "http", "demo"])
+            .arg(echo.addr.port().to_string())
+            .arg("--connect.url")
+            .arg(format!("http://{}", addr(ports[1]))),
+    );
+    let url = format!("http://{}/name", addr(ports[0]));
+    wait_until("the demo endpoint answers through the proxy", Duration::from_secs(10), || async {
+        matches!(client().get(&url).header("x-piko-endpoint", "demo").send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let r = client()
+        .get(&url)
+        .header("x-piko-endpoint", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "echo");
+
+    // `piko-server status endpoints` shows the registration.
+    let out = Command::new(bin("piko-server"))
+        .args(["status", "endpoints", "--server.url", &admin])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"demo\": 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // SIGTERM: both exit 0.
+    for child in [&mut agent, &mut server] {
+        let pid = child.id().unwrap() as i32;
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "graceful exit is 0: {status:?}");
+    }
+}
+
+async fn run(cmd: &mut Command) -> (i32, String) {
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("exits")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn server_rejects_bad_configuration_with_exit_2() {
+    let dir = std::env::temp_dir().join(format!("piko-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_key = dir.join("bad-key.yaml");
+    std::fs::write(&bad_key, "proxy:\n  bind_adr: 127.0.0.1:0\n").unwrap();
+    let bad_value = dir.join("bad-value.yaml");
+    std::fs::write(&bad_value, "proxy:\n  timeout: soon\n").unwrap();
+    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec!["--config.path".into(), bad_key.display().to_string()],
+            vec![],
+            "proxy.bind_adr: unknown field `bind_adr`",
+        ),
+        (
+            vec!["--config.path".into(), bad_value.display().to_string()],
+            vec![],
+            "proxy.timeout: invalid duration \"soon\"",
+        ),
+        (
+            vec!["--config.path".into(), "/nonexistent/piko.yaml".into()],
+            vec![],
+            "config.path: cannot read /nonexistent/piko.yaml",
+        ),
+        (
+            vec!["--proxy.bind-addr".into(), "nowhere".into()],
+            vec![],
+            "proxy.bind_addr: invalid address \"nowhere\"",
+        ),
+        (
+            vec![],
+            vec![("PIKO_LOG_LEVEL", "loud")],
+            "log.level: invalid level \"loud\"",
+        ),
+        (
+            vec!["--no-such-flag".into()],
+            vec![],
+            "unexpected argument '--no-such-flag'",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let (code, stderr) = run(Command::new(bin("piko-server")).args(&args).envs(env)).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: stderr {stderr:?} should contain {want:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_busy_port_is_a_clear_runtime_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let (code, stderr) = run(Command::new(bin("piko-server"))
+        .arg("--proxy.bind-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--upstream.bind-addr",
+            "127.0.0.1:0",
+            "--admin.bind-addr",
+            "127.0.0.1:0",
+        ]))
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("proxy.bind_addr: cannot listen on"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn agent_usage_errors_exit_2() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["agent", "http"], "required"),
+        (vec!["agent", "http", "bad id", "3000"], "invalid character"),
+        (
+            vec!["agent", "http", "demo", "not-an-addr:"],
+            "invalid address \"not-an-addr:\"",
+        ),
+        (
+            vec!["agent", "start", "--config.path", "/nonexistent/agent.yaml"],
+            "/nonexistent/agent.yaml",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, stderr) = run(Command::new(bin("piko")).args(&args)).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: {stderr:?} should contain {want:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn agent_against_an_absent_server_keeps_retrying_with_status_lines() {
+    let port = free_port();
+    let mut agent = spawn(
+        Command::new(bin("piko"))
+            .args(["agent", "http", "demo", "3000", "--connect.url"])
+            .arg(format!("http://127.0.0.1:{port}")),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.start_kill().unwrap();
+    let out = agent.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("reconnecting in"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("reconnecting in"))
+            .count()
+            >= 2,
+        "backs off and retries: {stdout}"
+    );
+}

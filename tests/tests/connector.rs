@@ -1,0 +1,163 @@
+//! The connector: reconnecting, several endpoints from a config file, TCP forwarding.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use piko_connector_core::config::Protocol;
+use piko_connector_core::status::TunnelState;
+use piko_server::{Config, Listeners};
+use piko_tests::{bin, client, EchoUpstream, TestConnector, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn reconnects_after_the_server_restarts() {
+    let server = TestServer::start().await;
+    let (proxy, upstream, admin) = (server.proxy_addr, server.upstream_addr, server.admin_addr);
+    let echo = EchoUpstream::start().await;
+    let mut conn = TestConnector::http(&server, "phoenix", &echo.target());
+    conn.wait_for_state("connected", |s| matches!(s, TunnelState::Connected { .. }))
+        .await;
+    server.wait_for_upstreams("phoenix", 1).await;
+    server.stop().await;
+    conn.wait_for_state("reconnecting", |s| {
+        matches!(s, TunnelState::Reconnecting { .. })
+    })
+    .await;
+
+    let mut config = Config::loopback_ephemeral();
+    (config.proxy_addr, config.upstream_addr, config.admin_addr) = (proxy, upstream, admin);
+    let listeners = Listeners::bind(&config)
+        .await
+        .expect("rebind the same ports");
+    let server = TestServer::start_on(listeners, config);
+    conn.wait_for_state("connected again", |s| {
+        matches!(s, TunnelState::Connected { .. })
+    })
+    .await;
+    server.wait_for_upstreams("phoenix", 1).await;
+    let r = client()
+        .get(format!("{}/name", server.proxy_url()))
+        .header("x-piko-endpoint", "phoenix")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "echo".to_string())
+    );
+}
+
+#[tokio::test]
+async fn forward_carries_20_parallel_tcp_connections() {
+    let server = TestServer::start().await;
+    let echo = tcp_echo().await;
+    let _conn = TestConnector::start(
+        &server.upstream_url(),
+        &[("db", &echo.to_string(), Protocol::Tcp)],
+    );
+    server.wait_for_upstreams("db", 1).await;
+
+    let listener = piko_tests::loopback_listener().await;
+    let local = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let fwd = tokio::spawn(piko_connector_core::forward::forward_tcp(
+        listener,
+        server.proxy_url(),
+        "db".parse().unwrap(),
+        None,
+        shutdown.clone(),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+            let payload: Vec<u8> = (0..100_000u32).map(|j| (j as u8).wrapping_add(i)).collect();
+            let (mut r, mut w) = s.split();
+            let send = async {
+                w.write_all(&payload).await.unwrap();
+            };
+            let mut back = vec![0u8; payload.len()];
+            let recv = r.read_exact(&mut back);
+            let (_, n) = tokio::join!(send, recv);
+            n.unwrap();
+            assert_eq!(back, payload, "connection {i} echoed intact");
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("connection finishes")
+            .unwrap();
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), fwd).await;
+}
+
+#[tokio::test]
+async fn agent_start_runs_every_endpoint_of_the_config() {
+    let server = TestServer::start().await;
+    let (a, b) = (
+        EchoUpstream::named("alpha").await,
+        EchoUpstream::named("beta").await,
+    );
+    let tcp = tcp_echo().await;
+    let dir = std::env::temp_dir().join(format!("piko-agent-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("agent.yaml");
+    let yaml = format!(
+        "connect:\n  url: {}\n  timeout: 10s\nlisteners:\n  - endpoint_id: alpha\n    addr: {}\n    protocol: http\n  - endpoint_id: beta\n    addr: http://{}\n  - endpoint_id: gamma\n    addr: {}\n    protocol: tcp\n",
+        server.upstream_url(),
+        a.target(),
+        b.target(),
+        tcp
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = tokio::process::Command::new(bin("piko"))
+        .args(["agent", "start", "--config.path"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server.wait_for_upstreams("alpha", 1).await;
+    server.wait_for_upstreams("beta", 1).await;
+    server.wait_for_upstreams("gamma", 1).await;
+    for (ep, name) in [("alpha", "alpha"), ("beta", "beta")] {
+        let r = client()
+            .get(format!("{}/name", server.proxy_url()))
+            .header("x-piko-endpoint", ep)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), name);
+    }
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(
+        out.contains("connected: alpha"),
+        "status lines are printed: {out}"
+    );
+}
+
+async fn tcp_echo() -> std::net::SocketAddr {
+    let l = piko_tests::loopback_listener().await;
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}

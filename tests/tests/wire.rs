@@ -1,0 +1,234 @@
+//! Wire compatibility: an upstream written here from the yamux and WebSocket specifications
+//! alone (no project protocol code) registers and serves requests, as the original Go agent does.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use piko_tests::{client, TestServer};
+use tokio_tungstenite::tungstenite::Message;
+
+const DATA: u8 = 0;
+const WINDOW_UPDATE: u8 = 1;
+const PING: u8 = 2;
+const SYN: u16 = 1;
+const ACK: u16 = 2;
+const FIN: u16 = 4;
+const RST: u16 = 8;
+
+fn frame(ty: u8, flags: u16, id: u32, len: u32, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8, ty];
+    f.extend_from_slice(&flags.to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads whole yamux frames out of the WebSocket byte stream.
+struct RawUpstream {
+    ws: Ws,
+    buf: Vec<u8>,
+}
+
+impl RawUpstream {
+    async fn connect(server: &TestServer, endpoint: &str) -> Self {
+        let url = format!("ws://{}/piko/v1/upstream/{endpoint}", server.upstream_addr);
+        let (ws, resp) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("register");
+        assert_eq!(resp.status(), 101);
+        Self {
+            ws,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn next_frame(&mut self) -> (u8, u16, u32, u32, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 12 {
+                let h = &self.buf[..12];
+                assert_eq!(h[0], 0, "version");
+                let ty = h[1];
+                let flags = u16::from_be_bytes([h[2], h[3]]);
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                let body_len = if ty == DATA { len as usize } else { 0 };
+                if self.buf.len() >= 12 + body_len {
+                    let body = self.buf[12..12 + body_len].to_vec();
+                    self.buf.drain(..12 + body_len);
+                    return (ty, flags, id, len, body);
+                }
+            }
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("frame in time")
+                .expect("open")
+                .expect("message");
+            match msg {
+                Message::Binary(b) => self.buf.extend_from_slice(&b),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Wait for the server to open a stream; acknowledge it and read the request head.
+    async fn accept_request(&mut self) -> (u32, String) {
+        let mut id = None;
+        let mut req = Vec::new();
+        loop {
+            let (ty, flags, sid, len, body) = self.next_frame().await;
+            if ty == PING && flags & SYN != 0 {
+                self.send(frame(PING, ACK, 0, len, &[])).await;
+                continue;
+            }
+            if flags & SYN != 0 {
+                assert_eq!(sid % 2, 0, "the server opens even stream ids");
+                id = Some(sid);
+                self.send(frame(WINDOW_UPDATE, ACK, sid, 0, &[])).await;
+            }
+            if ty == DATA && Some(sid) == id {
+                req.extend_from_slice(&body);
+                if req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return (sid, String::from_utf8_lossy(&req).to_string());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hand_written_yamux_upstream_serves_requests() {
+    let server = TestServer::start().await;
+    let mut up = RawUpstream::connect(&server, "raw").await;
+    server.wait_for_upstreams("raw", 1).await;
+
+    let proxy = server.proxy_url();
+    let request = tokio::spawn(async move {
+        client()
+            .get(format!("{proxy}/hello?q=1"))
+            .header("x-piko-endpoint", "raw")
+            .send()
+            .await
+            .unwrap()
+    });
+    let (id, head) = up.accept_request().await;
+    assert!(head.starts_with("GET /hello?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-piko-endpoint: raw"),
+        "{head}"
+    );
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello";
+    up.send(frame(DATA, 0, id, answer.len() as u32, answer))
+        .await;
+    up.send(frame(WINDOW_UPDATE, FIN, id, 0, &[])).await;
+    let resp = request.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "hello");
+
+    // A second request opens a new stream with a higher even id.
+    let proxy = server.proxy_url();
+    let request = tokio::spawn(async move {
+        client()
+            .post(format!("{proxy}/second"))
+            .header("x-piko-endpoint", "raw")
+            .body("abc")
+            .send()
+            .await
+            .unwrap()
+    });
+    let (id2, head) = up.accept_request().await;
+    assert!(id2 > id && id2 % 2 == 0);
+    assert!(head.starts_with("POST /second HTTP/1.1\r\n"));
+    let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+    up.send(frame(DATA, FIN, id2, answer.len() as u32, answer))
+        .await;
+    assert_eq!(request.await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_request_gives_502() {
+    let server = TestServer::start().await;
+    let mut up = RawUpstream::connect(&server, "rst").await;
+    server.wait_for_upstreams("rst", 1).await;
+    let proxy = server.proxy_url();
+    let request = tokio::spawn(async move {
+        client()
+            .get(format!("{proxy}/"))
+            .header("x-piko-endpoint", "rst")
+            .send()
+            .await
+            .unwrap()
+    });
+    let (id, _) = up.accept_request().await;
+    up.send(frame(WINDOW_UPDATE, RST, id, 0, &[])).await;
+    let resp = request.await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "upstream unreachable");
+}
+
+#[tokio::test]
+async fn a_malformed_frame_disconnects_only_that_upstream() {
+    let server = TestServer::start().await;
+    let mut bad = RawUpstream::connect(&server, "mixed").await;
+    let mut good = RawUpstream::connect(&server, "mixed").await;
+    server.wait_for_upstreams("mixed", 2).await;
+    let mut f = frame(PING, SYN, 0, 1, &[]);
+    f[0] = 7; // bad version
+    bad.send(f).await;
+    server.wait_for_upstreams("mixed", 1).await;
+    // The remaining upstream still serves.
+    let proxy = server.proxy_url();
+    let request = tokio::spawn(async move {
+        client()
+            .get(format!("{proxy}/"))
+            .header("x-piko-endpoint", "mixed")
+            .send()
+            .await
+            .unwrap()
+    });
+    let (id, _) = good.accept_request().await;
+    let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+    good.send(frame(DATA, FIN, id, answer.len() as u32, answer))
+        .await;
+    assert_eq!(request.await.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn registration_errors_are_json_before_the_upgrade() {
+    let server = TestServer::start().await;
+    let c = client();
+    let cases = [
+        (
+            "/piko/v1/upstream/bad%20id",
+            400,
+            "endpoint id has invalid character '%' at byte 3; use letters, digits, '-', '_' or '.'",
+        ),
+        ("/piko/v1/upstream/", 400, "endpoint id is empty"),
+        ("/piko/v1/upstream/ok", 400, "expected a websocket upgrade"),
+        ("/elsewhere", 404, "not found"),
+    ];
+    for (path, status, msg) in cases {
+        let r = c
+            .get(format!("{}{path}", server.upstream_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], msg, "{path}");
+    }
+}
