@@ -6,10 +6,12 @@
 //! - [`mux`]: the yamux session carried over that byte stream (server opens streams,
 //!   upstream accepts them), with the window and keepalive settings both sides use.
 //! - [`paths`]: the HTTP paths and headers of the protocol.
+//! - [`http`]: hop-by-hop headers and upgrades, as both sides of the tunnel proxy HTTP.
 //!
 //! This crate holds no policy (no routing, no reconnects): only the format on the wire.
 
 pub mod endpoint;
+pub mod http;
 pub mod mux;
 pub mod paths;
 pub mod ws;

@@ -86,16 +86,15 @@ pub struct ProxyFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpFile {
-    /// Time a client has to send the request headers.
+    /// Time a client has to send a request head; also how long an idle keep-alive
+    /// connection waits for its next request.
     pub read_header_timeout: Dur,
-    /// Time an idle keep-alive connection is kept.
-    pub idle_timeout: Dur,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u64,
 }
 
 /// `upstream.*` and `admin.*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PortFile {
     /// Listen address.
@@ -166,17 +165,7 @@ impl Default for HttpFile {
     fn default() -> Self {
         Self {
             read_header_timeout: Dur(Duration::from_secs(10)),
-            idle_timeout: Dur(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
-        }
-    }
-}
-
-impl Default for PortFile {
-    fn default() -> Self {
-        Self {
-            bind_addr: String::new(),
-            advertise_addr: String::new(),
         }
     }
 }
@@ -220,8 +209,6 @@ pub struct Config {
     pub proxy_timeout: Duration,
     /// Time a client has to send the request headers.
     pub read_header_timeout: Duration,
-    /// Idle keep-alive time.
-    pub idle_timeout: Duration,
     /// Largest request head, bytes.
     pub max_header_bytes: usize,
     /// This node's id.
@@ -503,7 +490,6 @@ impl FileConfig {
             },
             proxy_timeout: self.proxy.timeout.0,
             read_header_timeout: self.proxy.http.read_header_timeout.0,
-            idle_timeout: self.proxy.http.idle_timeout.0,
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
             node_id,
             join: self.cluster.join,

@@ -125,17 +125,10 @@ pub async fn serve<F, Fut>(
 
 /// Whether a request asks to switch to the WebSocket protocol.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
-        && req.headers().contains_key(header::SEC_WEBSOCKET_KEY)
+    let h = req.headers();
+    piko_protocol::http::has_token(h, header::CONNECTION, "upgrade")
+        && piko_protocol::http::has_token(h, header::UPGRADE, "websocket")
+        && h.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade request.

@@ -267,3 +267,18 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A TCP echo server on loopback; returns its address.
+pub async fn tcp_echo() -> SocketAddr {
+    let l = loopback_listener().await;
+    let addr = l.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}

@@ -110,7 +110,8 @@ async fn server_rejects_bad_configuration_with_exit_2() {
     std::fs::write(&bad_key, "proxy:\n  bind_adr: 127.0.0.1:0\n").unwrap();
     let bad_value = dir.join("bad-value.yaml");
     std::fs::write(&bad_value, "proxy:\n  timeout: soon\n").unwrap();
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--config.path".into(), bad_key.display().to_string()],
             vec![],
@@ -219,4 +220,48 @@ async fn agent_against_an_absent_server_keeps_retrying_with_status_lines() {
             >= 2,
         "backs off and retries: {stdout}"
     );
+}
+
+#[tokio::test]
+async fn no_arguments_runs_a_working_node_on_the_default_ports() {
+    for port in [8000, 8001, 8002] {
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            "port {port} is busy on this machine; this test needs the default ports free"
+        );
+    }
+    let mut server = spawn(&mut Command::new(bin("piko-server")));
+    wait_until("the default admin port answers", Duration::from_secs(10), || async {
+        matches!(client().get("http://127.0.0.1:8002/health").send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let r = client().get("http://127.0.0.1:8000/").send().await.unwrap();
+    assert_eq!(r.status(), 400, "the proxy port answers: no endpoint named");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async("ws://127.0.0.1:8001/piko/v1/upstream/default-ports")
+            .await
+            .expect("the upstream port accepts registrations");
+    wait_until("the registration shows", Duration::from_secs(5), || async {
+        let v: serde_json::Value = client()
+            .get("http://127.0.0.1:8002/status/upstream/endpoints")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["default-ports"] == 1
+    })
+    .await;
+    let _ = futures_util::SinkExt::close(&mut ws).await;
+    let pid = server.id().unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success());
 }

@@ -50,7 +50,7 @@ async fn reconnects_after_the_server_restarts() {
 #[tokio::test]
 async fn forward_carries_20_parallel_tcp_connections() {
     let server = TestServer::start().await;
-    let echo = tcp_echo().await;
+    let echo = piko_tests::tcp_echo().await;
     let _conn = TestConnector::start(
         &server.upstream_url(),
         &[("db", &echo.to_string(), Protocol::Tcp)],
@@ -100,7 +100,7 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
         EchoUpstream::named("alpha").await,
         EchoUpstream::named("beta").await,
     );
-    let tcp = tcp_echo().await;
+    let tcp = piko_tests::tcp_echo().await;
     let dir = std::env::temp_dir().join(format!("piko-agent-start-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("agent.yaml");
@@ -146,18 +146,4 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
         out.contains("connected: alpha"),
         "status lines are printed: {out}"
     );
-}
-
-async fn tcp_echo() -> std::net::SocketAddr {
-    let l = piko_tests::loopback_listener().await;
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }

@@ -393,7 +393,7 @@ async fn an_upstream_that_leaves_gives_502_within_a_second() {
 #[tokio::test]
 async fn tcp_endpoint_over_websocket_from_the_proxy_port() {
     let server = TestServer::start().await;
-    let echo = tcp_echo().await;
+    let echo = piko_tests::tcp_echo().await;
     let _conn = TestConnector::start(
         &server.upstream_url(),
         &[("raw-tcp", &echo.to_string(), Protocol::Tcp)],
@@ -423,21 +423,6 @@ async fn tcp_endpoint_over_websocket_from_the_proxy_port() {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 502),
         other => panic!("expected an HTTP error, got {other}"),
     }
-}
-
-/// A TCP echo server on loopback.
-pub async fn tcp_echo() -> std::net::SocketAddr {
-    let l = piko_tests::loopback_listener().await;
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
@@ -128,21 +129,7 @@ impl HttpForwarder {
         let mut resp = resp;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
-                let target_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, target_upgrade) {
-                        Ok((client, target)) => {
-                            let mut client = TokioIo::new(client);
-                            let mut target = TokioIo::new(target);
-                            if let Err(e) =
-                                tokio::io::copy_bidirectional(&mut client, &mut target).await
-                            {
-                                debug!(error = %e, "upgraded connection ended");
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "upgrade failed"),
-                    }
-                });
+                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
             }
         } else {
             strip_hop_by_hop(resp.headers_mut(), false);
@@ -190,52 +177,6 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    has_token(headers, header::CONNECTION, "upgrade") && headers.contains_key(header::UPGRADE)
-}
-
-/// Remove hop-by-hop headers (RFC 9110 §7.6.1): they describe the client's connection to the
-/// tunnel, not ours to the target (hyper frames bodies itself). An upgrade keeps
-/// `Connection: upgrade` and `Upgrade`, which the target needs to see.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(n);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
 }
 
 #[cfg(test)]
@@ -439,32 +380,5 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), io)
             .await
             .unwrap();
-    }
-
-    #[test]
-    fn strips_hop_by_hop_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h[header::HOST], "shop.example.com");
-
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert_eq!(h[header::CONNECTION], "upgrade");
     }
 }

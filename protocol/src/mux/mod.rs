@@ -334,7 +334,7 @@ impl Shared {
     fn is_peer_id(&self, id: u32) -> bool {
         match self.mode {
             Mode::Server => id % 2 == 1,
-            Mode::Client => id % 2 == 0,
+            Mode::Client => id.is_multiple_of(2),
         }
     }
 

@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::mux::{MuxError, Stream};
 use piko_protocol::paths::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX};
 use piko_protocol::ws::{ws_config, WsStream};
@@ -29,37 +30,6 @@ use crate::upstream::Registry;
 pub struct Proxy {
     registry: Arc<Registry>,
     timeout: Duration,
-}
-
-/// Headers that describe one hop and are not forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
-        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(h);
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
 }
 
 impl Proxy {
@@ -136,17 +106,7 @@ impl Proxy {
         let endpoint = Self::endpoint_of(&req)?;
         let stream = self.open_stream(&endpoint)?;
 
-        let upgrade = req.version() == Version::HTTP_11
-            && req.headers().contains_key(header::UPGRADE)
-            && req
-                .headers()
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                });
+        let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -216,19 +176,7 @@ impl Proxy {
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((c, u)) => {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(c),
-                                &mut TokioIo::new(u),
-                            )
-                            .await;
-                        }
-                        Err(e) => debug!(error = %e, "upgrade failed"),
-                    }
-                });
+                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
                 return Ok(resp.map(Either::Left));
             }
         }
