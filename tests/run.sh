@@ -16,6 +16,6 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --workspace --bins --locked
-cargo nextest run --workspace --locked --no-fail-fast
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast

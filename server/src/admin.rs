@@ -1,6 +1,5 @@
 //! The admin port: health, readiness and status as JSON.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -8,7 +7,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::http::{json_error, json_response, Body};
+use crate::auth::PortAuth;
+use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::upstream::Registry;
 
 /// What this node tells others and operators about itself.
@@ -31,12 +31,14 @@ pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
     node: NodeInfo,
+    auth: PortAuth,
 }
 
 impl Admin {
     /// Admin routes over `registry`; `/ready` follows `ready`.
-    pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, node: NodeInfo) -> Self {
+    pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, node: NodeInfo, auth: PortAuth) -> Self {
         Self {
+            auth,
             registry,
             ready,
             node,
@@ -47,12 +49,19 @@ impl Admin {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        _remote: SocketAddr,
+        _conn: ConnInfo,
     ) -> Response<Body> {
         if req.method() != Method::GET {
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        // Probes stay open whatever the admin authentication.
+        if path != "/health" && path != "/ready" {
+            if let Err(e) = self.auth.authenticate(req.headers()) {
+                return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            }
+        }
+        match path {
             "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/ready" => {
                 if self.ready.load(Ordering::SeqCst) {

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
+use std::sync::Arc;
+
+use crate::auth::{JwksLocation, JwksSource, PortAuth, Verifier, VerifierSettings};
+use crate::tls::TlsFiles;
 
 /// A configuration error; the message names the key and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +61,7 @@ pub struct FileConfig {
     /// Proxy port settings.
     pub proxy: ProxyFile,
     /// Upstream port settings.
-    pub upstream: PortFile,
+    pub upstream: UpstreamFile,
     /// Admin port settings.
     pub admin: PortFile,
     /// Cluster settings.
@@ -80,6 +84,10 @@ pub struct ProxyFile {
     pub timeout: Dur,
     /// HTTP server limits.
     pub http: HttpFile,
+    /// Client token verification.
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
 }
 
 /// `proxy.http.*`.
@@ -93,7 +101,23 @@ pub struct HttpFile {
     pub max_header_bytes: u64,
 }
 
-/// `upstream.*` and `admin.*`.
+/// `upstream.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    /// Listen address.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this port.
+    pub advertise_addr: String,
+    /// Upstream token verification.
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
+    /// Tenants, each with its own keys, selected by `x-piko-tenant-id` (file only).
+    pub tenants: Vec<TenantFile>,
+}
+
+/// `admin.*`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PortFile {
@@ -101,6 +125,101 @@ pub struct PortFile {
     pub bind_addr: String,
     /// Address other nodes use to reach this port.
     pub advertise_addr: String,
+    /// Token verification (`/health` and `/ready` stay open).
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
+}
+
+/// A string that never prints: `***` in Debug output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+/// `*.auth.*`: how a port verifies JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFile {
+    /// HMAC secret (HS256/384/512).
+    pub hmac_secret_key: SecretString,
+    /// PEM RSA public key (RS*/PS*).
+    pub rsa_public_key: String,
+    /// PEM ECDSA public key (ES256/ES384).
+    pub ecdsa_public_key: String,
+    /// PEM Ed25519 public key (EdDSA).
+    pub ed25519_public_key: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Keep connections open after their token expires.
+    pub disable_disconnect_on_expiry: bool,
+    /// Reject tokens without the `piko.endpoints` claim.
+    pub require_endpoints: bool,
+    /// A JSON Web Key Set instead of the keys above.
+    pub jwks: JwksFile,
+}
+
+/// `*.auth.jwks.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksFile {
+    /// `file:///path` or `https://…`.
+    pub endpoint: String,
+    /// Reload interval.
+    pub cache_ttl: Dur,
+    /// Fetch timeout.
+    pub timeout: Dur,
+}
+
+impl Default for JwksFile {
+    fn default() -> Self {
+        Self { endpoint: String::new(), cache_ttl: Dur(Duration::from_secs(3600)), timeout: Dur(Duration::from_secs(10)) }
+    }
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        Self {
+            hmac_secret_key: SecretString::default(),
+            rsa_public_key: String::new(),
+            ecdsa_public_key: String::new(),
+            ed25519_public_key: String::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            disable_disconnect_on_expiry: false,
+            require_endpoints: false,
+            jwks: JwksFile::default(),
+        }
+    }
+}
+
+/// `upstream.tenants[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantFile {
+    /// Tenant id, sent by upstreams in `x-piko-tenant-id`.
+    pub id: String,
+    /// The tenant's keys.
+    pub auth: AuthFile,
+}
+
+/// `*.tls.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    /// PEM certificate chain file (enables TLS).
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA file that client certificates must chain to (enables mTLS).
+    pub client_cas: String,
 }
 
 /// `cluster.*`.
@@ -135,14 +254,8 @@ impl Default for FileConfig {
     fn default() -> Self {
         Self {
             proxy: ProxyFile::default(),
-            upstream: PortFile {
-                bind_addr: ":8001".into(),
-                advertise_addr: String::new(),
-            },
-            admin: PortFile {
-                bind_addr: ":8002".into(),
-                advertise_addr: String::new(),
-            },
+            upstream: UpstreamFile { bind_addr: ":8001".into(), ..UpstreamFile::default() },
+            admin: PortFile { bind_addr: ":8002".into(), ..PortFile::default() },
             cluster: ClusterFile::default(),
             log: LogFile::default(),
             grace_period: Dur(Duration::from_secs(60)),
@@ -157,6 +270,8 @@ impl Default for ProxyFile {
             advertise_addr: String::new(),
             timeout: Dur(Duration::from_secs(30)),
             http: HttpFile::default(),
+            auth: AuthFile::default(),
+            tls: TlsFile::default(),
         }
     }
 }
@@ -221,6 +336,18 @@ pub struct Config {
     pub log: LogFile,
     /// Shutdown grace period.
     pub grace_period: Duration,
+    /// Token verification of the proxy port.
+    pub proxy_auth: PortAuth,
+    /// Token verification of the upstream port.
+    pub upstream_auth: PortAuth,
+    /// Token verification of the admin port.
+    pub admin_auth: PortAuth,
+    /// TLS of the proxy port.
+    pub proxy_tls: Option<TlsFiles>,
+    /// TLS of the upstream port.
+    pub upstream_tls: Option<TlsFiles>,
+    /// TLS of the admin port.
+    pub admin_tls: Option<TlsFiles>,
 }
 
 /// Addresses announced to other nodes.
@@ -285,6 +412,8 @@ fn walk(v: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
                 walk(child, key, out);
             }
         }
+        // Lists of sections (upstream.tenants) are set in the file only.
+        Value::Sequence(_) if prefix.ends_with("tenants") => {}
         other => {
             out.insert(prefix, other.clone());
         }
@@ -496,8 +625,80 @@ impl FileConfig {
             data_dir: opt(self.cluster.data_dir).map(PathBuf::from),
             log: LogFile { level, ..self.log },
             grace_period: self.grace_period.0,
+            proxy_auth: port_auth("proxy.auth", &self.proxy.auth, &[])?,
+            upstream_auth: port_auth("upstream.auth", &self.upstream.auth, &self.upstream.tenants)?,
+            admin_auth: port_auth("admin.auth", &self.admin.auth, &[])?,
+            proxy_tls: tls_files("proxy.tls", &self.proxy.tls, &[b"h2", b"http/1.1"])?,
+            upstream_tls: tls_files("upstream.tls", &self.upstream.tls, &[b"http/1.1"])?,
+            admin_tls: tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?,
         })
     }
+}
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// The verifier of one `auth` section, or `None` when it sets no key.
+fn verifier(key: &str, a: &AuthFile) -> Result<Option<Arc<Verifier>>, ConfigError> {
+    let jwks = match opt(&a.jwks.endpoint) {
+        Some(ep) => Some(JwksSource {
+            location: JwksLocation::parse(&ep).map_err(|e| err(&format!("{key}.jwks.endpoint"), e))?,
+            cache_ttl: a.jwks.cache_ttl.0.max(Duration::from_secs(1)),
+            timeout: a.jwks.timeout.0.max(Duration::from_millis(100)),
+        }),
+        None => None,
+    };
+    let settings = VerifierSettings {
+        hmac_secret: opt(&a.hmac_secret_key.0).map(String::into_bytes),
+        rsa_public_key: opt(&a.rsa_public_key),
+        ecdsa_public_key: opt(&a.ecdsa_public_key),
+        ed25519_public_key: opt(&a.ed25519_public_key),
+        jwks,
+        audience: opt(&a.audience),
+        issuer: opt(&a.issuer),
+        disable_disconnect_on_expiry: a.disable_disconnect_on_expiry,
+        require_endpoints: a.require_endpoints,
+    };
+    let any_key = settings.hmac_secret.is_some()
+        || settings.rsa_public_key.is_some()
+        || settings.ecdsa_public_key.is_some()
+        || settings.ed25519_public_key.is_some()
+        || settings.jwks.is_some();
+    if !any_key {
+        return Ok(None);
+    }
+    Verifier::new(settings).map(|v| Some(Arc::new(v))).map_err(|e| err(&format!("{key}.{}", e.field), e.message))
+}
+
+fn port_auth(key: &str, a: &AuthFile, tenants: &[TenantFile]) -> Result<PortAuth, ConfigError> {
+    let mut auth = PortAuth { default: verifier(key, a)?, tenants: Default::default() };
+    for (i, t) in tenants.iter().enumerate() {
+        let tkey = format!("upstream.tenants[{i}]");
+        if t.id.trim().is_empty() {
+            return Err(err(&format!("{tkey}.id"), "missing tenant id"));
+        }
+        let v = verifier(&format!("{tkey}.auth"), &t.auth)?
+            .ok_or_else(|| err(&format!("{tkey}.auth"), "a tenant needs a verification key"))?;
+        if auth.tenants.insert(t.id.clone(), v).is_some() {
+            return Err(err(&format!("{tkey}.id"), format!("tenant {:?} is listed twice", t.id)));
+        }
+    }
+    Ok(auth)
+}
+
+fn tls_files(key: &str, t: &TlsFile, alpn: &[&[u8]]) -> Result<Option<TlsFiles>, ConfigError> {
+    let (cert, tkey, cas) = (opt(&t.cert), opt(&t.key), opt(&t.client_cas));
+    let files = match (cert, tkey) {
+        (None, None) if cas.is_none() => return Ok(None),
+        (Some(cert), Some(k)) => TlsFiles { cert: cert.into(), key: k.into(), client_cas: cas.map(Into::into) },
+        (None, _) => return Err(err(&format!("{key}.cert"), "missing; TLS needs a certificate and a key")),
+        (Some(_), None) => return Err(err(&format!("{key}.key"), "missing; TLS needs a certificate and a key")),
+    };
+    // Load once now so a bad file stops the server before it binds.
+    crate::tls::load(&files, alpn).map_err(|e| err(key, e))?;
+    Ok(Some(files))
 }
 
 fn rand_u32() -> u32 {

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
+
+use crate::tls::ReloadingTls;
 
 /// The body of every response the server writes: a proxied body or a small one of its own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -55,19 +58,37 @@ impl Default for HttpLimits {
     }
 }
 
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// How one port serves: its name for logs, limits, optional TLS, and its shutdown.
+pub struct ServeOptions {
+    /// Port name for logs.
+    pub name: &'static str,
+    /// Request head limits.
+    pub limits: HttpLimits,
+    /// TLS, if the port has it.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// Stop accepting when cancelled.
+    pub shutdown: CancellationToken,
+    /// Time open requests get after `shutdown`.
+    pub grace: Duration,
+}
+
 /// Serve `handler` on `listener` until `shutdown`, then let open requests finish for up to
 /// `grace` before returning.
-pub async fn serve<F, Fut>(
-    name: &'static str,
-    listener: TcpListener,
-    limits: HttpLimits,
-    shutdown: CancellationToken,
-    grace: Duration,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+pub async fn serve<F, Fut>(listener: TcpListener, opts: ServeOptions, handler: F)
+where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let ServeOptions { name, limits, tls, shutdown, grace } = opts;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -79,9 +100,10 @@ pub async fn serve<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(port = name, %addr, "listening");
+        info!(port = name, %addr, tls = tls.is_some(), "listening");
     }
     loop {
         let (stream, remote) = tokio::select! {
@@ -97,19 +119,30 @@ pub async fn serve<F, Fut>(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let stream = HeadTimeoutIo::new(stream, limits.read_header_timeout);
+        let info = ConnInfo { remote, tls: tls.is_some() };
         let handler = handler.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, remote).await) }
+            async move { Ok::<_, Infallible>(handler(req, info).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let timeout = limits.read_header_timeout;
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
+                let result = match acceptor {
+                    None => {
+                        let io = HeadTimeoutIo::new(stream, timeout);
+                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned()).await
+                    }
+                    Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(io)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned()).await,
+                        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return debug!("TLS handshake timed out"),
+                    },
+                };
+                if let Err(e) = result {
                     debug!(error = %e, "connection ended with an error");
                 }
             }

@@ -28,6 +28,13 @@ fn cli() -> Command {
                         .long("server.url")
                         .default_value("http://localhost:8002")
                         .help("Admin URL of the node"),
+                )
+                .arg(
+                    Arg::new("server.token")
+                        .long("server.token")
+                        .env("PIKO_SERVER_TOKEN")
+                        .hide_env_values(true)
+                        .help("Token for an admin port with authentication"),
                 ),
         );
     for (key, default) in leaf_keys() {
@@ -114,8 +121,11 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(url.path())
-        .header("host", authority.as_str())
+    let mut req = http::Request::get(url.path()).header("host", authority.as_str());
+    if let Some(token) = m.get_one::<String>("server.token") {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
@@ -173,8 +183,13 @@ fn main() -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
-        piko_server::run(listeners, config, shutdown).await;
-        ExitCode::SUCCESS
+        match piko_server::run(listeners, config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::from(1)
+            }
+        }
     })
 }
 

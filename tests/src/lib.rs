@@ -60,7 +60,7 @@ pub struct TestServer {
     /// Admin port address.
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), piko_server::RunError>>>,
 }
 
 impl TestServer {
@@ -148,7 +148,8 @@ impl TestServer {
             tokio::time::timeout(Duration::from_secs(30), t)
                 .await
                 .expect("server stops in time")
-                .expect("server task");
+                .expect("server task")
+                .expect("server ran");
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use http::{Response, StatusCode};
 
+use crate::auth::AuthError;
 use crate::http::{json_error, Body};
 
 /// Why a proxied request failed.
@@ -26,6 +27,9 @@ pub enum ProxyError {
     /// The upstream did not start its response in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Client: authentication failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl ProxyError {
@@ -37,6 +41,7 @@ impl ProxyError {
             | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoUpstream | ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -62,6 +67,8 @@ mod tests {
             (ProxyError::NoUpstream, 502, "no available upstreams"),
             (ProxyError::UpstreamUnreachable, 502, "upstream unreachable"),
             (ProxyError::UpstreamTimeout, 504, "upstream timeout"),
+            (ProxyError::Auth(AuthError::Missing), 401, "missing authorization"),
+            (ProxyError::Auth(AuthError::NotPermitted), 401, "endpoint not permitted"),
         ];
         for (e, status, msg) in cases {
             let r = e.response();

@@ -3,7 +3,6 @@
 
 mod error;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::mux::{MuxError, Stream};
-use piko_protocol::paths::{ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX};
+use piko_protocol::paths::{AUTHORIZATION_HEADER, ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX};
 use piko_protocol::ws::{ws_config, WsStream};
 use piko_protocol::EndpointId;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -23,32 +22,35 @@ use tracing::{debug, warn};
 
 pub use error::ProxyError;
 
-use crate::http::{is_websocket_upgrade, websocket_accept, Body};
+use crate::auth::PortAuth;
+use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::upstream::Registry;
 
 /// Routes requests to upstreams.
 pub struct Proxy {
     registry: Arc<Registry>,
     timeout: Duration,
+    auth: PortAuth,
 }
 
 impl Proxy {
-    /// A proxy over `registry` giving upstreams `timeout` to start each response.
-    pub fn new(registry: Arc<Registry>, timeout: Duration) -> Self {
-        Self { registry, timeout }
+    /// A proxy over `registry` giving upstreams `timeout` to start each response; clients
+    /// authenticate with `auth` when it is enabled.
+    pub fn new(registry: Arc<Registry>, timeout: Duration, auth: PortAuth) -> Self {
+        Self { registry, timeout, auth }
     }
 
     /// Handle one client request.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        conn: ConnInfo,
     ) -> Response<Body> {
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest)
         } else {
-            self.http(req, remote).await
+            self.http(req, conn).await
         };
         result.unwrap_or_else(|e| {
             match e.status() {
@@ -101,9 +103,10 @@ impl Proxy {
     async fn http(
         &self,
         mut req: Request<Incoming>,
-        remote: SocketAddr,
+        conn: ConnInfo,
     ) -> Result<Response<Body>, ProxyError> {
         let endpoint = Self::endpoint_of(&req)?;
+        self.auth.authorize(req.headers(), endpoint.as_str())?;
         let stream = self.open_stream(&endpoint)?;
 
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
@@ -123,7 +126,7 @@ impl Proxy {
                 parts.headers.insert("x-forwarded-host", host.clone());
             }
         }
-        let ip = remote.ip().to_string();
+        let ip = conn.remote.ip().to_string();
         let xff = match parts
             .headers
             .get("x-forwarded-for")
@@ -136,11 +139,12 @@ impl Proxy {
             parts.headers.insert("x-forwarded-for", v);
         }
         if !parts.headers.contains_key("x-forwarded-proto") {
-            parts
-                .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            let proto = if conn.tls { "https" } else { "http" };
+            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         }
         parts.headers.remove(FORWARD_HEADER);
+        // Piko's own credential is for Piko; the service keeps its own `Authorization`.
+        parts.headers.remove(AUTHORIZATION_HEADER);
         parts.version = Version::HTTP_11;
         parts.uri = parts
             .uri
@@ -186,6 +190,7 @@ impl Proxy {
 
     fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
         let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
+        self.auth.authorize(req.headers(), endpoint.as_str())?;
         if !is_websocket_upgrade(&req) {
             return Err(ProxyError::BadRequest(
                 "expected a websocket upgrade".into(),

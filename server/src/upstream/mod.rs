@@ -21,11 +21,13 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use registry::{Registry, RegistryObserver, Standalone, Upstream};
 
-use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body};
+use crate::auth::PortAuth;
+use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body, ConnInfo};
 
 /// Accepts upstream registrations.
 pub struct UpstreamServer {
     registry: Arc<Registry>,
+    auth: PortAuth,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -36,12 +38,14 @@ impl UpstreamServer {
     /// away and given `grace` for its open streams.
     pub fn new(
         registry: Arc<Registry>,
+        auth: PortAuth,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         grace: Duration,
     ) -> Self {
         Self {
             registry,
+            auth,
             shutdown,
             tasks,
             grace,
@@ -52,8 +56,9 @@ impl UpstreamServer {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        conn: ConnInfo,
     ) -> Response<Body> {
+        let remote = conn.remote;
         let Some(rest) = req.uri().path().strip_prefix(UPSTREAM_PATH_PREFIX) else {
             return json_error(StatusCode::NOT_FOUND, "not found");
         };
@@ -64,9 +69,17 @@ impl UpstreamServer {
             Ok(e) => e,
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
         };
+        let token = match self.auth.authorize(req.headers(), endpoint.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(endpoint = %endpoint, %remote, error = %e, "upstream registration refused");
+                return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            }
+        };
         if !is_websocket_upgrade(&req) {
             return json_error(StatusCode::BAD_REQUEST, "expected a websocket upgrade");
         }
+        let expiry = token.and_then(|t| t.expiry);
         if self.shutdown.is_cancelled() {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
@@ -77,7 +90,7 @@ impl UpstreamServer {
         self.tasks.spawn(
             async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => this.serve(TokioIo::new(upgraded), endpoint, remote).await,
+                    Ok(upgraded) => this.serve(TokioIo::new(upgraded), endpoint, remote, expiry).await,
                     Err(e) => debug!(error = %e, "upstream upgrade failed"),
                 }
             }
@@ -86,7 +99,7 @@ impl UpstreamServer {
         resp
     }
 
-    async fn serve<T>(&self, io: T, endpoint: EndpointId, remote: SocketAddr)
+    async fn serve<T>(&self, io: T, endpoint: EndpointId, remote: SocketAddr, expiry: Option<std::time::SystemTime>)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -109,8 +122,19 @@ impl UpstreamServer {
         tokio::spawn(refuse);
         // The session runs in its own task so it keeps moving while this one waits to drain.
         let mut driver = tokio::spawn(driver);
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep(at.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
         let ended = tokio::select! {
             r = &mut driver => Some(r),
+            _ = expired => {
+                info!("upstream token expired; disconnecting");
+                session.close();
+                Some((&mut driver).await)
+            }
             _ = session.gone_away() => {
                 info!("upstream going away; no new requests are sent to it");
                 None

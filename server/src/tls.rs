@@ -1,0 +1,156 @@
+//! TLS for the server's ports (rustls): PEM certificate and key, optional client CAs for
+//! mTLS, reloaded without a restart when the files change.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often certificate files are checked for changes.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The files of one port's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CAs that client certificates must chain to (mTLS); `None`: no client certificates.
+    pub client_cas: Option<PathBuf>,
+}
+
+/// A TLS file could not be used; the message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+/// Install the process-wide rustls crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError(format!("cannot read certificates from {}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("invalid PEM certificate in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("no certificate found in {}", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Build a rustls server configuration from `files`, offering `alpn` protocols.
+pub fn load(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+    install_crypto_provider();
+    let certs = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TlsError(format!("cannot read a private key from {}: {e}", files.key.display())))?;
+    let builder = ServerConfig::builder();
+    let builder = match &files.client_cas {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(path)? {
+                roots.add(c).map_err(|e| TlsError(format!("invalid CA certificate in {}: {e}", path.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| TlsError(format!("client CAs {}: {e}", path.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("certificate {} and key {} do not match: {e}", files.cert.display(), files.key.display())))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A port's TLS configuration that follows its files.
+pub struct ReloadingTls {
+    files: TlsFiles,
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<(TlsAcceptor, Vec<Option<SystemTime>>)>,
+}
+
+fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [Some(&files.cert), Some(&files.key), files.client_cas.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl ReloadingTls {
+    /// Load `files` now (an error here stops the server before it serves).
+    pub fn new(files: TlsFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
+        let config = load(&files, alpn)?;
+        let stamp = mtimes(&files);
+        Ok(Arc::new(Self {
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            current: RwLock::new((TlsAcceptor::from(Arc::new(config)), stamp)),
+            files,
+        }))
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Reload if any file changed; returns whether a new configuration is in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamp = mtimes(&self.files);
+        if stamp == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
+            return false;
+        }
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        match load(&self.files, &alpn) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (TlsAcceptor::from(Arc::new(config)), stamp);
+                info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                // Keep serving with the previous certificate; try again when the files change.
+                warn!(error = %e, "TLS reload failed; keeping the current certificate");
+                self.current.write().unwrap_or_else(|e| e.into_inner()).1 = stamp;
+                false
+            }
+        }
+    }
+
+    /// Check the files every [`RELOAD_CHECK_INTERVAL`] until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RELOAD_CHECK_INTERVAL) => {}
+            }
+            self.reload_if_changed();
+        }
+    }
+}
+
+/// A client configuration trusting the OS's roots, for fetching a JWKS over https.
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if roots.is_empty() {
+        return Err(TlsError("no trusted root certificates found on this system".into()));
+    }
+    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+}
