@@ -36,7 +36,12 @@ pub struct Admin {
 
 impl Admin {
     /// Admin routes over `registry`; `/ready` follows `ready`.
-    pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, node: NodeInfo, auth: PortAuth) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        ready: Arc<AtomicBool>,
+        node: NodeInfo,
+        auth: PortAuth,
+    ) -> Self {
         Self {
             auth,
             registry,

@@ -180,7 +180,11 @@ pub struct JwksFile {
 
 impl Default for JwksFile {
     fn default() -> Self {
-        Self { endpoint: String::new(), cache_ttl: Dur(Duration::from_secs(3600)), timeout: Dur(Duration::from_secs(10)) }
+        Self {
+            endpoint: String::new(),
+            cache_ttl: Dur(Duration::from_secs(3600)),
+            timeout: Dur(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -254,8 +258,14 @@ impl Default for FileConfig {
     fn default() -> Self {
         Self {
             proxy: ProxyFile::default(),
-            upstream: UpstreamFile { bind_addr: ":8001".into(), ..UpstreamFile::default() },
-            admin: PortFile { bind_addr: ":8002".into(), ..PortFile::default() },
+            upstream: UpstreamFile {
+                bind_addr: ":8001".into(),
+                ..UpstreamFile::default()
+            },
+            admin: PortFile {
+                bind_addr: ":8002".into(),
+                ..PortFile::default()
+            },
             cluster: ClusterFile::default(),
             log: LogFile::default(),
             grace_period: Dur(Duration::from_secs(60)),
@@ -644,7 +654,8 @@ fn opt(s: &str) -> Option<String> {
 fn verifier(key: &str, a: &AuthFile) -> Result<Option<Arc<Verifier>>, ConfigError> {
     let jwks = match opt(&a.jwks.endpoint) {
         Some(ep) => Some(JwksSource {
-            location: JwksLocation::parse(&ep).map_err(|e| err(&format!("{key}.jwks.endpoint"), e))?,
+            location: JwksLocation::parse(&ep)
+                .map_err(|e| err(&format!("{key}.jwks.endpoint"), e))?,
             cache_ttl: a.jwks.cache_ttl.0.max(Duration::from_secs(1)),
             timeout: a.jwks.timeout.0.max(Duration::from_millis(100)),
         }),
@@ -669,11 +680,16 @@ fn verifier(key: &str, a: &AuthFile) -> Result<Option<Arc<Verifier>>, ConfigErro
     if !any_key {
         return Ok(None);
     }
-    Verifier::new(settings).map(|v| Some(Arc::new(v))).map_err(|e| err(&format!("{key}.{}", e.field), e.message))
+    Verifier::new(settings)
+        .map(|v| Some(Arc::new(v)))
+        .map_err(|e| err(&format!("{key}.{}", e.field), e.message))
 }
 
 fn port_auth(key: &str, a: &AuthFile, tenants: &[TenantFile]) -> Result<PortAuth, ConfigError> {
-    let mut auth = PortAuth { default: verifier(key, a)?, tenants: Default::default() };
+    let mut auth = PortAuth {
+        default: verifier(key, a)?,
+        tenants: Default::default(),
+    };
     for (i, t) in tenants.iter().enumerate() {
         let tkey = format!("upstream.tenants[{i}]");
         if t.id.trim().is_empty() {
@@ -682,7 +698,10 @@ fn port_auth(key: &str, a: &AuthFile, tenants: &[TenantFile]) -> Result<PortAuth
         let v = verifier(&format!("{tkey}.auth"), &t.auth)?
             .ok_or_else(|| err(&format!("{tkey}.auth"), "a tenant needs a verification key"))?;
         if auth.tenants.insert(t.id.clone(), v).is_some() {
-            return Err(err(&format!("{tkey}.id"), format!("tenant {:?} is listed twice", t.id)));
+            return Err(err(
+                &format!("{tkey}.id"),
+                format!("tenant {:?} is listed twice", t.id),
+            ));
         }
     }
     Ok(auth)
@@ -692,9 +711,23 @@ fn tls_files(key: &str, t: &TlsFile, alpn: &[&[u8]]) -> Result<Option<TlsFiles>,
     let (cert, tkey, cas) = (opt(&t.cert), opt(&t.key), opt(&t.client_cas));
     let files = match (cert, tkey) {
         (None, None) if cas.is_none() => return Ok(None),
-        (Some(cert), Some(k)) => TlsFiles { cert: cert.into(), key: k.into(), client_cas: cas.map(Into::into) },
-        (None, _) => return Err(err(&format!("{key}.cert"), "missing; TLS needs a certificate and a key")),
-        (Some(_), None) => return Err(err(&format!("{key}.key"), "missing; TLS needs a certificate and a key")),
+        (Some(cert), Some(k)) => TlsFiles {
+            cert: cert.into(),
+            key: k.into(),
+            client_cas: cas.map(Into::into),
+        },
+        (None, _) => {
+            return Err(err(
+                &format!("{key}.cert"),
+                "missing; TLS needs a certificate and a key",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(err(
+                &format!("{key}.key"),
+                "missing; TLS needs a certificate and a key",
+            ))
+        }
     };
     // Load once now so a bad file stops the server before it binds.
     crate::tls::load(&files, alpn).map_err(|e| err(key, e))?;

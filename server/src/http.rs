@@ -88,7 +88,13 @@ where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let ServeOptions { name, limits, tls, shutdown, grace } = opts;
+    let ServeOptions {
+        name,
+        limits,
+        tls,
+        shutdown,
+        grace,
+    } = opts;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -119,7 +125,10 @@ where
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { remote, tls: tls.is_some() };
+        let info = ConnInfo {
+            remote,
+            tls: tls.is_some(),
+        };
         let handler = handler.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
@@ -134,13 +143,29 @@ where
                 let result = match acceptor {
                     None => {
                         let io = HeadTimeoutIo::new(stream, timeout);
-                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned()).await
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                                    .into_owned(),
+                            )
+                            .await
                     }
-                    Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(io)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned()).await,
-                        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return debug!("TLS handshake timed out"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(io)) => {
+                                watcher
+                                    .watch(
+                                        builder
+                                            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                                            .into_owned(),
+                                    )
+                                    .await
+                            }
+                            Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => return debug!("TLS handshake timed out"),
+                        }
+                    }
                 };
                 if let Err(e) = result {
                     debug!(error = %e, "connection ended with an error");

@@ -90,58 +90,123 @@ pub enum RunError {
     },
 }
 
-fn port_tls(key: &'static str, files: &Option<tls::TlsFiles>, alpn: &[&[u8]]) -> Result<Option<Arc<tls::ReloadingTls>>, RunError> {
-    files.clone().map(|f| tls::ReloadingTls::new(f, alpn)).transpose().map_err(|source| RunError::Tls { key, source })
+fn port_tls(
+    key: &'static str,
+    files: &Option<tls::TlsFiles>,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<tls::ReloadingTls>>, RunError> {
+    files
+        .clone()
+        .map(|f| tls::ReloadingTls::new(f, alpn))
+        .transpose()
+        .map_err(|source| RunError::Tls { key, source })
 }
 
 /// Run a node until `shutdown` is cancelled, then drain: `/ready` turns 503, upstreams are
 /// told to go away, open requests get `config.grace_period` to finish.
-pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let registry = Arc::new(Registry::new(Arc::new(upstream::Standalone)));
     let ready = Arc::new(AtomicBool::new(true));
     let tasks = TaskTracker::new();
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let node = admin::NodeInfo {
         id: config.node_id.clone(),
-        proxy_addr: config.advertise.proxy.clone().unwrap_or_else(|| addr(&listeners.proxy)),
-        upstream_addr: config.advertise.upstream.clone().unwrap_or_else(|| addr(&listeners.upstream)),
-        admin_addr: config.advertise.admin.clone().unwrap_or_else(|| addr(&listeners.admin)),
-        cluster_addr: config.advertise.cluster.clone().unwrap_or_else(|| config.cluster_addr.to_string()),
+        proxy_addr: config
+            .advertise
+            .proxy
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.proxy)),
+        upstream_addr: config
+            .advertise
+            .upstream
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.upstream)),
+        admin_addr: config
+            .advertise
+            .admin
+            .clone()
+            .unwrap_or_else(|| addr(&listeners.admin)),
+        cluster_addr: config
+            .advertise
+            .cluster
+            .clone()
+            .unwrap_or_else(|| config.cluster_addr.to_string()),
     };
     info!(node_id = %config.node_id, "starting node");
 
     let proxy_tls = port_tls("proxy.tls", &config.proxy_tls, &[b"h2", b"http/1.1"])?;
     let upstream_tls = port_tls("upstream.tls", &config.upstream_tls, &[b"http/1.1"])?;
     let admin_tls = port_tls("admin.tls", &config.admin_tls, &[b"http/1.1"])?;
-    for t in [&proxy_tls, &upstream_tls, &admin_tls].into_iter().flatten() {
+    for t in [&proxy_tls, &upstream_tls, &admin_tls]
+        .into_iter()
+        .flatten()
+    {
         tokio::spawn(t.clone().watch(shutdown.clone()));
     }
-    for (key, auth) in [("proxy.auth.jwks", &config.proxy_auth), ("upstream.auth.jwks", &config.upstream_auth), ("admin.auth.jwks", &config.admin_auth)] {
-        auth.start(shutdown.clone()).await.map_err(|message| RunError::Jwks { key, message })?;
+    for (key, auth) in [
+        ("proxy.auth.jwks", &config.proxy_auth),
+        ("upstream.auth.jwks", &config.upstream_auth),
+        ("admin.auth.jwks", &config.admin_auth),
+    ] {
+        auth.start(shutdown.clone())
+            .await
+            .map_err(|message| RunError::Jwks { key, message })?;
     }
 
-    let limits = http::HttpLimits { read_header_timeout: config.read_header_timeout, max_header_bytes: config.max_header_bytes };
+    let limits = http::HttpLimits {
+        read_header_timeout: config.read_header_timeout,
+        max_header_bytes: config.max_header_bytes,
+    };
     let grace = config.grace_period;
-    let opts = |name, tls: Option<Arc<tls::ReloadingTls>>, shutdown: &CancellationToken| http::ServeOptions {
-        name,
-        limits: limits.clone(),
-        tls,
-        shutdown: shutdown.clone(),
-        grace,
+    let opts = |name, tls: Option<Arc<tls::ReloadingTls>>, shutdown: &CancellationToken| {
+        http::ServeOptions {
+            name,
+            limits: limits.clone(),
+            tls,
+            shutdown: shutdown.clone(),
+            grace,
+        }
     };
     // Admin stays up until the data ports have drained, so probes see /ready = 503 meanwhile.
     let admin_shutdown = CancellationToken::new();
 
-    let proxy = Arc::new(proxy::Proxy::new(registry.clone(), config.proxy_timeout, config.proxy_auth.clone()));
-    tasks.spawn(http::serve(listeners.proxy, opts("proxy", proxy_tls, &shutdown), move |req, conn| proxy.clone().handle(req, conn)));
-    let upstreams = Arc::new(upstream::UpstreamServer::new(registry.clone(), config.upstream_auth.clone(), shutdown.clone(), tasks.clone(), grace));
-    tasks.spawn(http::serve(listeners.upstream, opts("upstream", upstream_tls, &shutdown), move |req, conn| {
-        upstreams.clone().handle(req, conn)
-    }));
-    let admin = Arc::new(admin::Admin::new(registry.clone(), ready.clone(), node, config.admin_auth.clone()));
-    let admin_task = tokio::spawn(http::serve(listeners.admin, opts("admin", admin_tls, &admin_shutdown), move |req, conn| {
-        admin.clone().handle(req, conn)
-    }));
+    let proxy = Arc::new(proxy::Proxy::new(
+        registry.clone(),
+        config.proxy_timeout,
+        config.proxy_auth.clone(),
+    ));
+    tasks.spawn(http::serve(
+        listeners.proxy,
+        opts("proxy", proxy_tls, &shutdown),
+        move |req, conn| proxy.clone().handle(req, conn),
+    ));
+    let upstreams = Arc::new(upstream::UpstreamServer::new(
+        registry.clone(),
+        config.upstream_auth.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+        grace,
+    ));
+    tasks.spawn(http::serve(
+        listeners.upstream,
+        opts("upstream", upstream_tls, &shutdown),
+        move |req, conn| upstreams.clone().handle(req, conn),
+    ));
+    let admin = Arc::new(admin::Admin::new(
+        registry.clone(),
+        ready.clone(),
+        node,
+        config.admin_auth.clone(),
+    ));
+    let admin_task = tokio::spawn(http::serve(
+        listeners.admin,
+        opts("admin", admin_tls, &admin_shutdown),
+        move |req, conn| admin.clone().handle(req, conn),
+    ));
 
     shutdown.cancelled().await;
     ready.store(false, Ordering::SeqCst);

@@ -125,8 +125,7 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
     if let Some(token) = m.get_one::<String>("server.token") {
         req = req.header("authorization", format!("Bearer {token}"));
     }
-    let req = req
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = http_body_util::BodyExt::collect(resp.into_body())

@@ -39,11 +39,24 @@ pub fn install_crypto_provider() {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError(format!("cannot read certificates from {}: {e}", path.display())))?
+        .map_err(|e| {
+            TlsError(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("invalid PEM certificate in {}: {e}", path.display())))?;
+        .map_err(|e| {
+            TlsError(format!(
+                "invalid PEM certificate in {}: {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(TlsError(format!("no certificate found in {}", path.display())));
+        return Err(TlsError(format!(
+            "no certificate found in {}",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -52,14 +65,20 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub fn load(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     install_crypto_provider();
     let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| TlsError(format!("cannot read a private key from {}: {e}", files.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        TlsError(format!(
+            "cannot read a private key from {}: {e}",
+            files.key.display()
+        ))
+    })?;
     let builder = ServerConfig::builder();
     let builder = match &files.client_cas {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for c in read_certs(path)? {
-                roots.add(c).map_err(|e| TlsError(format!("invalid CA certificate in {}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| {
+                    TlsError(format!("invalid CA certificate in {}: {e}", path.display()))
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
@@ -68,9 +87,13 @@ pub fn load(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> 
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError(format!("certificate {} and key {} do not match: {e}", files.cert.display(), files.key.display())))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        TlsError(format!(
+            "certificate {} and key {} do not match: {e}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -83,11 +106,15 @@ pub struct ReloadingTls {
 }
 
 fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [Some(&files.cert), Some(&files.key), files.client_cas.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_cas.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
 }
 
 impl ReloadingTls {
@@ -104,7 +131,11 @@ impl ReloadingTls {
 
     /// The acceptor for a new connection.
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// Reload if any file changed; returns whether a new configuration is in use.
@@ -116,7 +147,8 @@ impl ReloadingTls {
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
         match load(&self.files, &alpn) {
             Ok(config) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (TlsAcceptor::from(Arc::new(config)), stamp);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    (TlsAcceptor::from(Arc::new(config)), stamp);
                 info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 true
             }
@@ -150,7 +182,13 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let _ = roots.add(c);
     }
     if roots.is_empty() {
-        return Err(TlsError("no trusted root certificates found on this system".into()));
+        return Err(TlsError(
+            "no trusted root certificates found on this system".into(),
+        ));
     }
-    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }

@@ -50,12 +50,17 @@ impl JwksLocation {
             return Ok(Self::File(PathBuf::from(path)));
         }
         if s.starts_with("http://") || s.starts_with("https://") {
-            return s.parse::<http::Uri>().map(Self::Url).map_err(|e| format!("invalid URL {s:?}: {e}"));
+            return s
+                .parse::<http::Uri>()
+                .map(Self::Url)
+                .map_err(|e| format!("invalid URL {s:?}: {e}"));
         }
         if s.starts_with('/') {
             return Ok(Self::File(PathBuf::from(s)));
         }
-        Err(format!("unsupported JWKS endpoint {s:?}; use file:///path or https://host/path"))
+        Err(format!(
+            "unsupported JWKS endpoint {s:?}; use file:///path or https://host/path"
+        ))
     }
 }
 
@@ -76,7 +81,12 @@ pub struct Jwks {
 impl Jwks {
     /// An empty set that [`Jwks::refresh`] fills.
     pub fn new(source: JwksSource) -> Self {
-        Self { source, keys: RwLock::new(Arc::new(Vec::new())), last_refresh: std::sync::Mutex::new(None), wanted: Notify::new() }
+        Self {
+            source,
+            keys: RwLock::new(Arc::new(Vec::new())),
+            last_refresh: std::sync::Mutex::new(None),
+            wanted: Notify::new(),
+        }
     }
 
     /// The key for a token's `kid` and `alg`; asks for a refresh when none matches.
@@ -84,10 +94,13 @@ impl Jwks {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let found = keys
             .iter()
-            .find(|k| k.algs.contains(&alg) && match (kid, &k.kid) {
-                (Some(want), Some(have)) => want == have,
-                (Some(_), None) => false,
-                (None, _) => true,
+            .find(|k| {
+                k.algs.contains(&alg)
+                    && match (kid, &k.kid) {
+                        (Some(want), Some(have)) => want == have,
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    }
             })
             .map(|k| k.key.clone());
         if found.is_none() {
@@ -100,10 +113,15 @@ impl Jwks {
     pub async fn refresh(&self) -> Result<(), String> {
         *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let body = match &self.source.location {
-            JwksLocation::File(p) => tokio::fs::read(p).await.map_err(|e| format!("read JWKS {}: {e}", p.display()))?.into(),
+            JwksLocation::File(p) => tokio::fs::read(p)
+                .await
+                .map_err(|e| format!("read JWKS {}: {e}", p.display()))?
+                .into(),
             JwksLocation::Url(u) => tokio::time::timeout(self.source.timeout, fetch(u))
                 .await
-                .map_err(|_| format!("fetch JWKS {u}: timed out after {:?}", self.source.timeout))??,
+                .map_err(|_| {
+                    format!("fetch JWKS {u}: timed out after {:?}", self.source.timeout)
+                })??,
         };
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("parse JWKS: {e}"))?;
         let mut keys = Vec::new();
@@ -112,21 +130,35 @@ impl Jwks {
                 warn!(kid = ?jwk.common.key_id, "skipping a JWKS key that cannot verify signatures");
                 continue;
             };
-            let algs = match jwk.common.key_algorithm.and_then(|a| Algorithm::from_str(&a.to_string()).ok()) {
+            let algs = match jwk
+                .common
+                .key_algorithm
+                .and_then(|a| Algorithm::from_str(&a.to_string()).ok())
+            {
                 Some(a) => vec![a],
                 None => match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => {
                         use Algorithm::*;
                         vec![RS256, RS384, RS512, PS256, PS384, PS512]
                     }
-                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => vec![Algorithm::ES256],
-                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => vec![Algorithm::ES384],
+                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                        vec![Algorithm::ES256]
+                    }
+                    AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                        vec![Algorithm::ES384]
+                    }
                     AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
-                    AlgorithmParameters::OctetKey(_) => vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                    AlgorithmParameters::OctetKey(_) => {
+                        vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
+                    }
                     _ => continue,
                 },
             };
-            keys.push(Key { kid: jwk.common.key_id.clone(), algs, key });
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                algs,
+                key,
+            });
         }
         if keys.is_empty() {
             return Err("JWKS holds no usable key".into());
@@ -164,17 +196,25 @@ async fn fetch(uri: &http::Uri) -> Result<Bytes, String> {
     let host = uri.host().ok_or_else(|| fail(&"missing host"))?.to_string();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| fail(&e))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| fail(&e))?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let req = http::Request::get(path)
-        .header(http::header::HOST, uri.authority().map(|a| a.as_str()).unwrap_or(&host))
+        .header(
+            http::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        )
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
         .map_err(|e| fail(&e))?;
     let resp = if https {
         let tls = crate::tls::client_config().map_err(|e| fail(&e))?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(&e))?;
         send(TokioIo::new(stream), req).await
     } else {
         send(TokioIo::new(tcp), req).await
@@ -183,11 +223,17 @@ async fn fetch(uri: &http::Uri) -> Result<Bytes, String> {
     if !resp.status().is_success() {
         return Err(fail(&format!("status {}", resp.status())));
     }
-    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect().await.map_err(|e| fail(&e))?;
+    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| fail(&e))?;
     Ok(body.to_bytes())
 }
 
-async fn send<T>(io: TokioIo<T>, req: http::Request<Empty<Bytes>>) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
+async fn send<T>(
+    io: TokioIo<T>,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -131,29 +131,41 @@ impl Verifier {
     /// Build a verifier; fails when a key does not parse or no key is given.
     pub fn new(s: VerifierSettings) -> Result<Self, KeyError> {
         use Algorithm::*;
-        let err = |field, e: &dyn std::fmt::Display| KeyError { field, message: format!("invalid key ({e})") };
+        let err = |field, e: &dyn std::fmt::Display| KeyError {
+            field,
+            message: format!("invalid key ({e})"),
+        };
         let mut keys = Vec::new();
         if let Some(secret) = &s.hmac_secret {
             keys.push((vec![HS256, HS384, HS512], DecodingKey::from_secret(secret)));
         }
         if let Some(pem) = &s.rsa_public_key {
-            let k = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| err("rsa_public_key", &e))?;
+            let k =
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| err("rsa_public_key", &e))?;
             keys.push((vec![RS256, RS384, RS512, PS256, PS384, PS512], k));
         }
         if let Some(pem) = &s.ecdsa_public_key {
-            let k = DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| err("ecdsa_public_key", &e))?;
+            let k = DecodingKey::from_ec_pem(pem.as_bytes())
+                .map_err(|e| err("ecdsa_public_key", &e))?;
             keys.push((vec![ES256, ES384], k));
         }
         if let Some(pem) = &s.ed25519_public_key {
-            let k = DecodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| err("ed25519_public_key", &e))?;
+            let k = DecodingKey::from_ed_pem(pem.as_bytes())
+                .map_err(|e| err("ed25519_public_key", &e))?;
             keys.push((vec![EdDSA], k));
         }
         if s.jwks.is_some() && !keys.is_empty() {
-            return Err(KeyError { field: "jwks.endpoint", message: "no other verification key may be set with a JWKS".into() });
+            return Err(KeyError {
+                field: "jwks.endpoint",
+                message: "no other verification key may be set with a JWKS".into(),
+            });
         }
         let jwks = s.jwks.map(|src| Arc::new(Jwks::new(src)));
         if keys.is_empty() && jwks.is_none() {
-            return Err(KeyError { field: "hmac_secret_key", message: "no verification key configured".into() });
+            return Err(KeyError {
+                field: "hmac_secret_key",
+                message: "no verification key configured".into(),
+            });
         }
         Ok(Self {
             keys,
@@ -175,8 +187,15 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let alg = header.alg;
         let key = match &self.jwks {
-            Some(jwks) => jwks.key(header.kid.as_deref(), alg).ok_or(AuthError::Invalid)?,
-            None => self.keys.iter().find(|(algs, _)| algs.contains(&alg)).map(|(_, k)| k.clone()).ok_or(AuthError::Invalid)?,
+            Some(jwks) => jwks
+                .key(header.kid.as_deref(), alg)
+                .ok_or(AuthError::Invalid)?,
+            None => self
+                .keys
+                .iter()
+                .find(|(algs, _)| algs.contains(&alg))
+                .map(|(_, k)| k.clone())
+                .ok_or(AuthError::Invalid)?,
         };
         let mut v = Validation::new(alg);
         v.leeway = 0;
@@ -203,7 +222,11 @@ impl Verifier {
             Some(exp) if self.disconnect_on_expiry => Some(UNIX_EPOCH + Duration::from_secs(exp)),
             _ => None,
         };
-        Ok(Token { expiry, endpoints: claims.piko.endpoints, tenant: None })
+        Ok(Token {
+            expiry,
+            endpoints: claims.piko.endpoints,
+            tenant: None,
+        })
     }
 }
 
@@ -233,13 +256,19 @@ impl PortAuth {
         if !self.enabled() {
             return Ok(None);
         }
-        let value = headers.get(AUTHORIZATION_HEADER).or_else(|| headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
+        let value = headers
+            .get(AUTHORIZATION_HEADER)
+            .or_else(|| headers.get(header::AUTHORIZATION))
+            .ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::Invalid)?.trim();
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Invalid)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Invalid);
         }
-        let tenant = headers.get(TENANT_HEADER).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty());
+        let tenant = headers
+            .get(TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty());
         let verifier = match tenant {
             Some(t) => self.tenants.get(t).ok_or(AuthError::UnknownTenant)?,
             // With tenants configured, a request must name one (as the original Piko).
@@ -252,7 +281,11 @@ impl PortAuth {
     }
 
     /// Authenticate and check the token permits `endpoint`.
-    pub fn authorize(&self, headers: &HeaderMap, endpoint: &str) -> Result<Option<Token>, AuthError> {
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        endpoint: &str,
+    ) -> Result<Option<Token>, AuthError> {
         let token = self.authenticate(headers)?;
         if let Some(t) = &token {
             if !t.permits(endpoint) {
@@ -276,7 +309,10 @@ impl PortAuth {
 
 /// Seconds since the epoch, for tokens and tests.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

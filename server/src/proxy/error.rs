@@ -67,8 +67,16 @@ mod tests {
             (ProxyError::NoUpstream, 502, "no available upstreams"),
             (ProxyError::UpstreamUnreachable, 502, "upstream unreachable"),
             (ProxyError::UpstreamTimeout, 504, "upstream timeout"),
-            (ProxyError::Auth(AuthError::Missing), 401, "missing authorization"),
-            (ProxyError::Auth(AuthError::NotPermitted), 401, "endpoint not permitted"),
+            (
+                ProxyError::Auth(AuthError::Missing),
+                401,
+                "missing authorization",
+            ),
+            (
+                ProxyError::Auth(AuthError::NotPermitted),
+                401,
+                "endpoint not permitted",
+            ),
         ];
         for (e, status, msg) in cases {
             let r = e.response();

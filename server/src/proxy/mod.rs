@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::mux::{MuxError, Stream};
-use piko_protocol::paths::{AUTHORIZATION_HEADER, ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX};
+use piko_protocol::paths::{
+    AUTHORIZATION_HEADER, ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX,
+};
 use piko_protocol::ws::{ws_config, WsStream};
 use piko_protocol::EndpointId;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -37,15 +39,15 @@ impl Proxy {
     /// A proxy over `registry` giving upstreams `timeout` to start each response; clients
     /// authenticate with `auth` when it is enabled.
     pub fn new(registry: Arc<Registry>, timeout: Duration, auth: PortAuth) -> Self {
-        Self { registry, timeout, auth }
+        Self {
+            registry,
+            timeout,
+            auth,
+        }
     }
 
     /// Handle one client request.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest)
@@ -140,7 +142,9 @@ impl Proxy {
         }
         if !parts.headers.contains_key("x-forwarded-proto") {
             let proto = if conn.tls { "https" } else { "http" };
-            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static(proto));
         }
         parts.headers.remove(FORWARD_HEADER);
         // Piko's own credential is for Piko; the service keeps its own `Authorization`.

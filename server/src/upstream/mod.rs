@@ -53,11 +53,7 @@ impl UpstreamServer {
     }
 
     /// Handle one request on the upstream port.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let remote = conn.remote;
         let Some(rest) = req.uri().path().strip_prefix(UPSTREAM_PATH_PREFIX) else {
             return json_error(StatusCode::NOT_FOUND, "not found");
@@ -90,7 +86,10 @@ impl UpstreamServer {
         self.tasks.spawn(
             async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => this.serve(TokioIo::new(upgraded), endpoint, remote, expiry).await,
+                    Ok(upgraded) => {
+                        this.serve(TokioIo::new(upgraded), endpoint, remote, expiry)
+                            .await
+                    }
                     Err(e) => debug!(error = %e, "upstream upgrade failed"),
                 }
             }
@@ -99,8 +98,13 @@ impl UpstreamServer {
         resp
     }
 
-    async fn serve<T>(&self, io: T, endpoint: EndpointId, remote: SocketAddr, expiry: Option<std::time::SystemTime>)
-    where
+    async fn serve<T>(
+        &self,
+        io: T,
+        endpoint: EndpointId,
+        remote: SocketAddr,
+        expiry: Option<std::time::SystemTime>,
+    ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
@@ -124,7 +128,13 @@ impl UpstreamServer {
         let mut driver = tokio::spawn(driver);
         let expired = async {
             match expiry {
-                Some(at) => tokio::time::sleep(at.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await,
+                Some(at) => {
+                    tokio::time::sleep(
+                        at.duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default(),
+                    )
+                    .await
+                }
                 None => std::future::pending().await,
             }
         };
