@@ -493,6 +493,23 @@ fn typed_value(default: &Value, raw: &[String]) -> Value {
     }
 }
 
+/// Merge `over` into `base`: mappings key by key, anything else replaced.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
 fn set_path(tree: &mut Value, key: &str, v: Value) {
     let mut cur = tree;
     let parts: Vec<&str> = key.split('.').collect();
@@ -526,7 +543,10 @@ pub struct Sources {
 /// Load the configuration from its sources.
 pub fn load(src: &Sources) -> Result<Config, ConfigError> {
     let keys = leaf_keys();
-    let mut tree = Value::Mapping(Mapping::new());
+    // Start from the defaults and merge the file over them, so a partial section keeps the
+    // defaults of the keys it does not set.
+    let mut tree =
+        serde_yaml_ng::to_value(FileConfig::default()).unwrap_or(Value::Mapping(Mapping::new()));
     if let Some((path, text)) = &src.file {
         let text = if src.expand_env {
             expand_env(text, &|n| src.env.get(n).cloned())
@@ -537,7 +557,7 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
             .map_err(|e| ConfigError(format!("config file {path}: {e}")))?;
         match v {
             Value::Null => {}
-            Value::Mapping(_) => tree = v,
+            Value::Mapping(_) => merge(&mut tree, v),
             _ => {
                 return Err(ConfigError(format!(
                     "config file {path}: expected a mapping of keys at the top level"
@@ -824,6 +844,19 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let c = load(&src(
+            Some("upstream:\n  advertise_addr: node1:8001\nadmin: {}\n"),
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(c.upstream_addr.port(), 8001);
+        assert_eq!(c.admin_addr.port(), 8002);
+        assert_eq!(c.advertise.upstream.as_deref(), Some("node1:8001"));
+    }
+
+    #[test]
     fn list_values_from_flags_and_env() {
         let c = load(&src(None, &[("PIKO_CLUSTER_JOIN", "a:8003,b:8003")], &[])).unwrap();
         assert_eq!(c.join, vec!["a:8003", "b:8003"]);
@@ -880,5 +913,97 @@ mod tests {
             "proxy.http.read-header-timeout"
         );
         assert_eq!(env_name("cluster.node_id"), "PIKO_CLUSTER_NODE_ID");
+    }
+
+    #[test]
+    fn auth_and_tls_settings() {
+        let c = load(&src(
+            None,
+            &[("PIKO_UPSTREAM_AUTH_HMAC_SECRET_KEY", "top-secret")],
+            &[],
+        ))
+        .unwrap();
+        assert!(c.upstream_auth.enabled());
+        assert!(!c.proxy_auth.enabled() && !c.admin_auth.enabled());
+        let file = load(&src(
+            Some("upstream:\n  auth:\n    hmac_secret_key: top-secret\n"),
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert!(file.upstream_auth.enabled());
+        let shown = format!(
+            "{:?}",
+            FileConfig {
+                upstream: UpstreamFile {
+                    auth: AuthFile {
+                        hmac_secret_key: SecretString("top-secret".into()),
+                        ..AuthFile::default()
+                    },
+                    ..UpstreamFile::default()
+                },
+                ..FileConfig::default()
+            }
+        );
+        assert!(
+            !shown.contains("top-secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let tenants =
+            "upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: k1\n";
+        let c = load(&src(Some(tenants), &[], &[])).unwrap();
+        assert_eq!(
+            c.upstream_auth.tenants.keys().collect::<Vec<_>>(),
+            vec!["t1"]
+        );
+        assert!(
+            !leaf_keys().contains_key("upstream.tenants"),
+            "tenants are file-only"
+        );
+    }
+
+    #[test]
+    fn auth_and_tls_errors_name_the_key() {
+        let cases: [(Sources, &str); 7] = [
+            (
+                src(None, &[], &[("proxy.auth.rsa_public_key", "nope")]),
+                "proxy.auth.rsa_public_key: invalid key",
+            ),
+            (
+                src(None, &[], &[("admin.auth.ecdsa_public_key", "nope")]),
+                "admin.auth.ecdsa_public_key: invalid key",
+            ),
+            (
+                src(None, &[], &[("upstream.auth.jwks.endpoint", "ftp://x")]),
+                "upstream.auth.jwks.endpoint: unsupported JWKS endpoint",
+            ),
+            (
+                src(Some("upstream:\n  tenants:\n    - id: t1\n"), &[], &[]),
+                "upstream.tenants[0].auth: a tenant needs a verification key",
+            ),
+            (
+                src(None, &[], &[("proxy.tls.cert", "/nonexistent.pem")]),
+                "proxy.tls.key: missing",
+            ),
+            (
+                src(
+                    None,
+                    &[],
+                    &[
+                        ("proxy.tls.cert", "/nonexistent.pem"),
+                        ("proxy.tls.key", "/nonexistent.key"),
+                    ],
+                ),
+                "proxy.tls: cannot read certificates from /nonexistent.pem",
+            ),
+            (
+                src(None, &[], &[("upstream.tls.client_cas", "/ca.pem")]),
+                "upstream.tls.cert: missing",
+            ),
+        ];
+        for (s, want) in cases {
+            let e = load(&s).unwrap_err().to_string();
+            assert!(e.contains(want), "error {e:?} should contain {want:?}");
+        }
     }
 }

@@ -192,3 +192,95 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
             .with_no_client_auth(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cert(dir: &Path, name: &str) -> TlsFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        TlsFiles {
+            cert: c,
+            key: k,
+            client_cas: None,
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("piko-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_and_reports_bad_files() {
+        let dir = tempdir("load");
+        let files = write_cert(&dir, "localhost");
+        let config = load(&files, &[b"h2"]).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        std::fs::write(dir.join("empty.pem"), "").unwrap();
+        let e = load(
+            &TlsFiles {
+                cert: dir.join("empty.pem"),
+                ..files.clone()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no certificate found"), "{e}");
+        let other = write_cert(&tempdir("other"), "other");
+        let e = load(
+            &TlsFiles {
+                key: other.key,
+                ..files.clone()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("do not match"), "{e}");
+        let e = load(
+            &TlsFiles {
+                client_cas: Some(dir.join("missing.pem")),
+                ..files
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+    }
+
+    #[test]
+    fn reloads_when_files_change_and_keeps_serving_on_bad_files() {
+        let dir = tempdir("reload");
+        let files = write_cert(&dir, "one");
+        let tls = ReloadingTls::new(files.clone(), &[]).unwrap();
+        assert!(!tls.reload_if_changed(), "nothing changed");
+        std::thread::sleep(Duration::from_millis(20));
+        write_cert(&dir, "two");
+        // Some filesystems keep coarse mtimes: make the change visible.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&files.cert)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(tls.reload_if_changed(), "new certificate picked up");
+        std::fs::write(&files.cert, "garbage").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&files.cert)
+            .unwrap()
+            .set_modified(later + Duration::from_secs(5))
+            .unwrap();
+        assert!(!tls.reload_if_changed(), "a broken file is not used");
+        let _still = tls.acceptor();
+    }
+}

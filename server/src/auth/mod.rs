@@ -203,7 +203,10 @@ impl Verifier {
         v.validate_exp = true;
         v.required_spec_claims.clear();
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                v.required_spec_claims.insert("aud".into());
+            }
             None => v.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
