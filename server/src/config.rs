@@ -143,7 +143,7 @@ impl std::fmt::Debug for SecretString {
 }
 
 /// `*.auth.*`: how a port verifies JWTs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthFile {
     /// HMAC secret (HS256/384/512).
@@ -184,22 +184,6 @@ impl Default for JwksFile {
             endpoint: String::new(),
             cache_ttl: Dur(Duration::from_secs(3600)),
             timeout: Dur(Duration::from_secs(10)),
-        }
-    }
-}
-
-impl Default for AuthFile {
-    fn default() -> Self {
-        Self {
-            hmac_secret_key: SecretString::default(),
-            rsa_public_key: String::new(),
-            ecdsa_public_key: String::new(),
-            ed25519_public_key: String::new(),
-            audience: String::new(),
-            issuer: String::new(),
-            disable_disconnect_on_expiry: false,
-            require_endpoints: false,
-            jwks: JwksFile::default(),
         }
     }
 }
