@@ -274,7 +274,8 @@ fn port_auth_reads_headers_and_tenants() {
         tenants: Default::default(),
     };
     let bearer = format!("Bearer {good}");
-    let cases: Vec<(Vec<(&str, &str)>, Result<(), AuthError>)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Result<(), AuthError>);
+    let cases: Vec<Case> = vec![
         (vec![], Err(AuthError::Missing)),
         (vec![("authorization", &bearer)], Ok(())),
         (
