@@ -20,6 +20,23 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time to wait for in-flight requests on shutdown.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 
+/// Environment variable naming the connector's config directory (overrides the OS's).
+pub const CONFIG_DIR_ENV: &str = "PIKO_CONFIG_DIR";
+
+/// The connector's config directory: `$PIKO_CONFIG_DIR`, else the OS's (`~/.config/piko` on
+/// Linux, `~/Library/Application Support/piko` on macOS, `%APPDATA%\piko\config` on Windows).
+pub fn config_dir() -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = std::env::var_os(CONFIG_DIR_ENV).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "piko")
+        .map(|d| d.config_dir().to_path_buf())
+        .ok_or_else(|| ConfigError::Invalid {
+            key: CONFIG_DIR_ENV.to_string(),
+            message: "no home directory found to keep the config in; set PIKO_CONFIG_DIR".into(),
+        })
+}
+
 /// What an endpoint carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -218,6 +235,33 @@ impl Default for ConnectConfig {
     }
 }
 
+/// TLS settings for the connection to the server (`connect.tls.*`, `--connect.tls.*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// A PEM file of extra CA certificates trusted besides the OS trust store.
+    pub root_cas: Option<PathBuf>,
+    /// A PEM client certificate (chain) presented for mTLS; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// The PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate. Only for testing: anyone on the path can read the traffic.
+    pub insecure_skip_verify: bool,
+}
+
+/// How connections to the server travel: TLS settings and an HTTP proxy.
+///
+/// Kept apart from [`ConnectConfig`] because it is turned once into a
+/// [`Connector`](crate::transport::Connector) (files read, trust store loaded) before an agent
+/// or a forwarder starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// TLS settings for `https://`/`wss://` server URLs.
+    pub tls: TlsConfig,
+    /// An HTTP proxy (`http://[user:pass@]host:port`) to tunnel through with `CONNECT`.
+    /// `None` means the `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment decides.
+    pub proxy_url: Option<String>,
+}
+
 /// Everything an [`Agent`](crate::tunnel::Agent) runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -236,6 +280,8 @@ pub struct ConfigFile {
     pub agent: AgentConfig,
     /// `log.level`, if set.
     pub log_level: Option<String>,
+    /// `connect.tls.*` and `connect.proxy_url`.
+    pub transport: TransportConfig,
 }
 
 impl AgentConfig {
@@ -314,6 +360,19 @@ struct RawConnect {
     token: Option<serde::de::IgnoredAny>,
     #[serde(default, deserialize_with = "de_duration")]
     timeout: Option<Duration>,
+    #[serde(default)]
+    tls: RawTls,
+    proxy_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    root_cas: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,6 +441,15 @@ impl RawFile {
             }
             endpoints.push(ep);
         }
+        let transport = TransportConfig {
+            tls: TlsConfig {
+                root_cas: self.connect.tls.root_cas,
+                cert: self.connect.tls.cert,
+                key: self.connect.tls.key,
+                insecure_skip_verify: self.connect.tls.insecure_skip_verify,
+            },
+            proxy_url: self.connect.proxy_url.filter(|u| !u.trim().is_empty()),
+        };
         let connect = ConnectConfig {
             url: self
                 .connect
@@ -397,6 +465,7 @@ impl RawFile {
                 grace_period: self.grace_period.unwrap_or(DEFAULT_GRACE_PERIOD),
             },
             log_level: self.log.level,
+            transport,
         })
     }
 }
@@ -424,7 +493,7 @@ pub enum ConfigError {
     },
     /// The file holds `connect.token`.
     #[error(
-        "connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN"
+        "connect.token: tokens are not stored in config files; use `piko login`, --connect.token or PIKO_TOKEN"
     )]
     TokenInFile,
     /// An endpoint id is not valid.
@@ -565,9 +634,41 @@ grace_period: 1m
     }
 
     #[test]
+    fn parses_tls_and_proxy_keys() {
+        let yaml = r#"
+connect:
+  url: https://piko.example.com
+  proxy_url: http://proxy.corp:3128
+  tls:
+    root_cas: /etc/piko/ca.pem
+    cert: /etc/piko/client.pem
+    key: /etc/piko/client.key
+    insecure_skip_verify: true
+"#;
+        let f = ConfigFile::from_yaml_str(yaml).unwrap();
+        assert_eq!(
+            f.transport,
+            TransportConfig {
+                tls: TlsConfig {
+                    root_cas: Some("/etc/piko/ca.pem".into()),
+                    cert: Some("/etc/piko/client.pem".into()),
+                    key: Some("/etc/piko/client.key".into()),
+                    insecure_skip_verify: true,
+                },
+                proxy_url: Some("http://proxy.corp:3128".into()),
+            }
+        );
+        let d = ConfigFile::from_yaml_str("connect:\n  url: http://x\n").unwrap();
+        assert_eq!(d.transport, TransportConfig::default());
+        assert!(!d.transport.tls.insecure_skip_verify);
+    }
+
+    #[test]
     fn yaml_errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
-            ("connect:\n  url: x\n  token: abc\n", "connect.token: tokens are not stored in config files; use --connect.token or PIKO_TOKEN"),
+            ("connect:\n  url: x\n  token: abc\n", "connect.token: tokens are not stored in config files; use `piko login`, --connect.token or PIKO_TOKEN"),
+            ("connect:\n  tls:\n    ca: x\n", "connect.tls.ca: unknown field `ca`"),
+            ("connect:\n  tls:\n    insecure_skip_verify: maybe\n", "connect.tls.insecure_skip_verify: invalid type"),
             ("connect:\n  urll: x\n", "connect.urll: unknown field `urll`"),
             ("bogus: 1\n", "bogus: unknown field `bogus`"),
             ("connect:\n  timeout: soon\n", "connect.timeout: invalid duration \"soon\""),

@@ -1,8 +1,9 @@
 //! Local forwarding for TCP endpoints: `piko forward tcp` listens locally and carries each
 //! accepted connection over a WebSocket to the server's proxy port.
 
+use std::time::Duration;
+
 use piko_protocol::paths::tcp_url;
-use piko_protocol::ws::ws_config;
 use piko_protocol::{EndpointId, WsStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -12,10 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config::{ConfigError, TransportConfig};
 use crate::credentials::Secret;
+use crate::transport::{Connector, DialError};
 
 /// Default proxy URL for `piko forward`.
 pub const DEFAULT_PROXY_URL: &str = "http://localhost:8000";
+
+/// Time allowed to open each connection's WebSocket to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why forwarding cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +38,34 @@ pub enum ForwardError {
     /// The token cannot be sent in an HTTP header.
     #[error("the token contains characters not allowed in an HTTP header; check --connect.token or PIKO_TOKEN")]
     InvalidToken,
+    /// The transport settings (TLS files, proxy URL) are not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Accepts TCP connections on `listener` and carries each one over WebSocket to
 /// `tcp_url(proxy_url, endpoint)` (`GET /_piko/v1/tcp/{endpoint}` on the proxy port), relaying
 /// bytes as binary messages, until `shutdown` is cancelled. The token, if any, is sent as
-/// `Authorization: Bearer`. Open connections are closed on shutdown.
+/// `Authorization: Bearer`. Open connections are closed on shutdown. Dials with the default
+/// [`Connector`] (OS trust store, proxy from the environment); see [`forward_tcp_via`].
 pub async fn forward_tcp(
     listener: TcpListener,
     proxy_url: String,
     endpoint: EndpointId,
     token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> Result<(), ForwardError> {
+    let connector = Connector::new(&TransportConfig::default())?;
+    forward_tcp_via(listener, proxy_url, endpoint, token, connector, shutdown).await
+}
+
+/// [`forward_tcp`] dialing through `connector` (TLS settings, HTTP proxy).
+pub async fn forward_tcp_via(
+    listener: TcpListener,
+    proxy_url: String,
+    endpoint: EndpointId,
+    token: Option<Secret>,
+    connector: Connector,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
     let url = tcp_url(&proxy_url, endpoint.as_str());
@@ -78,13 +101,14 @@ pub async fn forward_tcp(
             }
         };
         let request = request.clone();
+        let connector = connector.clone();
         let shutdown = shutdown.clone();
         let span = info_span!("forward", %peer);
         tracker.spawn(
             async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = relay(tcp, request) => {}
+                    _ = relay(tcp, request, &connector) => {}
                 }
             }
             .instrument(span),
@@ -95,13 +119,11 @@ pub async fn forward_tcp(
     Ok(())
 }
 
-async fn relay(mut tcp: TcpStream, request: Request) {
+async fn relay(mut tcp: TcpStream, request: Request, connector: &Connector) {
     let _ = tcp.set_nodelay(true);
-    let ws = match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
-        .await
-    {
-        Ok((ws, _)) => ws,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+    let ws = match connector.websocket(request, CONNECT_TIMEOUT).await {
+        Ok(ws) => ws,
+        Err(DialError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             let body = resp
                 .body()
                 .as_deref()

@@ -5,7 +5,10 @@
 //!
 //! Layout:
 //! - [`config`]: endpoint and agent configuration (CLI arguments and the original agent's YAML).
-//! - [`credentials`]: the [`Secret`] type that keeps tokens out of logs.
+//! - [`credentials`]: the [`Secret`] type that keeps tokens out of logs, and the
+//!   [`CredentialStore`] seam (OS keychain, 0600 file, memory) holding tokens per server.
+//! - [`transport`]: the [`Connector`] that dials the server: HTTP `CONNECT` proxies, TLS
+//!   (OS trust store, extra CAs, client certificates), the WebSocket handshake.
 //! - [`status`]: the status events a tunnel reports ([`StatusEvent`], [`TunnelState`]).
 //! - [`tunnel`]: the [`Agent`] that keeps one supervised, reconnecting tunnel per endpoint and
 //!   forwards each proxied stream to the local HTTP or TCP target.
@@ -19,9 +22,14 @@ pub mod config;
 pub mod credentials;
 pub mod forward;
 pub mod status;
+pub mod transport;
 pub mod tunnel;
 
-pub use config::{AgentConfig, ConfigError, ConnectConfig, EndpointConfig, Protocol, Target};
-pub use credentials::Secret;
+pub use config::{
+    AgentConfig, ConfigError, ConnectConfig, EndpointConfig, Protocol, Target, TlsConfig,
+    TransportConfig,
+};
+pub use credentials::{CredentialStore, Secret};
 pub use status::{StatusEvent, TunnelState};
+pub use transport::Connector;
 pub use tunnel::{Agent, AgentError};

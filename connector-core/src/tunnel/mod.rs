@@ -15,22 +15,22 @@ use std::time::Duration;
 use piko_protocol::mux::{self, Mode, Session};
 use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
 use piko_protocol::{EndpointId, WsStream};
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{tungstenite, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{tungstenite, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
 pub use self::http::HttpForwarder;
-use crate::config::{AgentConfig, EndpointConfig, Target};
+use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
 use crate::status::{StatusEvent, TunnelState};
+use crate::transport::{io_error, Connector, DialError, ServerStream};
 
 /// Capacity of the status channel; a subscriber that falls further behind skips events.
 const STATUS_CAPACITY: usize = 256;
@@ -64,11 +64,25 @@ pub enum AgentError {
     /// There is nothing to run.
     #[error("no endpoints configured; add listeners to the config file or use `piko agent http <endpoint> <addr>`")]
     NoEndpoints,
+    /// The connection to the server failed in a way retrying cannot fix: the server's
+    /// certificate is not trusted or not for this host, the client certificate was refused,
+    /// the proxy refused the tunnel.
+    #[error("endpoint {endpoint}: {reason}")]
+    Connection {
+        /// The endpoint.
+        endpoint: EndpointId,
+        /// What failed and what to do.
+        reason: String,
+    },
+    /// The transport settings (TLS files, proxy URL) are not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Runs every configured endpoint's tunnel and reports their [`StatusEvent`]s.
 pub struct Agent {
     config: AgentConfig,
+    connector: Option<Connector>,
     events: broadcast::Sender<StatusEvent>,
 }
 
@@ -76,7 +90,18 @@ impl Agent {
     /// An agent for `config`; nothing runs until [`Agent::run`].
     pub fn new(config: AgentConfig) -> Self {
         let (events, _) = broadcast::channel(STATUS_CAPACITY);
-        Self { config, events }
+        Self {
+            config,
+            connector: None,
+            events,
+        }
+    }
+
+    /// Dial the server through `connector` (TLS settings, proxy) instead of the default one
+    /// (OS trust store, proxy from the environment).
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
+        self
     }
 
     /// Receive every status event from now on.
@@ -101,7 +126,12 @@ impl Agent {
             ),
             None => None,
         };
+        let connector = match self.connector {
+            Some(c) => c,
+            None => Connector::new(&TransportConfig::default())?,
+        };
         let connect = Arc::new(ConnectSettings {
+            connector,
             url: self.config.connect.url.clone(),
             server: server_display(&self.config.connect.url),
             auth,
@@ -147,6 +177,7 @@ fn server_display(url: &str) -> String {
 }
 
 struct ConnectSettings {
+    connector: Connector,
     url: String,
     server: String,
     auth: Option<HeaderValue>,
@@ -290,27 +321,34 @@ impl Tunnel {
         Ok(req)
     }
 
-    async fn dial(&self) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ConnectFailure> {
+    async fn dial(&self) -> Result<WebSocketStream<ServerStream>, ConnectFailure> {
         let req = self.request()?;
         debug!(url = %req.uri(), "connecting");
-        let connecting = tokio_tungstenite::connect_async_with_config(
-            req,
-            Some(piko_protocol::ws::ws_config()),
-            true,
-        );
-        match tokio::time::timeout(self.connect.timeout, connecting).await {
-            Err(_) => Err(ConnectFailure::Retry(format!(
-                "no answer from the server within {}",
-                crate::status::DisplayDuration(self.connect.timeout)
-            ))),
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(classify(&self.endpoint.id, e)),
+        match self
+            .connect
+            .connector
+            .websocket(req, self.connect.timeout)
+            .await
+        {
+            Ok(ws) => Ok(ws),
+            Err(DialError::WebSocket(e)) => Err(classify(&self.endpoint.id, e)),
+            Err(e) if e.is_retryable() => Err(ConnectFailure::Retry(e.to_string())),
+            Err(e @ DialError::InvalidUrl { .. }) => {
+                Err(ConnectFailure::Fatal(AgentError::Unusable {
+                    endpoint: self.endpoint.id.clone(),
+                    reason: e.to_string(),
+                }))
+            }
+            Err(e) => Err(ConnectFailure::Fatal(AgentError::Connection {
+                endpoint: self.endpoint.id.clone(),
+                reason: e.to_string(),
+            })),
         }
     }
 
     async fn run_session(
         &self,
-        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        ws: WebSocketStream<ServerStream>,
         stop: &CancellationToken,
     ) -> SessionEnd {
         let (session, driver) =
@@ -391,18 +429,6 @@ fn mux_error(e: &mux::MuxError) -> String {
     match e {
         mux::MuxError::Io(io) => io_error(io),
         other => other.to_string(),
-    }
-}
-
-/// A one-line description of an I/O error; the kind alone for the common network failures
-/// ("connection refused" rather than "Connection refused (os error 111)").
-fn io_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected
-        | BrokenPipe | UnexpectedEof | AddrNotAvailable | NetworkUnreachable | HostUnreachable
-        | NetworkDown => e.kind().to_string(),
-        _ => e.to_string(),
     }
 }
 
