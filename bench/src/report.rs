@@ -324,7 +324,7 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "- piko-server RSS {} → {} MiB: **{} KiB per upstream**",
+                "- a fresh piko-server (no other traffic): RSS {} → {} MiB: **{} KiB per upstream**",
                 mib(i.server_rss_before_kib.as_ref()),
                 mib(i.server_rss_after_kib.as_ref()),
                 i.kib_per_upstream.map_or("—".into(), |k| format!("{k:.1}"))
@@ -332,7 +332,7 @@ impl Report {
             let pct = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.2} %"));
             let _ = writeln!(
                 md,
-                "- CPU over {:.0} s with no traffic: piko agent {}, piko-server {}; \
+                "- CPU over {:.0} s with no traffic (before the load): piko agent {}, piko-server {}; \
                  piko-server with the idle upstreams {}\n",
                 i.cpu_window_secs,
                 pct(i.agent_cpu_percent_idle),

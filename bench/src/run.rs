@@ -427,9 +427,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // Idle registered upstreams.
     if idle_n > 0 {
-        if let Some(p) = running.iter().find(|r| r.system == System::Piko) {
-            println!("\n== {idle_n} idle registered upstreams ==");
-            idle_report = idle_upstreams(p, idle_n, cpu_window, idle_report).await;
+        if running.iter().any(|r| r.system == System::Piko) {
+            println!("\n== {idle_n} idle registered upstreams (a fresh piko-server) ==");
+            idle_report = idle_upstreams(&bins, &tmp.0, idle_n, cpu_window, idle_report).await;
         }
     } else {
         not_measured.push("idle registered upstreams: not in smoke mode".into());
@@ -575,15 +575,22 @@ async fn measure(
 }
 
 async fn idle_upstreams(
-    piko: &Running,
+    bins: &Bins,
+    dir: &std::path::Path,
     n: usize,
     cpu_window: Duration,
     mut report: IdleReport,
 ) -> IdleReport {
     report.upstreams = n;
-    let (Some(server), Some(ports)) = (piko.pid("piko-server"), piko.piko_ports) else {
-        return report;
+    // A server of its own, so memory kept from the load scenarios does not hide the cost.
+    let (proc, _, ports) = match systems::piko_server(bins, dir, "piko-server idle").await {
+        Ok(s) => s,
+        Err(e) => {
+            report.first_error = Some(format!("start a piko-server for the idle test: {e:#}"));
+            return report;
+        }
     };
+    let server = proc.pid;
     report.server_rss_before_kib = procfs::rss_kib(server);
     let t0 = Instant::now();
     let idle = idle::register(ports.upstream, n).await;
@@ -626,6 +633,7 @@ async fn idle_upstreams(
         report.server_cpu_percent_with_upstreams.unwrap_or(f64::NAN)
     );
     drop(idle);
+    drop(proc);
     report
 }
 

@@ -297,8 +297,12 @@ pub async fn piko_endpoints(admin: SocketAddr) -> Option<serde_json::Value> {
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
-/// Piko: server, an HTTP agent, and (with `tcp`) a TCP agent and `piko forward`.
-pub async fn piko(bins: &Bins, svc: &Service, dir: &Path, tcp: bool) -> anyhow::Result<Running> {
+/// A bare piko-server on fresh loopback ports, ready to serve (no upstream yet).
+pub async fn piko_server(
+    bins: &Bins,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Proc, SocketAddr, PikoPorts)> {
     let proxy = loopback(free_port()?);
     let upstream = loopback(free_port()?);
     let admin = loopback(free_port()?);
@@ -323,14 +327,34 @@ pub async fn piko(bins: &Bins, svc: &Service, dir: &Path, tcp: bool) -> anyhow::
             .arg(loopback(free_port()?).to_string());
     }
     if help.contains("--cluster.data-dir") {
-        server.arg("--cluster.data-dir").arg(dir.join("piko-data"));
+        server
+            .arg("--cluster.data-dir")
+            .arg(dir.join(format!("{}-data", name.replace(' ', "-"))));
     }
+    let mut proc = Proc::spawn(name, server, dir)?;
+    let waited = wait_for(
+        &format!("{name}'s admin port at {admin}"),
+        Duration::from_secs(20),
+        || async move { piko_endpoints(admin).await.is_some() },
+    )
+    .await;
+    if let Err(e) = waited {
+        proc.check_alive()?;
+        return Err(e);
+    }
+    Ok((proc, proxy, PikoPorts { upstream, admin }))
+}
+
+/// Piko: server, an HTTP agent, and (with `tcp`) a TCP agent and `piko forward`.
+pub async fn piko(bins: &Bins, svc: &Service, dir: &Path, tcp: bool) -> anyhow::Result<Running> {
+    let (server, proxy, ports) = piko_server(bins, dir, "piko-server").await?;
+    let PikoPorts { upstream, admin } = ports;
     let mut running = Running {
         system: System::Piko,
         http: proxy,
         tcp: None,
-        procs: vec![Proc::spawn("piko-server", server, dir)?],
-        piko_ports: Some(PikoPorts { upstream, admin }),
+        procs: vec![server],
+        piko_ports: Some(ports),
     };
     let connect = format!("http://{upstream}");
     let mut agent = Command::new(&bins.piko);

@@ -59,6 +59,9 @@ fn smoke_run_measures_direct_and_piko() {
         }
     }
     let md = std::fs::read_to_string(out.join("latest.md")).expect("latest.md written");
-    assert!(md.contains("| small GET, keep-alive, 64 conns | req/s |"), "{md}");
+    assert!(
+        md.contains("| small GET, keep-alive, 64 conns | req/s |"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
