@@ -141,11 +141,17 @@ impl MachineInfo {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             mem_mib: mem_kib / 1024,
-            git_commit: command_line(
-                "git",
-                &["describe", "--always", "--dirty", "--exclude", "*"],
-            )
-            .unwrap_or_else(|| "unknown".into()),
+            // Set when the binaries were built from another tree than the current directory.
+            git_commit: std::env::var("PIKO_BENCH_GIT_COMMIT")
+                .ok()
+                .filter(|c| !c.is_empty())
+                .or_else(|| {
+                    command_line(
+                        "git",
+                        &["describe", "--always", "--dirty", "--exclude", "*"],
+                    )
+                })
+                .unwrap_or_else(|| "unknown".into()),
         }
     }
 }
