@@ -11,6 +11,11 @@ if ! mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null; then
 fi
 export CARGO_TERM_COLOR=never
 
+# The connector's Secret Service test runs gnome-keyring inside dbus-run-session.
+if ! command -v dbus-run-session >/dev/null 2>&1 || ! command -v gnome-keyring-daemon >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus-daemon gnome-keyring >/dev/null
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -6,6 +6,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod login;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,13 +15,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use piko_connector_core::config::{
-    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, Protocol,
+    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, Protocol, TransportConfig,
     DEFAULT_CONNECT_URL,
 };
-use piko_connector_core::forward::{forward_tcp, DEFAULT_PROXY_URL};
-use piko_connector_core::{Agent, AgentError, Secret};
+use piko_connector_core::credentials::{
+    default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
+};
+use piko_connector_core::forward::{forward_tcp_via, DEFAULT_PROXY_URL};
+use piko_connector_core::{Agent, AgentError, Connector, Secret};
 use piko_protocol::EndpointId;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +50,32 @@ enum Command {
     /// Listen locally and carry each connection to an endpoint through the Piko proxy.
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Store a server's token in the OS keychain (or a 0600 file where there is none).
+    Login(LoginArgs),
+    /// Remove a server's stored token.
+    Logout(ServerArg),
+    /// Show where tokens are stored and for which servers (never the tokens).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArg {
+    /// The server URL the token is for, as given to --connect.url (https://piko.example.com).
+    #[arg(long)]
+    server: String,
+}
+
+#[derive(Args, Debug)]
+struct LoginArgs {
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Only this server.
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,9 +96,50 @@ enum ForwardCommand {
 
 #[derive(Args, Debug)]
 struct TokenArg {
-    /// Token sent to the server as `Authorization: Bearer`.
-    #[arg(long = "connect.token", env = "PIKO_TOKEN", hide_env_values = true)]
+    /// Token sent to the server as `Authorization: Bearer`; else PIKO_TOKEN, else the token
+    /// `piko login` stored for the server.
+    #[arg(long = "connect.token")]
     token: Option<String>,
+}
+
+#[derive(Args, Debug, Default)]
+struct TransportArgs {
+    /// PEM file of CA certificates to trust besides the OS trust store.
+    #[arg(long = "connect.tls.root-cas", value_name = "FILE")]
+    root_cas: Option<PathBuf>,
+    /// PEM client certificate to present to the server (mTLS); needs --connect.tls.key.
+    #[arg(long = "connect.tls.cert", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --connect.tls.cert.
+    #[arg(long = "connect.tls.key", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Do not verify the server's certificate. Only for testing: the connection can be intercepted.
+    #[arg(long = "connect.tls.insecure-skip-verify")]
+    insecure_skip_verify: bool,
+    /// HTTP proxy to tunnel through with CONNECT (http://[user:pass@]host:port); by default
+    /// HTTPS_PROXY/HTTP_PROXY and NO_PROXY decide.
+    #[arg(long = "connect.proxy-url", value_name = "URL")]
+    proxy_url: Option<String>,
+}
+
+impl TransportArgs {
+    /// Flags override the file's values.
+    fn over(self, mut base: TransportConfig) -> TransportConfig {
+        if self.root_cas.is_some() {
+            base.tls.root_cas = self.root_cas;
+        }
+        if self.cert.is_some() {
+            base.tls.cert = self.cert;
+        }
+        if self.key.is_some() {
+            base.tls.key = self.key;
+        }
+        base.tls.insecure_skip_verify |= self.insecure_skip_verify;
+        if let Some(p) = self.proxy_url.filter(|p| !p.trim().is_empty()) {
+            base.proxy_url = Some(p);
+        }
+        base
+    }
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +153,8 @@ struct ExposeArgs {
     url: String,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// Time allowed to open the connection to the server.
     #[arg(long = "connect.timeout", default_value = "30s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -101,6 +176,8 @@ struct StartArgs {
     url: Option<String>,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// On shutdown, time to let in-flight requests finish; overrides `grace_period` of the file.
     #[arg(long = "grace-period", value_parser = humantime::parse_duration)]
     grace_period: Option<Duration>,
@@ -117,10 +194,12 @@ struct ForwardArgs {
     url: String,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
 /// A one-line failure message with the exit code it maps to.
-enum Failure {
+pub(crate) enum Failure {
     /// Bad input: exit 2.
     Usage(String),
     /// The run failed: exit 1.
@@ -160,23 +239,29 @@ fn init_logging(level: &str) -> Result<(), Failure> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must not panic the task that logs.
+        .log_internal_errors(false)
         .init();
     Ok(())
-}
-
-fn token(arg: TokenArg) -> Option<Secret> {
-    arg.token.filter(|t| !t.is_empty()).map(Secret::new)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
     // Load the config file first: its log level applies unless --log.level is given.
     let (job, file_level) = match cli.command {
-        Command::Agent(AgentCommand::Http(a)) => {
-            (Job::Agent(expose_config(a, Protocol::Http)?), None)
+        Command::Login(a) => {
+            init_logging(cli.log_level.as_deref().unwrap_or("warn"))?;
+            return login::login(&a.server.server);
         }
-        Command::Agent(AgentCommand::Tcp(a)) => {
-            (Job::Agent(expose_config(a, Protocol::Tcp)?), None)
+        Command::Logout(a) => {
+            init_logging(cli.log_level.as_deref().unwrap_or("warn"))?;
+            return login::logout(&a.server);
         }
+        Command::Status(a) => {
+            init_logging(cli.log_level.as_deref().unwrap_or("warn"))?;
+            return login::status(a.server.as_deref());
+        }
+        Command::Agent(AgentCommand::Http(a)) => (expose_job(a, Protocol::Http)?, None),
+        Command::Agent(AgentCommand::Tcp(a)) => (expose_job(a, Protocol::Tcp)?, None),
         Command::Agent(AgentCommand::Start(a)) => {
             let file = ConfigFile::from_yaml_file(&a.config_path).map_err(|e| match e {
                 ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
@@ -189,8 +274,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(g) = a.grace_period {
                 config.grace_period = g;
             }
-            config.connect.token = token(a.token);
-            (Job::Agent(config), file.log_level)
+            let job = Job {
+                kind: JobKind::Agent(config),
+                transport: a.transport.over(file.transport),
+                token: a.token.token,
+            };
+            (job, file.log_level)
         }
         Command::Forward(ForwardCommand::Tcp(a)) => {
             let endpoint = EndpointId::new(&a.endpoint).map_err(|e| {
@@ -201,15 +290,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 a.local_addr.clone()
             };
-            (
-                Job::Forward {
+            let job = Job {
+                kind: JobKind::Forward {
                     local,
                     url: a.url,
                     endpoint,
-                    token: token(a.token),
                 },
-                None,
-            )
+                transport: a.transport.over(TransportConfig::default()),
+                token: a.token.token,
+            };
+            (job, None)
         }
     };
     let level = cli
@@ -217,6 +307,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .or(file_level)
         .unwrap_or_else(|| "info".to_string());
     init_logging(&level)?;
+
+    // Read the TLS files and settle the proxy before anything runs: mistakes there are
+    // config errors (exit 2) naming the setting.
+    let connector = Connector::new(&job.transport).map_err(|e| Failure::Usage(setting_error(e)))?;
+    let token = token_for(job.token, job.kind.server_url());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -226,13 +321,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        match job {
-            Job::Agent(config) => run_agent(config, shutdown).await,
-            Job::Forward {
+        match job.kind {
+            JobKind::Agent(mut config) => {
+                config.connect.token = token;
+                run_agent(Agent::new(config).with_connector(connector), shutdown).await
+            }
+            JobKind::Forward {
                 local,
                 url,
                 endpoint,
-                token,
             } => {
                 let listener = tokio::net::TcpListener::bind(&local).await.map_err(|e| {
                     Failure::Runtime(format!(
@@ -242,7 +339,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if let Ok(addr) = listener.local_addr() {
                     println!("forwarding {addr} → endpoint {endpoint}");
                 }
-                forward_tcp(listener, url, endpoint, token, shutdown)
+                forward_tcp_via(listener, url, endpoint, token, connector, shutdown)
                     .await
                     .map_err(|e| Failure::Usage(e.to_string()))
             }
@@ -250,41 +347,107 @@ fn run(cli: Cli) -> Result<(), Failure> {
     })
 }
 
-enum Job {
+/// A transport config error, naming the flag beside the YAML key
+/// (`connect.tls.root_cas (--connect.tls.root-cas): cannot read ...`).
+fn setting_error(e: ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { key, message } if key.starts_with("connect.") => {
+            format!("{key} (--{}): {message}", key.replace('_', "-"))
+        }
+        e => e.to_string(),
+    }
+}
+
+/// The token for `server_url`: `--connect.token`, else `PIKO_TOKEN`, else the stored one.
+/// Logs where it came from, never the token. A store that cannot be read is a warning: the
+/// server says whether a token was needed.
+fn token_for(flag: Option<String>, server_url: &str) -> Option<Secret> {
+    let env = std::env::var(TOKEN_ENV).ok();
+    match resolve_token(flag, env, server_url, default_store) {
+        Ok((token, TokenSource::None)) => {
+            info!("no token for {server_url}: connecting without one (`piko login --server {server_url}` stores one)");
+            token
+        }
+        Ok((token, source)) => {
+            info!("using the token from {source}");
+            token
+        }
+        // The agent reports a bad URL itself, with the flag to fix.
+        Err(CredentialError::InvalidServer { .. }) => None,
+        Err(e) => {
+            warn!("cannot read the stored token: {e}; connecting without one");
+            None
+        }
+    }
+}
+
+struct Job {
+    kind: JobKind,
+    transport: TransportConfig,
+    /// `--connect.token`, if given.
+    token: Option<String>,
+}
+
+enum JobKind {
     Agent(AgentConfig),
     Forward {
         local: String,
         url: String,
         endpoint: EndpointId,
-        token: Option<Secret>,
     },
 }
 
-fn expose_config(a: ExposeArgs, protocol: Protocol) -> Result<AgentConfig, Failure> {
-    let endpoint =
-        EndpointConfig::parse(&a.endpoint, &a.addr, protocol, a.timeout).map_err(|e| match e {
-            ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {}: {e}", a.endpoint)),
-            e => Failure::Usage(e.to_string()),
-        })?;
-    Ok(AgentConfig {
+impl JobKind {
+    fn server_url(&self) -> &str {
+        match self {
+            JobKind::Agent(c) => &c.connect.url,
+            JobKind::Forward { url, .. } => url,
+        }
+    }
+}
+
+fn expose_job(a: ExposeArgs, protocol: Protocol) -> Result<Job, Failure> {
+    let ExposeArgs {
+        endpoint,
+        addr,
+        url,
+        token,
+        transport,
+        connect_timeout,
+        timeout,
+        grace_period,
+    } = a;
+    let ep = EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
+        ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
+        e => Failure::Usage(e.to_string()),
+    })?;
+    let config = AgentConfig {
         connect: ConnectConfig {
-            url: a.url,
-            token: token(a.token),
-            timeout: a.connect_timeout,
+            url,
+            token: None,
+            timeout: connect_timeout,
         },
-        endpoints: vec![endpoint],
-        grace_period: a.grace_period,
+        endpoints: vec![ep],
+        grace_period,
+    };
+    Ok(Job {
+        kind: JobKind::Agent(config),
+        transport: transport.over(TransportConfig::default()),
+        token: token.token,
     })
 }
 
-async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Failure> {
-    let agent = Agent::new(config);
+async fn run_agent(agent: Agent, shutdown: CancellationToken) -> Result<(), Failure> {
     let mut events = agent.subscribe();
     let printer = tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
-                Ok(ev) => println!("{ev}"),
+                Ok(ev) => {
+                    use std::io::Write;
+                    // Not println!: a closed stdout (piped into `head`) must not panic.
+                    let _ = writeln!(std::io::stdout(), "{ev}");
+                }
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => break,
             }
@@ -300,10 +463,13 @@ async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(
                 status: 401 | 403, ..
             },
         ) => Err(Failure::Runtime(format!(
-            "{e}; check --connect.token or PIKO_TOKEN"
+            "{e}; check --connect.token, PIKO_TOKEN or `piko login`"
         ))),
         Err(
-            e @ (AgentError::InvalidToken | AgentError::NoEndpoints | AgentError::Unusable { .. }),
+            e @ (AgentError::InvalidToken
+            | AgentError::NoEndpoints
+            | AgentError::Unusable { .. }
+            | AgentError::Config(_)),
         ) => Err(Failure::Usage(e.to_string())),
         Err(e) => Err(Failure::Runtime(e.to_string())),
     }
@@ -312,8 +478,9 @@ async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(
 /// Cancel `shutdown` on Ctrl-C or SIGTERM; a second signal exits at once.
 async fn stop_on_signal(shutdown: CancellationToken) {
     wait_for_signal().await;
-    tracing::info!("shutting down; press Ctrl-C again to exit now");
+    // Cancel first: if stderr is gone (a closed pipe), logging must not stand in the way.
     shutdown.cancel();
+    tracing::info!("shutting down; press Ctrl-C again to exit now");
     wait_for_signal().await;
     std::process::exit(130);
 }
@@ -366,7 +533,12 @@ mod tests {
         let Command::Agent(AgentCommand::Http(a)) = cli.command else {
             panic!("{cli:?}")
         };
-        let c = expose_config(a, Protocol::Http).ok().unwrap();
+        let job = expose_job(a, Protocol::Http).ok().unwrap();
+        assert_eq!(job.transport, TransportConfig::default());
+        assert_eq!(job.token, None);
+        let JobKind::Agent(c) = job.kind else {
+            panic!()
+        };
         assert_eq!(c.connect.url, "http://10.0.0.1:8001");
         assert_eq!(c.endpoints[0].timeout, Duration::from_secs(5));
         assert_eq!(c.endpoints[0].target.to_string(), "http://127.0.0.1:3000");

@@ -39,10 +39,10 @@ impl KeyringStore {
             let _ = tx.send(status.as_ref().map(|_| ()).map_err(describe_error));
         });
         match rx.recv_timeout(timeout) {
-            Ok(r) => r.map_err(|e| format!("{} did not answer: {e}", keychain_name())),
+            Ok(r) => r.map_err(|e| format!("no {} found ({e})", keychain_kind())),
             Err(_) => Err(format!(
-                "{} did not answer within {}s",
-                keychain_name(),
+                "no {} answered within {}s",
+                keychain_kind(),
                 timeout.as_secs()
             )),
         }
@@ -108,6 +108,17 @@ fn keychain_name() -> &'static str {
     }
 }
 
+/// The keychain's kind, for "no ... found".
+fn keychain_kind() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "macOS Keychain"
+    } else if cfg!(windows) {
+        "Windows Credential Manager"
+    } else {
+        "Secret Service"
+    }
+}
+
 /// One line for a keyring error, with what to do for the usual Linux failures.
 fn describe_error(e: &keyring::Error) -> String {
     match e {
@@ -116,9 +127,13 @@ fn describe_error(e: &keyring::Error) -> String {
         ),
         keyring::Error::NoDefaultStore => "no keychain is available on this system".to_string(),
         other => {
-            // Platform errors can be long, multi-line D-Bus messages; keep the first line.
+            // Platform errors can be long, multi-line D-Bus messages; keep the first line,
+            // without the layers' prefixes.
             let text = other.to_string();
-            text.lines().next().unwrap_or_default().to_string()
+            let line = text.lines().next().unwrap_or_default();
+            line.trim_start_matches("Platform failure: ")
+                .trim_start_matches("zbus error: ")
+                .to_string()
         }
     }
 }

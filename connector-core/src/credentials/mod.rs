@@ -196,19 +196,28 @@ impl CredentialStore for MemoryStore {
 pub struct SelectedStore {
     /// The store.
     pub store: Box<dyn CredentialStore>,
-    /// Set when the file store stands in for a keychain that did not answer: why.
+    /// Set when the file store stands in for a keychain that did not answer: why
+    /// (`no Secret Service found (...)`).
     pub fallback: Option<String>,
 }
 
 impl SelectedStore {
-    /// One line saying where `server`'s token was stored, for `piko login`.
-    pub fn stored_line(&self) -> String {
+    /// One line saying where `server`'s token was stored, for `piko login`:
+    /// `token for https://x stored in the OS keychain (Secret Service)`, or with the reason
+    /// the keychain was not used first.
+    pub fn stored_line(&self, server: &ServerKey) -> String {
+        let stored = format!("token for {server} stored in {}", self.store.describe());
         match &self.fallback {
-            None => format!("token stored in {}", self.store.describe()),
-            Some(why) => format!(
-                "no OS keychain ({why}); token stored in {}",
-                self.store.describe()
-            ),
+            None => stored,
+            Some(why) => format!("{why}; {stored}"),
+        }
+    }
+
+    /// One line naming the store, for `piko status`.
+    pub fn describe_line(&self) -> String {
+        match &self.fallback {
+            None => format!("tokens are kept in {}", self.store.describe()),
+            Some(why) => format!("{why}; tokens are kept in {}", self.store.describe()),
         }
     }
 }

@@ -409,3 +409,62 @@ async fn proxy_credentials_and_refusals() {
     );
     assert!(err.is_retryable());
 }
+
+/// The agent stops (does not retry) when the server's certificate is not trusted, and says
+/// which flag fixes it; with the CA it registers over wss.
+#[tokio::test]
+async fn agent_stops_on_an_untrusted_certificate() {
+    use crate::config::{AgentConfig, ConnectConfig, EndpointConfig, Protocol};
+    use crate::tunnel::{Agent, AgentError};
+    use tokio_util::sync::CancellationToken;
+
+    let pki = Pki::new();
+    let (addr, accepted) = tls_ws_server(pki.server_config(false)).await;
+    let config = AgentConfig {
+        connect: ConnectConfig {
+            url: format!("https://localhost:{}", addr.port()),
+            token: None,
+            timeout: T,
+        },
+        endpoints: vec![EndpointConfig::parse("shop", "3000", Protocol::Http, T).unwrap()],
+        grace_period: Duration::from_millis(100),
+    };
+    let agent = Agent::new(config.clone()).with_connector(direct(TlsConfig::default()));
+    let mut events = agent.subscribe();
+    let err = tokio::time::timeout(T, agent.run(CancellationToken::new()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Connection { .. }), "{err:?}");
+    let want = "tls to localhost: invalid peer certificate: UnknownIssuer; \
+                pass --connect.tls.root-cas with the server's CA";
+    assert_eq!(err.to_string(), want);
+    assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
+    assert_eq!(
+        events.recv().await.unwrap().to_string(),
+        format!("stopped: shop: {want}")
+    );
+
+    // With the CA the registration's WebSocket opens over TLS.
+    let agent = Agent::new(config).with_connector(direct(TlsConfig {
+        root_cas: Some(pki.path("ca.pem")),
+        ..Default::default()
+    }));
+    let mut events = agent.subscribe();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(agent.run(shutdown.clone()));
+    assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
+    let connected = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        connected
+            .to_string()
+            .starts_with("connected: shop → http://127.0.0.1:3000 (server wss://localhost:"),
+        "{connected}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(T, run).await.unwrap();
+}

@@ -67,7 +67,7 @@ pub enum AgentError {
     /// The connection to the server failed in a way retrying cannot fix: the server's
     /// certificate is not trusted or not for this host, the client certificate was refused,
     /// the proxy refused the tunnel.
-    #[error("endpoint {endpoint}: {reason}")]
+    #[error("{reason}")]
     Connection {
         /// The endpoint.
         endpoint: EndpointId,
