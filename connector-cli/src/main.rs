@@ -19,7 +19,7 @@ use piko_connector_core::config::{
     DEFAULT_CONNECT_URL,
 };
 use piko_connector_core::credentials::{
-    default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
+    self, default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
 };
 use piko_connector_core::forward::{forward_tcp_via, DEFAULT_PROXY_URL};
 use piko_connector_core::{Agent, AgentError, Connector, Secret};
@@ -234,6 +234,11 @@ fn init_logging(level: &str) -> Result<(), Failure> {
             "--log.level {level:?} is not a valid level or filter ({e}); use error, warn, info, debug or trace"
         ))
     })?;
+    // Even at trace level, no token reaches the log.
+    let filter = match credentials::LOG_REDACTION_DIRECTIVE.parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -180,8 +180,18 @@ fn the_agent_uses_the_stored_token_unless_one_is_given() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     // No flag, no PIKO_TOKEN: the stored token is sent, and the log says where it came from.
+    // Even at trace level the token is in no log line.
     let mut agent = piko(dir.path());
-    agent.args(["agent", "http", "demo", "3000", "--connect.url", &url]);
+    agent.args([
+        "--log.level",
+        "trace",
+        "agent",
+        "http",
+        "demo",
+        "3000",
+        "--connect.url",
+        &url,
+    ]);
     let out = run(agent, "");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

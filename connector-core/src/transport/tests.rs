@@ -468,3 +468,52 @@ async fn agent_stops_on_an_untrusted_certificate() {
     shutdown.cancel();
     let _ = tokio::time::timeout(T, run).await.unwrap();
 }
+
+/// `piko forward` over wss through a CONNECT proxy: bytes go round trip.
+#[tokio::test]
+async fn forward_over_tls_through_a_proxy() {
+    use piko_protocol::EndpointId;
+    use tokio_util::sync::CancellationToken;
+
+    let pki = Pki::new();
+    let (server, accepted) = tls_ws_server(pki.server_config(false)).await;
+    let (proxy, seen) = fake_proxy(None).await;
+    let connector = Connector::new(&TransportConfig {
+        tls: TlsConfig {
+            root_cas: Some(pki.path("ca.pem")),
+            ..Default::default()
+        },
+        proxy_url: Some(format!("http://{proxy}")),
+    })
+    .unwrap();
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let fwd = tokio::spawn(crate::forward::forward_tcp_via(
+        local,
+        format!("https://localhost:{}", server.port()),
+        EndpointId::new("db").unwrap(),
+        None,
+        connector,
+        shutdown.clone(),
+    ));
+    let mut c = tokio::net::TcpStream::connect(local_addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(T, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![format!("localhost:{}", server.port())]
+    );
+    shutdown.cancel();
+    tokio::time::timeout(T, fwd)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
