@@ -98,7 +98,10 @@ impl Connector {
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let target = format!("{host}:{port}");
 
-        let proxy = self.proxy.proxy_for(secure, &host, port);
+        let proxy = self
+            .proxy
+            .proxy_for(secure, &host, port)
+            .map_err(DialError::ProxySetting)?;
         let dial_addr = proxy.map_or_else(|| target.clone(), ProxyUrl::addr);
         debug!(%target, proxy = ?proxy, "dialing the server");
         let mut tcp =
@@ -175,6 +178,9 @@ pub enum DialError {
     /// The proxy did not open the tunnel.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The environment names a proxy for this connection that cannot be used.
+    #[error("{0}")]
+    ProxySetting(String),
     /// The TLS handshake failed in a way retrying cannot fix (an untrusted or wrong
     /// certificate, a refused client certificate); the message says what to do.
     #[error("{0}")]
@@ -200,7 +206,7 @@ impl DialError {
     /// caller (the WebSocket variant says "retry").
     pub fn is_retryable(&self) -> bool {
         match self {
-            DialError::InvalidUrl { .. } | DialError::Tls(_) => false,
+            DialError::InvalidUrl { .. } | DialError::Tls(_) | DialError::ProxySetting(_) => false,
             DialError::Proxy(p) => p.is_retryable(),
             _ => true,
         }

@@ -115,12 +115,14 @@ impl fmt::Debug for ProxyUrl {
 pub enum ProxyPolicy {
     /// Every connection goes through this proxy (`--connect.proxy-url`).
     Always(ProxyUrl),
-    /// The environment's proxies, read once.
+    /// The environment's proxies, read once. A variable this connector cannot use (a
+    /// `socks5://` proxy set for other programs) is an error only for the connections it
+    /// would apply to, so it never stops a connection that does not need it.
     Env {
         /// `HTTPS_PROXY`/`https_proxy`, for `https://`/`wss://` servers.
-        https: Option<ProxyUrl>,
+        https: Option<Result<ProxyUrl, String>>,
         /// `HTTP_PROXY`/`http_proxy`, for `http://`/`ws://` servers.
-        http: Option<ProxyUrl>,
+        http: Option<Result<ProxyUrl, String>>,
         /// `NO_PROXY`/`no_proxy`: hosts reached directly.
         no_proxy: NoProxy,
     },
@@ -131,44 +133,57 @@ impl ProxyPolicy {
     pub fn new(proxy_url: Option<&str>) -> Result<Self, ConfigError> {
         match proxy_url {
             Some(u) => Ok(Self::Always(ProxyUrl::parse("connect.proxy_url", u)?)),
-            None => Self::from_lookup(|k| std::env::var(k).ok()),
+            None => Ok(Self::from_lookup(|k| std::env::var(k).ok())),
         }
     }
 
     /// The environment policy, reading variables through `var` (the upper-case name wins).
-    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let get = |upper: &'static str, lower: &'static str| {
             [upper, lower]
                 .into_iter()
                 .find_map(|k| var(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v)))
         };
-        let proxy = |upper, lower| -> Result<Option<ProxyUrl>, ConfigError> {
-            get(upper, lower)
-                .map(|(k, v)| ProxyUrl::parse(k, &v))
-                .transpose()
+        let proxy = |upper, lower| {
+            get(upper, lower).map(|(k, v)| {
+                ProxyUrl::parse(k, &v).map_err(|e| {
+                    format!("{e}; fix it, add the server to NO_PROXY or pass --connect.proxy-url")
+                })
+            })
         };
-        Ok(Self::Env {
-            https: proxy("HTTPS_PROXY", "https_proxy")?,
-            http: proxy("HTTP_PROXY", "http_proxy")?,
+        Self::Env {
+            https: proxy("HTTPS_PROXY", "https_proxy"),
+            http: proxy("HTTP_PROXY", "http_proxy"),
             no_proxy: NoProxy::parse(
                 &get("NO_PROXY", "no_proxy")
                     .map(|(_, v)| v)
                     .unwrap_or_default(),
             ),
-        })
+        }
     }
 
-    /// The proxy for a connection to `host:port` (`tls` for `https`/`wss`), if any.
-    pub fn proxy_for(&self, tls: bool, host: &str, port: u16) -> Option<&ProxyUrl> {
+    /// No proxy at all, whatever the environment says.
+    pub fn direct() -> Self {
+        Self::from_lookup(|_| None)
+    }
+
+    /// The proxy for a connection to `host:port` (`tls` for `https`/`wss`), if any; `Err`
+    /// when the environment names one this connector cannot use.
+    pub fn proxy_for(&self, tls: bool, host: &str, port: u16) -> Result<Option<&ProxyUrl>, String> {
         match self {
-            Self::Always(p) => Some(p),
+            Self::Always(p) => Ok(Some(p)),
             Self::Env {
                 https,
                 http,
                 no_proxy,
             } => {
-                let proxy = if tls { https.as_ref() } else { http.as_ref() }?;
-                (!no_proxy.bypasses(host, port)).then_some(proxy)
+                let Some(proxy) = (if tls { https.as_ref() } else { http.as_ref() }) else {
+                    return Ok(None);
+                };
+                if no_proxy.bypasses(host, port) {
+                    return Ok(None);
+                }
+                proxy.as_ref().map(Some).map_err(Clone::clone)
             }
         }
     }
@@ -483,7 +498,6 @@ mod tests {
                     .find(|(n, _)| *n == k)
                     .map(|(_, v)| v.to_string())
             })
-            .unwrap()
         };
         let p = env(&[
             ("HTTPS_PROXY", "http://secure:1"),
@@ -493,7 +507,7 @@ mod tests {
                 "internal.corp, .svc,10.0.0.0/8, 192.168.1.5, db:5432",
             ),
         ]);
-        let via = |tls, host, port| p.proxy_for(tls, host, port).map(|p| p.addr());
+        let via = |tls, host, port| p.proxy_for(tls, host, port).unwrap().map(|p| p.addr());
         let cases: &[(bool, &str, u16, Option<&str>)] = &[
             (true, "piko.example.com", 443, Some("secure:1")),
             (false, "piko.example.com", 80, Some("plain:2")),
@@ -521,21 +535,29 @@ mod tests {
         }
 
         let all = env(&[("HTTPS_PROXY", "http://secure:1"), ("NO_PROXY", "*")]);
-        assert_eq!(all.proxy_for(true, "piko.example.com", 443), None);
+        assert_eq!(all.proxy_for(true, "piko.example.com", 443), Ok(None));
         let none = env(&[]);
-        assert_eq!(none.proxy_for(true, "piko.example.com", 443), None);
-        let err = ProxyPolicy::from_lookup(|k| (k == "https_proxy").then(|| "ftp://x".to_string()))
-            .unwrap_err()
-            .to_string();
+        assert_eq!(none.proxy_for(true, "piko.example.com", 443), Ok(None));
+
+        // A proxy variable for other programs (socks5) matters only where it applies.
+        let socks = env(&[("https_proxy", "socks5://x:1080"), ("NO_PROXY", "internal")]);
+        let err = socks.proxy_for(true, "piko.example.com", 443).unwrap_err();
         assert!(
-            err.starts_with("https_proxy: unsupported proxy scheme"),
+            err.starts_with("https_proxy: unsupported proxy scheme \"socks5\""),
             "{err}"
         );
+        assert!(err.ends_with("pass --connect.proxy-url"), "{err}");
+        assert_eq!(socks.proxy_for(false, "piko.example.com", 80), Ok(None));
+        assert_eq!(socks.proxy_for(true, "internal", 443), Ok(None));
+        assert_eq!(socks.proxy_for(true, "127.0.0.1", 8001), Ok(None));
 
         // An explicit proxy applies to everything, loopback included.
         let always = ProxyPolicy::new(Some("http://p:3128")).unwrap();
         assert_eq!(
-            always.proxy_for(false, "127.0.0.1", 8001).map(|p| p.addr()),
+            always
+                .proxy_for(false, "127.0.0.1", 8001)
+                .unwrap()
+                .map(|p| p.addr()),
             Some("p:3128".into())
         );
     }

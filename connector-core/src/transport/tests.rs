@@ -133,7 +133,7 @@ fn direct(tls: TlsConfig) -> Connector {
     })
     .unwrap()
     // Whatever the environment says, these tests dial directly unless they say otherwise.
-    .with_proxy(ProxyPolicy::from_lookup(|_| None).unwrap())
+    .with_proxy(ProxyPolicy::direct())
 }
 
 async fn echo_once(connector: &Connector, url: &str) -> Result<(), DialError> {
