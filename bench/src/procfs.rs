@@ -105,6 +105,8 @@ pub struct MachineInfo {
     pub kernel: String,
     /// Total memory, MiB.
     pub mem_mib: u64,
+    /// `/proc/loadavg` when the run started: other work on the machine skews the figures.
+    pub loadavg_at_start: String,
     /// `git describe` of the tree measured (with `-dirty` if it had changes).
     pub git_commit: String,
 }
@@ -141,6 +143,9 @@ impl MachineInfo {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             mem_mib: mem_kib / 1024,
+            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
             // Set when the binaries were built from another tree than the current directory.
             git_commit: std::env::var("PIKO_BENCH_GIT_COMMIT")
                 .ok()

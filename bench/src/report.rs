@@ -287,8 +287,8 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- machine: {} × {}, {} MiB RAM, Linux {}",
-            m.nproc, m.cpu_model, m.mem_mib, m.kernel
+            "- machine: {} × {}, {} MiB RAM, Linux {}; load average at the start {}",
+            m.nproc, m.cpu_model, m.mem_mib, m.kernel, m.loadavg_at_start
         );
         let _ = writeln!(md, "- commit: `{}`", m.git_commit);
         let _ = writeln!(

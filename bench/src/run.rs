@@ -216,6 +216,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         Duration::from_secs(3)
     };
 
+    let machine = MachineInfo::collect();
     let bins = Bins::in_dir(&opts.bin_dir)?;
     let tmp = TempDir::new()?;
     let gen = if opts.builtin_loadgen {
@@ -253,7 +254,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let started = match sys {
             System::Direct => Ok(systems::direct(&service)),
             System::Piko => systems::piko(&bins, &service, &tmp.0, needs_tcp).await,
-            System::Rathole => match procfs::tool_version("rathole", "--version") {
+            System::Rathole => match procfs::tool_version("rathole", "-V") {
                 Some(v) => {
                     tools.insert("rathole".into(), v);
                     systems::rathole(&service, &tmp.0).await
@@ -474,7 +475,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         mode: opts.mode.name().into(),
         started_utc,
         wall_secs: 0.0,
-        machine: MachineInfo::collect(),
+        machine,
         tools,
         loadgen: gen.name().into(),
         rounds,
