@@ -116,6 +116,23 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first of ctrl-c, SIGTERM or SIGHUP; its name.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -130,15 +147,15 @@ fn main() -> ExitCode {
             Command::Serve { http, tcp } => {
                 let (h, t) = piko_bench::service::start(http, tcp).await?;
                 println!("ready http={h} tcp={t}");
-                // Serve until killed, or until stdin-less parents go away via SIGTERM/ctrl-c.
-                tokio::signal::ctrl_c().await?;
+                // Serve until the parent stops us.
+                terminated().await;
                 Ok(())
             }
             Command::Run(args) => {
-                // Dropping the run on ctrl-c drops every child (kill_on_drop).
+                // Dropping the run on ctrl-c or SIGTERM drops every child (kill_on_drop).
                 tokio::select! {
                     r = run_cmd(args) => r,
-                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                    s = terminated() => Err(anyhow::anyhow!("interrupted by {s}")),
                 }
             }
         }
