@@ -18,10 +18,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::proxy::pool::PooledBody;
 use crate::tls::ReloadingTls;
 
 /// The body of every response the server writes: a proxied body or a small one of its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<PooledBody, Full<Bytes>>;
 
 /// A JSON error response: `{"error": message}` with `Content-Type: application/json`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {

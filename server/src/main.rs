@@ -143,10 +143,16 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // PIKO_WORKER_THREADS pins the runtime's size (default: one worker per core).
+    if let Some(n) = std::env::var("PIKO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

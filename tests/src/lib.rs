@@ -7,6 +7,7 @@
 //! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
 
 pub mod echo;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -170,6 +171,15 @@ pub struct TestConnector {
 impl TestConnector {
     /// Connect `endpoints` (id, addr, protocol) to the server at `upstream_url`.
     pub fn start(upstream_url: &str, endpoints: &[(&str, &str, Protocol)]) -> Self {
+        Self::start_with_token(upstream_url, endpoints, None)
+    }
+
+    /// Like [`TestConnector::start`], authenticating with `token`.
+    pub fn start_with_token(
+        upstream_url: &str,
+        endpoints: &[(&str, &str, Protocol)],
+        token: Option<&str>,
+    ) -> Self {
         init_logs();
         let endpoints = endpoints
             .iter()
@@ -179,10 +189,12 @@ impl TestConnector {
             })
             .collect();
         let config = AgentConfig {
+            #[allow(clippy::needless_update)] // TLS and proxy settings keep their defaults
             connect: ConnectConfig {
                 url: upstream_url.to_string(),
-                token: None,
+                token: token.map(|t| piko_connector_core::Secret::new(t.to_string())),
                 timeout: Duration::from_secs(10),
+                ..ConnectConfig::default()
             },
             endpoints,
             grace_period: Duration::from_secs(2),
@@ -221,6 +233,15 @@ impl TestConnector {
         tokio::time::timeout(Duration::from_secs(15), fut)
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Wait for the agent to end on its own (it stops when the server rejects it).
+    pub async fn result(mut self) -> Result<(), piko_connector_core::tunnel::AgentError> {
+        let t = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("agent ends in time")
+            .expect("agent task")
     }
 
     /// Stop the agent gracefully and wait for it.
@@ -282,4 +303,22 @@ pub async fn tcp_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Sign a test token with the HMAC secret `secret`.
+pub fn hs256_token(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -2,6 +2,7 @@
 //! connections to an upstream of the endpoint they name.
 
 mod error;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::mux::{MuxError, Stream};
@@ -23,10 +25,11 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 pub use error::ProxyError;
+use pool::{CheckoutError, PooledBody};
 
 use crate::auth::PortAuth;
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
-use crate::upstream::Registry;
+use crate::upstream::{Registry, Upstream};
 
 /// Routes requests to upstreams.
 pub struct Proxy {
@@ -83,7 +86,42 @@ impl Proxy {
         }
     }
 
-    /// Open a stream to an upstream of `endpoint`, skipping upstreams that are going away.
+    /// An upstream of `endpoint` and a connection to it, skipping upstreams that are going
+    /// away. Upgrades get a connection of their own; other requests reuse idle ones.
+    async fn checkout(
+        &self,
+        endpoint: &EndpointId,
+        fresh: bool,
+    ) -> Result<(Arc<Upstream>, SendRequest<Incoming>), ProxyError> {
+        for _ in 0..8 {
+            let u = self
+                .registry
+                .select(endpoint)
+                .ok_or(ProxyError::NoUpstream)?;
+            let conn = if fresh {
+                pool::connect(&u.session).await
+            } else {
+                u.pool.checkout(&u.session).await
+            };
+            match conn {
+                Ok(sender) => return Ok((u, sender)),
+                Err(CheckoutError::Open(MuxError::TooManyStreams)) => {
+                    return Err(ProxyError::UpstreamUnreachable)
+                }
+                Err(CheckoutError::Open(e)) => {
+                    debug!(endpoint = %endpoint, upstream = u.id, error = %e, "upstream cannot take streams; removing it");
+                    self.registry.remove(endpoint, u.id);
+                }
+                Err(CheckoutError::Handshake(e)) => {
+                    debug!(endpoint = %endpoint, upstream = u.id, error = %e, "upstream connection failed");
+                    return Err(ProxyError::UpstreamUnreachable);
+                }
+            }
+        }
+        Err(ProxyError::UpstreamUnreachable)
+    }
+
+    /// Open a raw stream to an upstream of `endpoint` (TCP over WebSocket).
     fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
         for _ in 0..8 {
             let u = self
@@ -109,9 +147,8 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let endpoint = Self::endpoint_of(&req)?;
         self.auth.authorize(req.headers(), endpoint.as_str())?;
-        let stream = self.open_stream(&endpoint)?;
-
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+        let (upstream, sender) = self.checkout(&endpoint, upgrade).await?;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -159,16 +196,7 @@ impl Proxy {
             .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
         let req = Request::from_parts(parts, body);
 
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "upstream stream ended with an error");
-            }
-        });
-        let send = sender.send_request(req);
+        let send = pool::send(sender, &upstream.session, req);
         let resp = if upgrade {
             send.await
         } else {
@@ -177,7 +205,7 @@ impl Proxy {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
             }
         };
-        let mut resp = resp.map_err(|e| {
+        let (mut resp, sender) = resp.map_err(|e| {
             debug!(error = %e, "upstream request failed");
             ProxyError::UpstreamUnreachable
         })?;
@@ -185,11 +213,11 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
-                return Ok(resp.map(Either::Left));
+                return Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))));
             }
         }
         strip_hop_by_hop(resp.headers_mut(), false);
-        Ok(resp.map(Either::Left))
+        Ok(resp.map(|b| Either::Left(PooledBody::new(b, sender, upstream))))
     }
 
     fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {

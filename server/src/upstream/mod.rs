@@ -115,6 +115,7 @@ impl UpstreamServer {
             endpoint: endpoint.clone(),
             session: session.clone(),
             remote,
+            pool: Default::default(),
         });
         self.registry.add(upstream.clone());
         info!("upstream connected");
@@ -155,6 +156,8 @@ impl UpstreamServer {
             }
         };
         self.registry.remove(&endpoint, upstream.id);
+        // Idle keep-alive connections would hold their streams open through the drain.
+        upstream.pool.clear();
         let ended = match ended {
             Some(r) => r,
             None => {

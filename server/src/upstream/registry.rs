@@ -13,7 +13,6 @@ use piko_protocol::mux::Session;
 use piko_protocol::EndpointId;
 
 /// One connected upstream: a yamux session registered for an endpoint.
-#[derive(Clone)]
 pub struct Upstream {
     /// Unique id on this node.
     pub id: u64,
@@ -23,6 +22,8 @@ pub struct Upstream {
     pub session: Session,
     /// Its network address.
     pub remote: SocketAddr,
+    /// Idle keep-alive HTTP connections to it.
+    pub pool: crate::proxy::pool::ConnPool,
 }
 
 /// Told when this node's upstream count for an endpoint changes.
@@ -156,6 +157,7 @@ mod tests {
             endpoint: EndpointId::new(ep).unwrap(),
             session,
             remote: "127.0.0.1:1".parse().unwrap(),
+            pool: Default::default(),
         };
         (Arc::new(u), peer)
     }

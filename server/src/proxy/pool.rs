@@ -1,0 +1,201 @@
+//! Keep-alive HTTP/1.1 connections to an upstream, one yamux stream each.
+//!
+//! Opening a stream and an HTTP connection per request costs frames, tasks and allocations
+//! on both sides; reusing idle connections saves them. An upstream's HTTP server (this
+//! project's connector or the original Go agent) serves any number of requests per stream.
+//! A connection goes back to the pool when its response body has been read to the end.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use piko_protocol::mux::Session;
+use tracing::debug;
+
+use crate::upstream::Upstream;
+
+/// Idle connections kept per upstream at most.
+const MAX_IDLE: usize = 256;
+/// Time an idle connection may take to report ready before it is dropped.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The idle connections of one upstream.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// The session refused a new stream (going away, closed, too many streams).
+    #[error("{0}")]
+    Open(#[from] piko_protocol::mux::MuxError),
+    /// The HTTP handshake on a new stream failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl ConnPool {
+    /// Number of idle connections.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Drop every idle connection (their streams close).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn pop(&self) -> Option<SendRequest<Incoming>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Put a connection back for the next request.
+    pub fn put(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    /// An idle connection ready for a request, or a new one on a new stream of `session`.
+    pub async fn checkout(
+        &self,
+        session: &Session,
+    ) -> Result<SendRequest<Incoming>, CheckoutError> {
+        while let Some(mut sender) = self.pop() {
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.is_ready() {
+                return Ok(sender);
+            }
+            match tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
+                Ok(Ok(())) => return Ok(sender),
+                _ => continue,
+            }
+        }
+        connect(session).await
+    }
+}
+
+/// A new HTTP/1.1 connection on a new stream of `session`.
+pub async fn connect(session: &Session) -> Result<SendRequest<Incoming>, CheckoutError> {
+    let stream = session.open()?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Send `req` on `sender`; a request the connection could not take (it closed before the
+/// request was written) is sent again on a fresh stream of `session`.
+pub async fn send(
+    mut sender: SendRequest<Incoming>,
+    session: &Session,
+    req: Request<Incoming>,
+) -> Result<(Response<Incoming>, SendRequest<Incoming>), SendError> {
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(mut e) => match e.take_message() {
+            Some(req) => {
+                debug!(error = %e.error(), "idle connection closed before the request; retrying on a new stream");
+                let mut sender = connect(session).await.map_err(SendError::Checkout)?;
+                let resp = sender.send_request(req).await.map_err(SendError::Request)?;
+                Ok((resp, sender))
+            }
+            None => Err(SendError::Request(e.into_error())),
+        },
+    }
+}
+
+/// Why a request could not be sent to the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection.
+    #[error("{0}")]
+    Checkout(CheckoutError),
+    /// The request failed on the connection.
+    #[error("{0}")]
+    Request(hyper::Error),
+}
+
+/// A response body that returns its connection to the pool once read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    give_back: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+}
+
+impl PooledBody {
+    /// A body that returns `sender` to `upstream`'s pool at its end.
+    pub fn new(inner: Incoming, sender: SendRequest<Incoming>, upstream: Arc<Upstream>) -> Self {
+        Self {
+            inner,
+            give_back: Some((sender, upstream)),
+        }
+    }
+
+    /// A body whose connection is not reused (upgrades).
+    pub fn unpooled(inner: Incoming) -> Self {
+        Self {
+            inner,
+            give_back: None,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, upstream)) = self.give_back.take() {
+            upstream.pool.put(sender);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.give_back = None,
+            _ => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: not reusable.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
