@@ -19,11 +19,17 @@ use tokio_tungstenite::WebSocketStream;
 /// plus a 12-byte header, so this bounds memory without limiting throughput.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
-/// The WebSocket settings both sides use: bounded message and frame sizes.
+/// Bytes read from the socket at a time. tungstenite allocates this much per connection up
+/// front (128 KiB by default), which a server holding thousands of idle upstreams cannot
+/// afford; 16 KiB reads still move a large body at full speed.
+pub const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// The WebSocket settings both sides use: bounded message and frame sizes, small buffers.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_MESSAGE_SIZE))
+        .read_buffer_size(READ_BUFFER_SIZE)
 }
 
 /// A [`WebSocketStream`] read and written as a byte stream of binary messages.

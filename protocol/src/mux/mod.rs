@@ -500,7 +500,8 @@ where
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Result<(), MuxError> {
-    let mut buf = BytesMut::with_capacity(4096);
+    // Grows only as frames need it, so an idle session holds little.
+    let mut buf = BytesMut::new();
     loop {
         while buf.len() >= HEADER_LEN {
             let mut raw = [0u8; HEADER_LEN];
@@ -526,7 +527,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Res
             shared.handle(hdr, body)?;
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(16 * 1024);
+            buf.reserve(8 * 1024);
         }
         if rd.read_buf(&mut buf).await? == 0 {
             if buf.is_empty() {
