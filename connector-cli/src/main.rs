@@ -318,7 +318,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let connector = Connector::new(&job.transport).map_err(|e| Failure::Usage(setting_error(e)))?;
     let token = token_for(job.token, job.kind.server_url());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // PIKO_WORKER_THREADS pins the runtime's size (default: one worker per core).
+    if let Some(n) = std::env::var("PIKO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
