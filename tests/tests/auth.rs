@@ -624,3 +624,85 @@ async fn tokens_never_reach_the_logs() {
     let sig = token.rsplit('.').next().unwrap();
     assert!(!logs.contains(sig));
 }
+
+#[tokio::test]
+async fn a_connector_registers_over_wss_with_mtls_and_a_token() {
+    use piko_connector_core::config::{
+        AgentConfig, ConnectConfig, EndpointConfig, TlsConfig, TransportConfig,
+    };
+    use piko_connector_core::transport::Connector;
+    use piko_connector_core::tunnel::Agent;
+    let dir = temp_dir("wss");
+    let clients = TestCa::new("client ca");
+    let client_ca = clients.write(&dir, "clients.pem");
+    let (server, ca, _d) = tls_server(|c| {
+        c.upstream_auth = hmac_auth(SECRET);
+        if let Some(t) = c.upstream_tls.as_mut() {
+            t.client_cas = Some(client_ca.clone());
+        }
+    })
+    .await;
+    let ca_file = ca.write(&dir, "server-ca.pem");
+    let leaf = clients.issue(&dir, "agent", &["agent.local"]);
+    let echo = EchoUpstream::start().await;
+    let transport = TransportConfig {
+        tls: TlsConfig {
+            root_cas: Some(ca_file),
+            cert: Some(leaf.cert),
+            key: Some(leaf.key),
+            insecure_skip_verify: false,
+        },
+        proxy_url: None,
+    };
+    let config = AgentConfig {
+        connect: ConnectConfig {
+            url: format!("https://localhost:{}", server.upstream_addr.port()),
+            token: Some(piko_connector_core::Secret::new(hs256_token(
+                SECRET,
+                json!({}),
+            ))),
+            timeout: Duration::from_secs(10),
+        },
+        endpoints: vec![EndpointConfig::parse(
+            "secure",
+            &echo.target(),
+            Protocol::Http,
+            Duration::from_secs(10),
+        )
+        .unwrap()],
+        grace_period: Duration::from_secs(1),
+    };
+    let agent = Agent::new(config).with_connector(Connector::new(&transport).unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    // The proxy port is TLS too: check the registration through the admin API, then a request.
+    wait_until(
+        "the endpoint registers over wss",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = https_get(
+                server.admin_addr,
+                "localhost",
+                client_config(&ca.pem, None),
+                "/status/upstream/endpoints",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+            status == 200 && body.contains("\"secure\":1")
+        },
+    )
+    .await;
+    let (status, body) = https_get(
+        server.proxy_addr,
+        "localhost",
+        client_config(&ca.pem, None),
+        "/name",
+        &[("x-piko-endpoint", "secure")],
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "echo"));
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}

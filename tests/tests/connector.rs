@@ -147,3 +147,29 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
         "status lines are printed: {out}"
     );
 }
+
+#[tokio::test]
+async fn stopping_an_agent_with_idle_keepalive_streams_does_not_wait_for_the_grace_period() {
+    let server = TestServer::start().await;
+    let echo = EchoUpstream::start().await;
+    let conn = TestConnector::http(&server, "idle-ka", &echo.target());
+    server.wait_for_upstreams("idle-ka", 1).await;
+    // Leave keep-alive streams idle in the server's pool.
+    for _ in 0..5 {
+        let r = client()
+            .get(format!("{}/name", server.proxy_url()))
+            .header("x-piko-endpoint", "idle-ka")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let started = std::time::Instant::now();
+    conn.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "idle keep-alive streams closed at once, not after the 2 s grace: {:?}",
+        started.elapsed()
+    );
+    server.wait_for_upstreams("idle-ka", 0).await;
+}

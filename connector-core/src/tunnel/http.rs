@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Body of responses sent back through the tunnel: the target's, streamed, or our JSON error.
@@ -75,7 +76,9 @@ impl HttpForwarder {
 
     /// Serve the HTTP/1.1 connection carried by `stream` until it closes: every request is
     /// forwarded to the target, bodies streamed both ways, upgrades (WebSocket) relayed.
-    pub async fn serve<S>(&self, stream: S)
+    /// When `draining` is cancelled the connection finishes its request in flight and closes
+    /// (the server keeps idle keep-alive streams, which would otherwise hold a drain open).
+    pub async fn serve<S>(&self, stream: S, draining: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -88,7 +91,15 @@ impl HttpForwarder {
             .timer(TokioTimer::new())
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        if let Err(e) = conn.await {
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = draining.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             debug!(error = %e, "proxied http connection ended with an error");
         }
     }
@@ -224,7 +235,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some(stream) = client.accept().await {
                 let fwd = fwd.clone();
-                tokio::spawn(async move { fwd.serve(stream).await });
+                tokio::spawn(async move { fwd.serve(stream, CancellationToken::new()).await });
             }
         });
         server

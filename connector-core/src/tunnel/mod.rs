@@ -193,9 +193,9 @@ enum Handler {
 }
 
 impl Handler {
-    async fn serve(self, stream: mux::Stream) {
+    async fn serve(self, stream: mux::Stream, draining: CancellationToken) {
         match self {
-            Handler::Http(fwd) => fwd.serve(stream).await,
+            Handler::Http(fwd) => fwd.serve(stream, draining).await,
             Handler::Tcp { addr, timeout } => tcp::serve(stream, &addr, timeout).await,
         }
     }
@@ -359,9 +359,12 @@ impl Tunnel {
             server: self.connect.server.clone(),
         });
         let streams = TaskTracker::new();
+        // Cancelled when this session drains: idle keep-alive HTTP streams then close.
+        let draining = CancellationToken::new();
         let end = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
+                    draining.cancel();
                     self.drain(&session, &streams).await;
                     // Let the driver flush the close; it ends when the connection does.
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut driver).await;
@@ -374,6 +377,7 @@ impl Tunnel {
                     }
                     // The server is draining this connection: register again (through the load
                     // balancer, likely on another node) while in-flight streams finish here.
+                    draining.cancel();
                     let (session, grace) = (session.clone(), self.connect.grace_period);
                     let streams = streams.clone();
                     tokio::spawn(async move {
@@ -386,7 +390,7 @@ impl Tunnel {
                 s = session.accept() => match s {
                     Some(stream) => {
                         let span = info_span!("stream", id = stream.id());
-                        streams.spawn(self.handler.clone().serve(stream).instrument(span));
+                        streams.spawn(self.handler.clone().serve(stream, draining.clone()).instrument(span));
                     }
                     None => break None,
                 },
