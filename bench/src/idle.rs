@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use piko_protocol::mux::{self, Mode, Session};
-use piko_protocol::WsStream;
 use tokio::task::JoinHandle;
 
 /// Open registrations, closed when dropped.
@@ -53,7 +52,7 @@ pub async fn register(upstream: SocketAddr, n: usize) -> IdleUpstreams {
             match tokio::time::timeout(Duration::from_secs(10), dial).await {
                 Ok(Ok((ws, _))) => {
                     let (session, driver) =
-                        Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
+                        Session::over_websocket(ws, Mode::Client, mux::Config::default());
                     Ok((session, tokio::spawn(driver)))
                 }
                 Ok(Err(e)) => Err(format!("register idle-{i}: {e}")),

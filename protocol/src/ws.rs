@@ -59,7 +59,8 @@ impl<S> WsStream<S> {
     }
 }
 
-fn to_io(e: tungstenite::Error) -> io::Error {
+/// A tungstenite error as an I/O error (closed connections are `BrokenPipe`).
+pub(crate) fn to_io(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use piko_protocol::mux::{self, Mode, Session};
 use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
-use piko_protocol::{EndpointId, WsStream};
+use piko_protocol::EndpointId;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -351,8 +351,7 @@ impl Tunnel {
         ws: WebSocketStream<ServerStream>,
         stop: &CancellationToken,
     ) -> SessionEnd {
-        let (session, driver) =
-            Session::new(WsStream::new(ws), Mode::Client, mux::Config::default());
+        let (session, driver) = Session::over_websocket(ws, Mode::Client, mux::Config::default());
         let mut driver = tokio::spawn(driver);
         debug!(server = %self.connect.server, "connected");
         self.emit(TunnelState::Connected {
@@ -706,7 +705,7 @@ mod tests {
                 .await
                 .unwrap();
             let (session, driver) =
-                Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+                Session::over_websocket(ws, Mode::Server, mux::Config::default());
             let driver = tokio::spawn(driver);
             let mut s = session.open().unwrap();
             s.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n")

@@ -19,6 +19,7 @@ pub mod frame;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -27,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -174,7 +175,8 @@ impl WriteQueue {
 }
 
 impl Session {
-    /// Start a session over `io`. Spawn the returned future; it ends when the connection does.
+    /// Start a session over a byte stream `io`. Spawn the returned future; it ends when the
+    /// connection does.
     pub fn new<T>(
         io: T,
         mode: Mode,
@@ -182,6 +184,39 @@ impl Session {
     ) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        Self::over_chunks(
+            transport::byte_chunks(rd),
+            transport::byte_sink(wr),
+            mode,
+            config,
+        )
+    }
+
+    /// Start a session over a WebSocket whose binary messages carry the byte stream. Frames
+    /// are read out of messages and written into them without the copies a byte stream needs.
+    pub fn over_websocket<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        mode: Mode,
+        config: Config,
+    ) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (reader, writer) = transport::websocket(ws);
+        Self::over_chunks(reader, writer, mode, config)
+    }
+
+    fn over_chunks<R, W>(
+        reader: R,
+        writer: W,
+        mode: Mode,
+        config: Config,
+    ) -> (Self, impl Future<Output = Result<(), MuxError>> + Send)
+    where
+        R: futures_util::Stream<Item = io::Result<Bytes>> + Unpin + Send + 'static,
+        W: futures_util::Sink<Bytes, Error = io::Error> + Unpin + Send + 'static,
     {
         let shared = Arc::new(Shared {
             mode,
@@ -207,7 +242,7 @@ impl Session {
             writer_notify: Notify::new(),
             state_notify: Notify::new(),
         });
-        let driver = run(shared.clone(), io);
+        let driver = run(shared.clone(), reader, writer);
         (Self { shared }, driver)
     }
 
@@ -482,14 +517,14 @@ impl Shared {
     }
 }
 
-async fn run<T>(shared: Arc<Shared>, io: T) -> Result<(), MuxError>
+async fn run<R, W>(shared: Arc<Shared>, reader: R, writer: W) -> Result<(), MuxError>
 where
-    T: AsyncRead + AsyncWrite + Send + 'static,
+    R: futures_util::Stream<Item = io::Result<Bytes>> + Unpin,
+    W: futures_util::Sink<Bytes, Error = io::Error> + Unpin,
 {
-    let (rd, wr) = tokio::io::split(io);
     let result = tokio::select! {
-        r = read_loop(&shared, rd) => r,
-        r = write_loop(&shared, wr) => r,
+        r = read_loop(&shared, reader) => r,
+        r = write_loop(&shared, writer) => r,
         r = keepalive_loop(&shared) => r,
     };
     shared.close_with(match &result {
@@ -499,48 +534,83 @@ where
     result
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(shared: &Arc<Shared>, mut rd: R) -> Result<(), MuxError> {
-    // Grows only as frames need it, so an idle session holds little.
-    let mut buf = BytesMut::new();
+/// Where the next frame's bytes stand: whole in the current chunk (sliced without a copy) or
+/// assembled in `partial` when a frame straddles chunks.
+async fn read_loop<R>(shared: &Arc<Shared>, mut reader: R) -> Result<(), MuxError>
+where
+    R: futures_util::Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    use futures_util::StreamExt;
+    // Empty until a frame straddles two chunks, so an idle session holds nothing here.
+    let mut partial = BytesMut::new();
     loop {
-        while buf.len() >= HEADER_LEN {
-            let mut raw = [0u8; HEADER_LEN];
-            raw.copy_from_slice(&buf[..HEADER_LEN]);
-            let hdr = Header::decode(&raw)?;
-            let body_len = if hdr.ty == FrameType::Data {
-                hdr.length as usize
-            } else {
-                0
-            };
-            if hdr.ty == FrameType::Data && hdr.length > shared.config.stream_window {
-                return Err(MuxError::Protocol(format!(
-                    "data frame length {} exceeds the stream window {}",
-                    hdr.length, shared.config.stream_window
-                )));
+        let chunk = match reader.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(e.into()),
+            None if partial.is_empty() => return Ok(()),
+            None => {
+                return Err(MuxError::Protocol(
+                    "connection ended in the middle of a frame".into(),
+                ))
             }
-            if buf.len() < HEADER_LEN + body_len {
-                buf.reserve(HEADER_LEN + body_len - buf.len());
-                break;
+        };
+        if partial.is_empty() {
+            let mut data = chunk;
+            while let Some(need) = frame_len(shared, &data)? {
+                if data.len() < need {
+                    break;
+                }
+                let frame = data.split_to(need);
+                dispatch(shared, &frame[..HEADER_LEN], frame.slice(HEADER_LEN..))?;
             }
-            buf.advance(HEADER_LEN);
-            let body = buf.split_to(body_len).freeze();
-            shared.handle(hdr, body)?;
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
-        }
-        if rd.read_buf(&mut buf).await? == 0 {
-            if buf.is_empty() {
-                return Ok(());
+            if !data.is_empty() {
+                partial.extend_from_slice(&data);
             }
-            return Err(MuxError::Protocol(
-                "connection ended in the middle of a frame".into(),
-            ));
+        } else {
+            partial.extend_from_slice(&chunk);
+            while let Some(need) = frame_len(shared, &partial)? {
+                if partial.len() < need {
+                    partial.reserve(need - partial.len());
+                    break;
+                }
+                let frame = partial.split_to(need).freeze();
+                dispatch(shared, &frame[..HEADER_LEN], frame.slice(HEADER_LEN..))?;
+            }
         }
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(shared: &Shared, mut wr: W) -> Result<(), MuxError> {
+/// The whole length of the frame at the front of `data`, once its header is there.
+fn frame_len(shared: &Shared, data: &[u8]) -> Result<Option<usize>, MuxError> {
+    let Some(raw) = data.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(raw);
+    let hdr = Header::decode(&h)?;
+    if hdr.ty != FrameType::Data {
+        return Ok(Some(HEADER_LEN));
+    }
+    if hdr.length > shared.config.stream_window {
+        return Err(MuxError::Protocol(format!(
+            "data frame length {} exceeds the stream window {}",
+            hdr.length, shared.config.stream_window
+        )));
+    }
+    Ok(Some(HEADER_LEN + hdr.length as usize))
+}
+
+fn dispatch(shared: &Arc<Shared>, header: &[u8], body: Bytes) -> Result<(), MuxError> {
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(header);
+    shared.handle(Header::decode(&h)?, body)
+}
+
+async fn write_loop<W>(shared: &Shared, mut writer: W) -> Result<(), MuxError>
+where
+    W: futures_util::Sink<Bytes, Error = io::Error> + Unpin,
+{
+    use futures_util::SinkExt;
     loop {
         let notified = shared.writer_notify.notified();
         tokio::pin!(notified);
@@ -554,12 +624,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: &Shared, mut wr: W) -> Result
             (chunk, wq.close_requested)
         };
         if !chunk.is_empty() {
-            wr.write_all(&chunk).await?;
-            wr.flush().await?;
+            // One message (or write) per batch: frames of many streams travel together.
+            writer.send(chunk.freeze()).await?;
             continue;
         }
         if close {
-            let _ = wr.shutdown().await;
+            let _ = writer.close().await;
             return Ok(());
         }
         notified.await;

@@ -517,3 +517,106 @@ async fn fin_then_rst_reads_as_end_of_stream() {
         .expect("data then end of stream, not an error");
     assert_eq!(got, b"done");
 }
+
+async fn ws_pair() -> (
+    tokio_tungstenite::WebSocketStream<DuplexStream>,
+    tokio_tungstenite::WebSocketStream<DuplexStream>,
+) {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let cfg = Some(crate::ws::ws_config());
+    let a = tokio_tungstenite::WebSocketStream::from_raw_socket(a, Role::Server, cfg).await;
+    let b = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, cfg).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn sessions_over_websocket_carry_many_streams() {
+    let (a, b) = ws_pair().await;
+    let (server, sd) = Session::over_websocket(a, Mode::Server, Config::default());
+    let (client, cd) = Session::over_websocket(b, Mode::Client, Config::default());
+    tokio::spawn(sd);
+    tokio::spawn(cd);
+    tokio::spawn(async move {
+        while let Some(mut s) = client.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = server.open().unwrap();
+            let payload = vec![i; 1_000_000 + i as usize];
+            let (mut r, mut w) = tokio::io::split(&mut s);
+            let send = async {
+                w.write_all(&payload).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let (_, n) = tokio::join!(send, r.read_to_end(&mut back));
+            n.unwrap();
+            assert_eq!(back, payload);
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn frames_split_across_websocket_messages_are_reassembled() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (a, mut peer) = ws_pair().await;
+    let (session, driver) = Session::over_websocket(
+        a,
+        Mode::Client,
+        Config {
+            keepalive_interval: None,
+            ..Config::default()
+        },
+    );
+    let driver = tokio::spawn(driver);
+    // A SYN and a data frame cut at awkward places: inside the header, inside the body.
+    let mut bytes = raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]);
+    bytes.extend(raw_frame(TYPE_DATA, 0, 2, 10, b"0123456789"));
+    for piece in [&bytes[..5], &bytes[5..17], &bytes[17..30], &bytes[30..]] {
+        peer.send(Message::Binary(bytes::Bytes::copy_from_slice(piece)))
+            .await
+            .unwrap();
+    }
+    let mut stream = timeout(T, session.accept()).await.unwrap().unwrap();
+    let mut buf = [0u8; 10];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"0123456789");
+    // A text message is not part of the protocol.
+    peer.send(Message::Text("hello".into())).await.unwrap();
+    let res = timeout(T, driver).await.unwrap().unwrap();
+    assert!(
+        matches!(&res, Err(MuxError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData),
+        "{res:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_close_ends_the_session_cleanly() {
+    let (a, mut peer) = ws_pair().await;
+    let (_session, driver) = Session::over_websocket(
+        a,
+        Mode::Client,
+        Config {
+            keepalive_interval: None,
+            ..Config::default()
+        },
+    );
+    let driver = tokio::spawn(driver);
+    peer.close(None).await.unwrap();
+    let res = timeout(T, driver).await.unwrap().unwrap();
+    assert!(res.is_ok(), "{res:?}");
+}

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_protocol::mux::{self, Mode, Session};
 use piko_protocol::paths::UPSTREAM_PATH_PREFIX;
-use piko_protocol::ws::{ws_config, WsStream};
+use piko_protocol::ws::ws_config;
 use piko_protocol::EndpointId;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
@@ -108,8 +108,7 @@ impl UpstreamServer {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        let (session, driver) =
-            Session::new(WsStream::new(ws), Mode::Server, mux::Config::default());
+        let (session, driver) = Session::over_websocket(ws, Mode::Server, mux::Config::default());
         let upstream = Arc::new(Upstream {
             id: self.registry.next_id(),
             endpoint: endpoint.clone(),

@@ -1,0 +1,130 @@
+//! What carries a session: a stream of byte chunks in, a sink of byte chunks out.
+//!
+//! Over a WebSocket a chunk is a binary message, passed through without copying; over a plain
+//! byte stream (tests, other transports) chunks are whatever a read returns.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{future, stream, Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// Bytes asked of a byte stream per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The chunks read from `rd`, ending at end-of-file.
+pub(crate) fn byte_chunks<R>(
+    rd: R,
+) -> impl Stream<Item = io::Result<Bytes>> + Unpin + Send + 'static
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    Box::pin(stream::unfold(Some(rd), |state| async move {
+        let mut rd = state?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(buf.freeze()), Some(rd))),
+            Err(e) => Some((Err(e), None)),
+        }
+    }))
+}
+
+/// A sink writing (and flushing) each chunk to `wr`; closing shuts `wr` down.
+pub(crate) fn byte_sink<W>(wr: W) -> WriteSink<W>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    WriteSink {
+        wr,
+        pending: Bytes::new(),
+    }
+}
+
+/// [`byte_sink`]'s sink: one chunk in flight at a time.
+pub(crate) struct WriteSink<W> {
+    wr: W,
+    pending: Bytes,
+}
+
+impl<W: AsyncWrite + Unpin> WriteSink<W> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.wr).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Sink<Bytes> for WriteSink<W> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_drain(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
+        self.get_mut().pending = item;
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.wr).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.wr).poll_shutdown(cx)
+    }
+}
+
+/// The binary messages of `ws` as chunks, and a sink sending chunks as binary messages.
+/// A close message ends the stream; a text message is an `InvalidData` error.
+#[allow(clippy::type_complexity)]
+pub(crate) fn websocket<S>(
+    ws: WebSocketStream<S>,
+) -> (
+    impl Stream<Item = io::Result<Bytes>> + Unpin + Send + 'static,
+    impl Sink<Bytes, Error = io::Error> + Unpin + Send + 'static,
+)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, messages) = ws.split();
+    let chunks = messages
+        .take_while(|m| {
+            future::ready(!matches!(
+                m,
+                Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed)
+            ))
+        })
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Binary(b)) if !b.is_empty() => Some(Ok(b)),
+                Ok(
+                    Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+                ) => None,
+                Ok(Message::Text(_)) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "text websocket message on a binary byte stream",
+                ))),
+                Ok(Message::Close(_)) => None,
+                Err(e) => Some(Err(crate::ws::to_io(e))),
+            })
+        });
+    let sink = sink
+        .sink_map_err(crate::ws::to_io)
+        .with(|b: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(b))));
+    (Box::pin(chunks), Box::pin(sink))
+}
