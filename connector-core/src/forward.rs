@@ -138,7 +138,7 @@ async fn relay(mut tcp: TcpStream, request: Request, connector: &Connector) {
         }
     };
     let mut ws = WsStream::new(ws);
-    match tokio::io::copy_bidirectional(&mut tcp, &mut ws).await {
+    match piko_protocol::relay(&mut tcp, &mut ws).await {
         Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "connection done"),
         Err(e) => debug!(error = %e, "connection ended"),
     }

@@ -53,7 +53,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Once both sides of an upgrade (`101 Switching Protocols`) are ready, copy bytes between
-/// them until either closes. Spawned: returns at once.
+/// them until either closes. Spawned: returns at once. Upgraded connections (WebSockets) are
+/// many and chatty, so they keep tokio's small copy buffers rather than [`crate::relay`]'s.
 pub fn splice_upgrade(client: OnUpgrade, target: OnUpgrade) {
     tokio::spawn(async move {
         match tokio::try_join!(client, target) {

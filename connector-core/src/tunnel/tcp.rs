@@ -25,7 +25,7 @@ pub(super) async fn serve(mut stream: mux::Stream, addr: &str, timeout: Duration
         }
     };
     let _ = tcp.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+    match piko_protocol::relay(&mut stream, &mut tcp).await {
         Ok((up, down)) => debug!(
             bytes_to_target = up,
             bytes_from_target = down,

@@ -243,7 +243,7 @@ impl Proxy {
             )
             .await;
             let mut ws = WsStream::new(ws);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut ws, &mut stream).await {
+            if let Err(e) = piko_protocol::relay(&mut ws, &mut stream).await {
                 debug!(error = %e, endpoint = %endpoint, "tcp connection ended with an error");
             }
         });
