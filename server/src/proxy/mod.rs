@@ -53,7 +53,7 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
-            self.tcp(req, &rest)
+            self.tcp(req, &rest).await
         } else {
             self.http(req, conn).await
         };
@@ -86,25 +86,24 @@ impl Proxy {
         }
     }
 
-    /// An upstream of `endpoint` and a connection to it, skipping upstreams that are going
-    /// away. Upgrades get a connection of their own; other requests reuse idle ones.
-    async fn checkout(
+    /// Try `connect` on upstreams of `endpoint` until one takes it: an upstream whose session
+    /// refuses new streams (going away, closed) is removed from routing and the next is tried.
+    async fn on_upstream<T, F, Fut>(
         &self,
         endpoint: &EndpointId,
-        fresh: bool,
-    ) -> Result<(Arc<Upstream>, SendRequest<Incoming>), ProxyError> {
+        mut connect: F,
+    ) -> Result<(Arc<Upstream>, T), ProxyError>
+    where
+        F: FnMut(Arc<Upstream>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CheckoutError>>,
+    {
         for _ in 0..8 {
             let u = self
                 .registry
                 .select(endpoint)
                 .ok_or(ProxyError::NoUpstream)?;
-            let conn = if fresh {
-                pool::connect(&u.session).await
-            } else {
-                u.pool.checkout(&u.session).await
-            };
-            match conn {
-                Ok(sender) => return Ok((u, sender)),
+            match connect(u.clone()).await {
+                Ok(conn) => return Ok((u, conn)),
                 Err(CheckoutError::Open(MuxError::TooManyStreams)) => {
                     return Err(ProxyError::UpstreamUnreachable)
                 }
@@ -121,23 +120,29 @@ impl Proxy {
         Err(ProxyError::UpstreamUnreachable)
     }
 
-    /// Open a raw stream to an upstream of `endpoint` (TCP over WebSocket).
-    fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
-        for _ in 0..8 {
-            let u = self
-                .registry
-                .select(endpoint)
-                .ok_or(ProxyError::NoUpstream)?;
-            match u.session.open() {
-                Ok(s) => return Ok(s),
-                Err(MuxError::TooManyStreams) => return Err(ProxyError::UpstreamUnreachable),
-                Err(e) => {
-                    debug!(endpoint = %endpoint, upstream = u.id, error = %e, "upstream cannot take streams; removing it");
-                    self.registry.remove(endpoint, u.id);
-                }
+    /// An upstream of `endpoint` and an HTTP connection to it. Upgrades get a connection of
+    /// their own; other requests reuse idle ones.
+    async fn checkout(
+        &self,
+        endpoint: &EndpointId,
+        fresh: bool,
+    ) -> Result<(Arc<Upstream>, SendRequest<Incoming>), ProxyError> {
+        self.on_upstream(endpoint, |u| async move {
+            if fresh {
+                pool::connect(&u.session).await
+            } else {
+                u.pool.checkout(&u.session).await
             }
-        }
-        Err(ProxyError::UpstreamUnreachable)
+        })
+        .await
+    }
+
+    /// A raw stream to an upstream of `endpoint` (TCP over WebSocket).
+    async fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
+        let (_, stream) = self
+            .on_upstream(endpoint, |u| async move { Ok(u.session.open()?) })
+            .await?;
+        Ok(stream)
     }
 
     async fn http(
@@ -220,7 +225,7 @@ impl Proxy {
         Ok(resp.map(|b| Either::Left(PooledBody::new(b, sender, upstream))))
     }
 
-    fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
+    async fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
         let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
         self.auth.authorize(req.headers(), endpoint.as_str())?;
         if !is_websocket_upgrade(&req) {
@@ -228,7 +233,7 @@ impl Proxy {
                 "expected a websocket upgrade".into(),
             ));
         }
-        let mut stream = self.open_stream(&endpoint)?;
+        let mut stream = self.open_stream(&endpoint).await?;
         let resp = websocket_accept(&req);
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
