@@ -137,6 +137,16 @@ impl TestServer {
         .await;
     }
 
+    /// `GET path` through the proxy for `endpoint` (named by `x-piko-endpoint`).
+    pub async fn get(&self, endpoint: &str, path: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path}", self.proxy_url()))
+            .header("x-piko-endpoint", endpoint)
+            .send()
+            .await
+            .expect("request through the proxy")
+    }
+
     /// Begin a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();

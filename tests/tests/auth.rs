@@ -78,12 +78,7 @@ async fn a_connector_with_a_good_token_serves_and_a_bad_one_stops() {
         Some(&good),
     );
     server.wait_for_upstreams("shop", 1).await;
-    let r = client()
-        .get(format!("{}/name", server.proxy_url()))
-        .header("x-piko-endpoint", "shop")
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("shop", "/name").await;
     assert_eq!(r.text().await.unwrap(), "echo");
 
     // Scoped to another endpoint: the agent stops with the server's reason instead of retrying.

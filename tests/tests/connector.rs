@@ -6,7 +6,7 @@ use std::time::Duration;
 use piko_connector_core::config::Protocol;
 use piko_connector_core::status::TunnelState;
 use piko_server::{Config, Listeners};
-use piko_tests::{bin, client, EchoUpstream, TestConnector, TestServer};
+use piko_tests::{bin, EchoUpstream, TestConnector, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -35,12 +35,7 @@ async fn reconnects_after_the_server_restarts() {
     })
     .await;
     server.wait_for_upstreams("phoenix", 1).await;
-    let r = client()
-        .get(format!("{}/name", server.proxy_url()))
-        .header("x-piko-endpoint", "phoenix")
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("phoenix", "/name").await;
     assert_eq!(
         (r.status().as_u16(), r.text().await.unwrap()),
         (200, "echo".to_string())
@@ -124,12 +119,7 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
     server.wait_for_upstreams("beta", 1).await;
     server.wait_for_upstreams("gamma", 1).await;
     for (ep, name) in [("alpha", "alpha"), ("beta", "beta")] {
-        let r = client()
-            .get(format!("{}/name", server.proxy_url()))
-            .header("x-piko-endpoint", ep)
-            .send()
-            .await
-            .unwrap();
+        let r = server.get(ep, "/name").await;
         assert_eq!(r.text().await.unwrap(), name);
     }
     child.start_kill().unwrap();
@@ -156,12 +146,7 @@ async fn stopping_an_agent_with_idle_keepalive_streams_does_not_wait_for_the_gra
     server.wait_for_upstreams("idle-ka", 1).await;
     // Leave keep-alive streams idle in the server's pool.
     for _ in 0..5 {
-        let r = client()
-            .get(format!("{}/name", server.proxy_url()))
-            .header("x-piko-endpoint", "idle-ka")
-            .send()
-            .await
-            .unwrap();
+        let r = server.get("idle-ka", "/name").await;
         assert_eq!(r.status(), 200);
     }
     let started = std::time::Instant::now();

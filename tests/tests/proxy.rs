@@ -112,12 +112,7 @@ async fn slow_upstream_gives_504() {
     let _conn = TestConnector::http(&server, "slow", &echo.target());
     server.wait_for_upstreams("slow", 1).await;
     let started = std::time::Instant::now();
-    let r = client()
-        .get(format!("{}/slow/3000", server.proxy_url()))
-        .header("x-piko-endpoint", "slow")
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("slow", "/slow/3000").await;
     let (s, _, body) = json(r).await;
     assert_eq!((s, body["error"].as_str()), (504, Some("upstream timeout")));
     assert!(
@@ -135,12 +130,7 @@ async fn local_target_down_gives_502_quickly() {
     let _conn = TestConnector::http(&server, "down", &dead.to_string());
     server.wait_for_upstreams("down", 1).await;
     let started = std::time::Instant::now();
-    let r = client()
-        .get(format!("{}/", server.proxy_url()))
-        .header("x-piko-endpoint", "down")
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("down", "/").await;
     let (s, ctype, body) = json(r).await;
     assert_eq!((s, ctype.as_str()), (502, "application/json"));
     assert!(body["error"].is_string(), "{body}");
@@ -261,12 +251,7 @@ async fn websocket_echo_through_the_tunnel() {
 #[tokio::test]
 async fn server_sent_events_arrive_as_they_are_sent() {
     let (server, _echo, _conn) = setup("sse").await;
-    let r = client()
-        .get(format!("{}/sse", server.proxy_url()))
-        .header("x-piko-endpoint", "sse")
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("sse", "/sse").await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let chunks = timed_chunks(r).await;
     let text: String = chunks
