@@ -701,3 +701,23 @@ async fn a_connector_registers_over_wss_with_mtls_and_a_token() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+#[tokio::test]
+async fn the_proxy_asks_for_a_token_before_anything_else() {
+    let server = TestServer::start_with(|c| c.proxy_auth = hmac_auth(SECRET)).await;
+    // No endpoint named and no token: the answer is about the token, as in the original Piko.
+    let r = client()
+        .get(format!("{}/", server.proxy_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (401, "missing authorization".into()));
+    let token = hs256_token(SECRET, json!({}));
+    let r = client()
+        .get(format!("{}/", server.proxy_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (400, "missing endpoint id".into()));
+}

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 pub use error::ProxyError;
 use pool::{CheckoutError, PooledBody};
 
-use crate::auth::PortAuth;
+use crate::auth::{AuthError, PortAuth, Token};
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::upstream::{Registry, Upstream};
 
@@ -36,6 +36,14 @@ pub struct Proxy {
     registry: Arc<Registry>,
     timeout: Duration,
     auth: PortAuth,
+}
+
+/// Whether a verified token (if any) may reach `endpoint`.
+fn permit(token: Option<&Token>, endpoint: &EndpointId) -> Result<(), ProxyError> {
+    match token {
+        Some(t) if !t.permits(endpoint.as_str()) => Err(AuthError::NotPermitted.into()),
+        _ => Ok(()),
+    }
 }
 
 impl Proxy {
@@ -150,8 +158,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, ProxyError> {
+        // Authentication comes first, as in the original: no token, no other answer.
+        let token = self.auth.authenticate(req.headers())?;
         let endpoint = Self::endpoint_of(&req)?;
-        self.auth.authorize(req.headers(), endpoint.as_str())?;
+        permit(token.as_ref(), &endpoint)?;
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
         let (upstream, sender) = self.checkout(&endpoint, upgrade).await?;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -226,8 +236,9 @@ impl Proxy {
     }
 
     async fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
+        let token = self.auth.authenticate(req.headers())?;
         let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
-        self.auth.authorize(req.headers(), endpoint.as_str())?;
+        permit(token.as_ref(), &endpoint)?;
         if !is_websocket_upgrade(&req) {
             return Err(ProxyError::BadRequest(
                 "expected a websocket upgrade".into(),
