@@ -115,6 +115,10 @@ pub struct UpstreamFile {
     pub tls: TlsFile,
     /// Tenants, each with its own keys, selected by `x-piko-tenant-id` (file only).
     pub tenants: Vec<TenantFile>,
+    /// Streams open at once on one upstream connection; more requests get 502.
+    pub max_streams: u64,
+    /// Upstreams one endpoint may have on this node (0: no limit); more registrations get 429.
+    pub max_upstreams_per_endpoint: u64,
 }
 
 /// `admin.*`.
@@ -244,6 +248,7 @@ impl Default for FileConfig {
             proxy: ProxyFile::default(),
             upstream: UpstreamFile {
                 bind_addr: ":8001".into(),
+                max_streams: 65_536,
                 ..UpstreamFile::default()
             },
             admin: PortFile {
@@ -330,6 +335,10 @@ pub struct Config {
     pub log: LogFile,
     /// Shutdown grace period.
     pub grace_period: Duration,
+    /// Streams open at once per upstream connection.
+    pub max_streams_per_upstream: usize,
+    /// Upstreams per endpoint on this node (`None`: no limit).
+    pub max_upstreams_per_endpoint: Option<usize>,
     /// Token verification of the proxy port.
     pub proxy_auth: PortAuth,
     /// Token verification of the upstream port.
@@ -639,6 +648,12 @@ impl FileConfig {
             data_dir: opt(self.cluster.data_dir).map(PathBuf::from),
             log: LogFile { level, ..self.log },
             grace_period: self.grace_period.0,
+            max_streams_per_upstream: match self.upstream.max_streams {
+                0 => return Err(err("upstream.max_streams", "must be at least 1")),
+                n => n.min(1 << 20) as usize,
+            },
+            max_upstreams_per_endpoint: (self.upstream.max_upstreams_per_endpoint > 0)
+                .then_some(self.upstream.max_upstreams_per_endpoint as usize),
             proxy_auth: port_auth("proxy.auth", &self.proxy.auth, &[])?,
             upstream_auth: port_auth("upstream.auth", &self.upstream.auth, &self.upstream.tenants)?,
             admin_auth: port_auth("admin.auth", &self.admin.auth, &[])?,
@@ -824,6 +839,32 @@ mod tests {
         assert_eq!(
             expand_env("a${X}b${Y:z}c${", &|n| (n == "X").then(|| "1".into())),
             "a1bzc${"
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(
+            (c.max_streams_per_upstream, c.max_upstreams_per_endpoint),
+            (65_536, None)
+        );
+        let c = load(&src(
+            None,
+            &[("PIKO_UPSTREAM_MAX_UPSTREAMS_PER_ENDPOINT", "3")],
+            &[("upstream.max_streams", "100")],
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.max_streams_per_upstream, c.max_upstreams_per_endpoint),
+            (100, Some(3))
+        );
+        let e = load(&src(None, &[], &[("upstream.max_streams", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream.max_streams: must be at least 1"),
+            "{e}"
         );
     }
 

@@ -187,6 +187,10 @@ pub async fn run(
     let upstreams = Arc::new(upstream::UpstreamServer::new(
         registry.clone(),
         config.upstream_auth.clone(),
+        upstream::UpstreamLimits {
+            max_streams: config.max_streams_per_upstream,
+            max_per_endpoint: config.max_upstreams_per_endpoint,
+        },
         shutdown.clone(),
         tasks.clone(),
         grace,

@@ -232,3 +232,56 @@ async fn registration_errors_are_json_before_the_upgrade() {
         assert_eq!(v["error"], msg, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_at_its_upstream_limit_refuses_more_with_429() {
+    let server = TestServer::start_with(|c| c.max_upstreams_per_endpoint = Some(1)).await;
+    let _first = RawUpstream::connect(&server, "capped").await;
+    server.wait_for_upstreams("capped", 1).await;
+    let url = format!("ws://{}/piko/v1/upstream/capped", server.upstream_addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(
+                body["error"],
+                "endpoint capped has its limit of 1 upstreams on this node"
+            );
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    // Other endpoints are not affected.
+    let _other = RawUpstream::connect(&server, "uncapped").await;
+    server.wait_for_upstreams("uncapped", 1).await;
+}
+
+#[tokio::test]
+async fn streams_past_the_per_upstream_limit_get_502() {
+    let server = TestServer::start_with(|c| c.max_streams_per_upstream = 1).await;
+    let mut up = RawUpstream::connect(&server, "narrow").await;
+    server.wait_for_upstreams("narrow", 1).await;
+    let proxy = server.proxy_url();
+    // The first request holds the only stream (this upstream never answers it).
+    let first = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            client()
+                .get(format!("{proxy}/a"))
+                .header("x-piko-endpoint", "narrow")
+                .send()
+                .await
+        }
+    });
+    let _ = up.accept_request().await;
+    let r = client()
+        .get(format!("{proxy}/b"))
+        .header("x-piko-endpoint", "narrow")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "upstream unreachable");
+    first.abort();
+}

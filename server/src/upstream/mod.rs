@@ -28,9 +28,28 @@ use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body, Conn
 pub struct UpstreamServer {
     registry: Arc<Registry>,
     auth: PortAuth,
+    limits: UpstreamLimits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
+}
+
+/// Bounds on what upstreams may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLimits {
+    /// Streams open at once per upstream connection.
+    pub max_streams: usize,
+    /// Upstreams per endpoint on this node (`None`: no limit).
+    pub max_per_endpoint: Option<usize>,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: mux::Config::default().max_streams,
+            max_per_endpoint: None,
+        }
+    }
 }
 
 impl UpstreamServer {
@@ -39,6 +58,7 @@ impl UpstreamServer {
     pub fn new(
         registry: Arc<Registry>,
         auth: PortAuth,
+        limits: UpstreamLimits,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         grace: Duration,
@@ -46,6 +66,7 @@ impl UpstreamServer {
         Self {
             registry,
             auth,
+            limits,
             shutdown,
             tasks,
             grace,
@@ -74,6 +95,15 @@ impl UpstreamServer {
         };
         if !is_websocket_upgrade(&req) {
             return json_error(StatusCode::BAD_REQUEST, "expected a websocket upgrade");
+        }
+        if let Some(limit) = self.limits.max_per_endpoint {
+            if self.registry.count(&endpoint) >= limit {
+                warn!(endpoint = %endpoint, %remote, limit, "upstream refused: endpoint at its upstream limit");
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("endpoint {endpoint} has its limit of {limit} upstreams on this node"),
+                );
+            }
         }
         let expiry = token.and_then(|t| t.expiry);
         if self.shutdown.is_cancelled() {
@@ -108,7 +138,14 @@ impl UpstreamServer {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-        let (session, driver) = Session::over_websocket(ws, Mode::Server, mux::Config::default());
+        let (session, driver) = Session::over_websocket(
+            ws,
+            Mode::Server,
+            mux::Config {
+                max_streams: self.limits.max_streams,
+                ..mux::Config::default()
+            },
+        );
         let upstream = Arc::new(Upstream {
             id: self.registry.next_id(),
             endpoint: endpoint.clone(),
@@ -116,7 +153,16 @@ impl UpstreamServer {
             remote,
             pool: Default::default(),
         });
-        self.registry.add(upstream.clone());
+        if !self
+            .registry
+            .try_add(upstream.clone(), self.limits.max_per_endpoint)
+        {
+            // Another registration won the last place after this one was answered.
+            warn!("upstream refused after the upgrade: endpoint at its upstream limit");
+            session.close();
+            let _ = driver.await;
+            return;
+        }
         info!("upstream connected");
         // Upstreams never open streams: refuse any by dropping them (which resets them).
         let refuse = {

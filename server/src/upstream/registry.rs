@@ -69,13 +69,28 @@ impl Registry {
 
     /// Register `u` for its endpoint.
     pub fn add(&self, u: Arc<Upstream>) {
+        self.try_add(u, None);
+    }
+
+    /// Register `u` unless its endpoint already has `limit` upstreams; returns whether it was.
+    pub fn try_add(&self, u: Arc<Upstream>, limit: Option<usize>) -> bool {
         let count = {
             let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
             let e = map.entry(u.endpoint.clone()).or_default();
+            if limit.is_some_and(|l| e.upstreams.len() >= l) {
+                return false;
+            }
             e.upstreams.push(u.clone());
             e.upstreams.len()
         };
         self.observer.local_count_changed(&u.endpoint, count);
+        true
+    }
+
+    /// Number of upstreams of `endpoint`.
+    pub fn count(&self, endpoint: &EndpointId) -> usize {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        map.get(endpoint).map_or(0, |e| e.upstreams.len())
     }
 
     /// Unregister the upstream with `id` from `endpoint`; returns whether it was registered.
