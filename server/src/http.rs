@@ -229,6 +229,13 @@ impl HeadTimeoutIo {
             http2: None,
         }
     }
+
+    /// A response is being written: the next bytes read start a new request head.
+    fn note_write(&mut self, res: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.head_started = None;
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for HeadTimeoutIo {
@@ -261,11 +268,7 @@ impl tokio::io::AsyncWrite for HeadTimeoutIo {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                self.head_started = None;
-            }
-        }
+        self.note_write(&res);
         res
     }
 
@@ -275,11 +278,7 @@ impl tokio::io::AsyncWrite for HeadTimeoutIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let std::task::Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                self.head_started = None;
-            }
-        }
+        self.note_write(&res);
         res
     }
 

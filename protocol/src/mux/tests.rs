@@ -454,13 +454,9 @@ async fn truncated_input_is_an_error_and_closes_streams() {
     assert!(matches!(res, Err(MuxError::Protocol(_))), "{res:?}");
 }
 
-#[tokio::test]
-async fn two_sessions_carry_many_streams_in_parallel() {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let (server, sd) = Session::new(a, Mode::Server, Config::default());
-    let (client, cd) = Session::new(b, Mode::Client, Config::default());
-    tokio::spawn(sd);
-    tokio::spawn(cd);
+/// Serve echo streams on `client`, then send `count` streams of `size + i` bytes through
+/// `server` at once and check each comes back intact.
+async fn echo_many(server: Session, client: Session, count: u8, size: usize) {
     tokio::spawn(async move {
         while let Some(mut s) = client.accept().await {
             tokio::spawn(async move {
@@ -472,26 +468,35 @@ async fn two_sessions_carry_many_streams_in_parallel() {
         }
     });
     let mut tasks = Vec::new();
-    for i in 0..50u8 {
+    for i in 0..count {
         let server = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = server.open().unwrap();
-            let payload = vec![i; 200_000 + i as usize];
+            let payload = vec![i; size + i as usize];
             let (mut r, mut w) = tokio::io::split(&mut s);
             let send = async {
                 w.write_all(&payload).await.unwrap();
                 w.shutdown().await.unwrap();
             };
             let mut back = Vec::new();
-            let recv = r.read_to_end(&mut back);
-            let (_, n) = tokio::join!(send, recv);
+            let (_, n) = tokio::join!(send, r.read_to_end(&mut back));
             n.unwrap();
             assert_eq!(back, payload);
         }));
     }
     for t in tasks {
-        timeout(Duration::from_secs(20), t).await.unwrap().unwrap();
+        timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn two_sessions_carry_many_streams_in_parallel() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (server, sd) = Session::new(a, Mode::Server, Config::default());
+    let (client, cd) = Session::new(b, Mode::Client, Config::default());
+    tokio::spawn(sd);
+    tokio::spawn(cd);
+    echo_many(server.clone(), client, 50, 200_000).await;
     timeout(T, server.idle()).await.unwrap();
 }
 
@@ -537,36 +542,7 @@ async fn sessions_over_websocket_carry_many_streams() {
     let (client, cd) = Session::over_websocket(b, Mode::Client, Config::default());
     tokio::spawn(sd);
     tokio::spawn(cd);
-    tokio::spawn(async move {
-        while let Some(mut s) = client.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).await.unwrap();
-                s.write_all(&buf).await.unwrap();
-                s.shutdown().await.unwrap();
-            });
-        }
-    });
-    let mut tasks = Vec::new();
-    for i in 0..20u8 {
-        let server = server.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut s = server.open().unwrap();
-            let payload = vec![i; 1_000_000 + i as usize];
-            let (mut r, mut w) = tokio::io::split(&mut s);
-            let send = async {
-                w.write_all(&payload).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let mut back = Vec::new();
-            let (_, n) = tokio::join!(send, r.read_to_end(&mut back));
-            n.unwrap();
-            assert_eq!(back, payload);
-        }));
-    }
-    for t in tasks {
-        timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
-    }
+    echo_many(server, client, 20, 1_000_000).await;
 }
 
 #[tokio::test]
