@@ -23,6 +23,7 @@ use piko_connector_core::credentials::{
 };
 use piko_connector_core::forward::{forward_tcp_via, DEFAULT_PROXY_URL};
 use piko_connector_core::{Agent, AgentError, Connector, Secret};
+use piko_protocol::access_log::{AccessLog, AccessLogConfig, HeaderListConfig};
 use piko_protocol::EndpointId;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -164,6 +165,53 @@ struct ExposeArgs {
     /// On shutdown, time to let in-flight requests finish.
     #[arg(long = "grace-period", default_value = "5s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
+    #[command(flatten)]
+    access_log: AccessLogArgs,
+}
+
+/// The access log of an exposed endpoint, as the original agent's `--access-log.*` flags.
+#[derive(Args, Debug)]
+struct AccessLogArgs {
+    /// Level of access-log records: debug, info, warn or error (5xx answers at warn at least).
+    #[arg(long = "access-log.level", default_value = "info")]
+    level: String,
+    /// Record no request (connections of TCP endpoints then log at debug).
+    #[arg(long = "access-log.disable")]
+    disable: bool,
+    /// Log only these request headers (comma-separated). Credentials always show as ***.
+    #[arg(long = "access-log.request-headers.allow-list", value_delimiter = ',')]
+    request_allow: Vec<String>,
+    /// Log every request header but these (comma-separated).
+    #[arg(long = "access-log.request-headers.block-list", value_delimiter = ',')]
+    request_block: Vec<String>,
+    /// Log only these response headers (comma-separated).
+    #[arg(long = "access-log.response-headers.allow-list", value_delimiter = ',')]
+    response_allow: Vec<String>,
+    /// Log every response header but these (comma-separated).
+    #[arg(long = "access-log.response-headers.block-list", value_delimiter = ',')]
+    response_block: Vec<String>,
+}
+
+impl AccessLogArgs {
+    fn access_log(self) -> Result<AccessLog, Failure> {
+        let config = AccessLogConfig {
+            level: self.level,
+            disable: self.disable,
+            request_headers: HeaderListConfig {
+                allow_list: self.request_allow,
+                block_list: self.request_block,
+            },
+            response_headers: HeaderListConfig {
+                allow_list: self.response_allow,
+                block_list: self.response_block,
+            },
+        };
+        AccessLog::new(&config).map_err(|e| {
+            // "request_headers.allow_list: ..." names the flag --access-log.request-headers.allow-list.
+            let (key, msg) = e.split_once(": ").unwrap_or(("level", &e));
+            Failure::Usage(format!("--access-log.{}: {msg}", key.replace('_', "-")))
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -235,10 +283,10 @@ fn init_logging(level: &str) -> Result<(), Failure> {
         ))
     })?;
     // Even at trace level, no token reaches the log.
-    let filter = match credentials::LOG_REDACTION_DIRECTIVE.parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
+    let filter = credentials::LOG_REDACTION_DIRECTIVES
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -430,11 +478,16 @@ fn expose_job(a: ExposeArgs, protocol: Protocol) -> Result<Job, Failure> {
         connect_timeout,
         timeout,
         grace_period,
+        access_log,
     } = a;
     let ep = EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
         ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
         e => Failure::Usage(e.to_string()),
     })?;
+    let ep = EndpointConfig {
+        access_log: access_log.access_log()?,
+        ..ep
+    };
     let config = AgentConfig {
         connect: ConnectConfig {
             url,

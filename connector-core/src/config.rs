@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use piko_protocol::access_log::{AccessLog, AccessLogConfig};
 use piko_protocol::{EndpointId, EndpointIdError};
 use serde::Deserialize;
 
@@ -89,6 +90,8 @@ pub struct EndpointConfig {
     pub protocol: Protocol,
     /// Per-request timeout to the local target (HTTP response headers, TCP connect).
     pub timeout: Duration,
+    /// What the access log records of this endpoint's requests (default: every request at info).
+    pub access_log: AccessLog,
 }
 
 impl EndpointConfig {
@@ -110,8 +113,41 @@ impl EndpointConfig {
             target,
             protocol,
             timeout,
+            access_log: default_access_log(),
         })
     }
+}
+
+/// The access log an endpoint gets when nothing says otherwise: every request at info.
+pub fn default_access_log() -> AccessLog {
+    AccessLog::new(&AccessLogConfig::default()).unwrap_or_else(|_| AccessLog::disabled())
+}
+
+/// An access log from a listener's `access_log` value: `true`/`false` (older agent files) or the
+/// original agent's section (`level`, `disable`, `request_headers`, `response_headers`).
+fn access_log_of(key: &str, value: Option<serde_yaml_ng::Value>) -> Result<AccessLog, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    let config = match value {
+        None | Some(serde_yaml_ng::Value::Null) => AccessLogConfig::default(),
+        Some(serde_yaml_ng::Value::Bool(on)) => AccessLogConfig {
+            disable: !on,
+            ..AccessLogConfig::default()
+        },
+        Some(v @ serde_yaml_ng::Value::Mapping(_)) => {
+            serde_yaml_ng::from_value(v).map_err(|e| invalid(e.to_string()))?
+        }
+        Some(_) => return Err(invalid("use true, false or a section with level, disable, request_headers and response_headers".into())),
+    };
+    AccessLog::new(&config).map_err(|e| match e.split_once(": ") {
+        Some((sub, msg)) => ConfigError::Invalid {
+            key: format!("{key}.{sub}"),
+            message: msg.to_string(),
+        },
+        None => invalid(e),
+    })
 }
 
 fn bad_addr(addr: &str, reason: &str) -> ConfigError {
@@ -382,10 +418,9 @@ struct RawListener {
     addr: String,
     #[serde(default)]
     protocol: Option<Protocol>,
-    /// Accepted for compatibility with the Go agent's files; not used yet.
+    /// `true`/`false` or the original agent's `access_log` section.
     #[serde(default)]
-    #[allow(dead_code)]
-    access_log: Option<bool>,
+    access_log: Option<serde_yaml_ng::Value>,
     #[serde(default, deserialize_with = "de_duration")]
     timeout: Option<Duration>,
 }
@@ -430,6 +465,10 @@ impl RawFile {
                         message: e.to_string(),
                     }
                 })?;
+            let ep = EndpointConfig {
+                access_log: access_log_of(&format!("listeners[{i}].access_log"), l.access_log)?,
+                ..ep
+            };
             if endpoints.iter().any(|o: &EndpointConfig| o.id == ep.id) {
                 return Err(ConfigError::Invalid {
                     key: format!("listeners[{i}].endpoint_id"),
@@ -625,6 +664,19 @@ grace_period: 1m
         assert_eq!(c.endpoints[0].timeout, Duration::from_secs(60));
         assert_eq!(c.endpoints[1].target, Target::Tcp("db.local:5432".into()));
         assert_eq!(c.endpoints[1].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(c.endpoints[0].access_log, default_access_log());
+        assert_eq!(c.endpoints[1].access_log, default_access_log());
+
+        // The original agent's access_log section, and `false` for none.
+        let a = AgentConfig::from_yaml_str(
+            "listeners:\n  - endpoint_id: a\n    addr: '80'\n    access_log:\n      level: debug\n      request_headers:\n        block_list: [user-agent]\n  - endpoint_id: b\n    addr: '81'\n    access_log: false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            a.endpoints[0].access_log.level(),
+            Some(tracing::Level::DEBUG)
+        );
+        assert_eq!(a.endpoints[1].access_log.level(), None);
 
         let d =
             AgentConfig::from_yaml_str("listeners:\n  - endpoint_id: a\n    addr: '80'\n").unwrap();
@@ -680,6 +732,10 @@ connect:
             ("listeners:\n  - endpoint_id: a\n    addr: nope\n", "listeners[0].addr: invalid address \"nope\""),
             ("listeners:\n  - endpoint_id: a/b\n    addr: '1'\n", "listeners[0].endpoint_id: invalid endpoint id"),
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n  - endpoint_id: a\n    addr: '2'\n", "listeners[1].endpoint_id: endpoint a is listed twice"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log: 3\n", "listeners[0].access_log: use true, false or a section"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      lvl: info\n", "listeners[0].access_log: unknown field `lvl`"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      level: loud\n", "listeners[0].access_log.level: invalid level \"loud\""),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      response_headers:\n        allow_list: [a]\n        block_list: [b]\n", "listeners[0].access_log.response_headers: set allow_list or block_list, not both"),
         ];
         for (yaml, want) in cases {
             let err = AgentConfig::from_yaml_str(yaml)

@@ -7,9 +7,12 @@
 //!   upstream accepts them), with the window and keepalive settings both sides use.
 //! - [`paths`]: the HTTP paths and headers of the protocol.
 //! - [`http`]: hop-by-hop headers and upgrades, as both sides of the tunnel proxy HTTP.
+//! - [`access_log`]: the per-request access log both sides write, credentials masked.
 //!
-//! This crate holds no policy (no routing, no reconnects): only the format on the wire.
+//! This crate holds no policy (no routing, no reconnects): only the format on the wire and the
+//! record format of the access log.
 
+pub mod access_log;
 pub mod endpoint;
 pub mod http;
 pub mod mux;

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use piko_protocol::access_log::{AccessLog, AccessLogConfig};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct ProxyFile {
     pub auth: AuthFile,
     /// TLS.
     pub tls: TlsFile,
+    /// One record per request (`proxy.access_log.*`, as in the original).
+    pub access_log: AccessLogConfig,
 }
 
 /// `proxy.http.*`.
@@ -271,6 +274,7 @@ impl Default for ProxyFile {
             http: HttpFile::default(),
             auth: AuthFile::default(),
             tls: TlsFile::default(),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -339,6 +343,8 @@ pub struct Config {
     pub max_streams_per_upstream: usize,
     /// Upstreams per endpoint on this node (`None`: no limit).
     pub max_upstreams_per_endpoint: Option<usize>,
+    /// The proxy's access log.
+    pub proxy_access_log: AccessLog,
     /// Token verification of the proxy port.
     pub proxy_auth: PortAuth,
     /// Token verification of the upstream port.
@@ -654,6 +660,8 @@ impl FileConfig {
             },
             max_upstreams_per_endpoint: (self.upstream.max_upstreams_per_endpoint > 0)
                 .then_some(self.upstream.max_upstreams_per_endpoint as usize),
+            proxy_access_log: AccessLog::new(&self.proxy.access_log)
+                .map_err(|e| ConfigError(format!("proxy.access_log.{e}")))?,
             proxy_auth: port_auth("proxy.auth", &self.proxy.auth, &[])?,
             upstream_auth: port_auth("upstream.auth", &self.upstream.auth, &self.upstream.tenants)?,
             admin_auth: port_auth("admin.auth", &self.admin.auth, &[])?,
@@ -891,7 +899,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: [(Sources, &str); 8] = [
+        let cases: [(Sources, &str); 11] = [
             (
                 src(Some("proxy:\n  bind_adr: x\n"), &[], &[]),
                 "proxy.bind_adr: unknown field `bind_adr`",
@@ -921,6 +929,22 @@ mod tests {
                 src(Some("proxy: [1, 2]\n"), &[], &[]),
                 "proxy: invalid type",
             ),
+            (
+                src(None, &[], &[("proxy.access_log.level", "loud")]),
+                "proxy.access_log.level: invalid level \"loud\"",
+            ),
+            (
+                src(
+                    Some("proxy:\n  access_log:\n    request_headers:\n      allow_list: [a]\n      block_list: [b]\n"),
+                    &[],
+                    &[],
+                ),
+                "proxy.access_log.request_headers: set allow_list or block_list, not both",
+            ),
+            (
+                src(Some("proxy:\n  access_log:\n    lvl: info\n"), &[], &[]),
+                "proxy.access_log.lvl: unknown field `lvl`",
+            ),
         ];
         for (s, want) in cases {
             let e = load(&s).unwrap_err().to_string();
@@ -933,6 +957,11 @@ mod tests {
         let keys = leaf_keys();
         assert!(keys.contains_key("proxy.http.read_header_timeout"));
         assert!(keys.contains_key("cluster.join"));
+        assert!(keys.contains_key("proxy.access_log.request_headers.block_list"));
+        assert_eq!(
+            flag_name("proxy.access_log.request_headers.allow_list"),
+            "proxy.access-log.request-headers.allow-list"
+        );
         assert_eq!(
             flag_name("proxy.http.read_header_timeout"),
             "proxy.http.read-header-timeout"

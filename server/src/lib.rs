@@ -178,6 +178,7 @@ pub async fn run(
         registry.clone(),
         config.proxy_timeout,
         config.proxy_auth.clone(),
+        config.proxy_access_log.clone(),
     ));
     tasks.spawn(http::serve(
         listeners.proxy,

@@ -89,7 +89,9 @@ fn init_logging(log: &config::LogFile) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: piped logs are read by tools (and by grep).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if log.format == "json" {
         builder.json().init();
     } else {

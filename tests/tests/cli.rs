@@ -187,6 +187,30 @@ async fn agent_usage_errors_exit_2() {
             vec!["agent", "start", "--config.path", "/nonexistent/agent.yaml"],
             "/nonexistent/agent.yaml",
         ),
+        (
+            vec![
+                "agent",
+                "http",
+                "demo",
+                "3000",
+                "--access-log.level",
+                "loud",
+            ],
+            "--access-log.level: invalid level \"loud\"",
+        ),
+        (
+            vec![
+                "agent",
+                "http",
+                "demo",
+                "3000",
+                "--access-log.request-headers.allow-list",
+                "accept",
+                "--access-log.request-headers.block-list",
+                "cookie",
+            ],
+            "--access-log.request-headers: set allow_list or block_list, not both",
+        ),
     ];
     for (args, want) in cases {
         let (code, stderr) = run(Command::new(bin("piko")).args(&args)).await;

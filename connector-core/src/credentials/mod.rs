@@ -30,9 +30,10 @@ pub const STORE_ENV: &str = "PIKO_CREDENTIALS_STORE";
 /// Environment variable holding a token; wins over a stored one.
 pub const TOKEN_ENV: &str = "PIKO_TOKEN";
 
-/// A `tracing` filter directive every binary adds to its log filter: tungstenite's client
-/// handshake logs the whole upgrade request, `Authorization` header included, at trace level.
-pub const LOG_REDACTION_DIRECTIVE: &str = "tungstenite::handshake::client=debug";
+/// `tracing` filter directives every binary adds to its log filter: at trace level tungstenite
+/// logs the whole upgrade request (`Authorization` included) and every message it receives,
+/// which are the proxied requests with their own credentials.
+pub const LOG_REDACTION_DIRECTIVES: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
 
 /// A secret string (a JWT). `Debug` and `Display` print `***`; read it with [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq)]

@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use piko_protocol::access_log::AccessLog;
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
+use piko_protocol::{access_enabled, access_event};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -36,6 +38,17 @@ struct Inner {
     /// Path of the target URL without its trailing `/` (empty for the root).
     base_path: String,
     timeout: Duration,
+    access: AccessLog,
+}
+
+/// What the access log keeps of a request while it is forwarded.
+struct Requested {
+    method: http::Method,
+    path: String,
+    version: http::Version,
+    /// Only when the record's level is on: cloning headers is the costly part.
+    headers: Option<http::HeaderMap>,
+    start: std::time::Instant,
 }
 
 /// Why a target URL cannot be forwarded to.
@@ -44,8 +57,9 @@ struct Inner {
 pub struct BadTarget(String);
 
 impl HttpForwarder {
-    /// A forwarder to `target` (an `http://` URL) that gives up on a response after `timeout`.
-    pub fn new(target: &url::Url, timeout: Duration) -> Result<Self, BadTarget> {
+    /// A forwarder to `target` (an `http://` URL) that gives up on a response after `timeout`
+    /// and records each request in `access`.
+    pub fn new(target: &url::Url, timeout: Duration, access: AccessLog) -> Result<Self, BadTarget> {
         let bad = || BadTarget(target.to_string());
         let host = match target.host().ok_or_else(bad)? {
             url::Host::Ipv6(ip) => format!("[{ip}]"),
@@ -70,6 +84,7 @@ impl HttpForwarder {
                 authority,
                 base_path: target.path().trim_end_matches('/').to_string(),
                 timeout,
+                access,
             }),
         })
     }
@@ -104,8 +119,66 @@ impl HttpForwarder {
         }
     }
 
-    /// Forward one request and return the target's response, or a JSON error response.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Forward one request and return the target's response, or a JSON error response; the
+    /// access log records it.
+    pub async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let requested = self.requested(&req);
+        let resp = self.forward_unlogged(req).await;
+        if let Some(r) = requested {
+            self.record(r, &resp);
+        }
+        resp
+    }
+
+    /// What to keep of `req` for its access-log record (`None`: no record can be written).
+    fn requested(&self, req: &Request<Incoming>) -> Option<Requested> {
+        let access = &self.inner.access;
+        // A server error raises the record to warn, so keep the request line if that is on.
+        let on = access_enabled!("piko_connector_core::tunnel::access", access.level()?);
+        if !on
+            && !access_enabled!(
+                "piko_connector_core::tunnel::access",
+                access.level_for(500)?
+            )
+        {
+            return None;
+        }
+        Some(Requested {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            version: req.version(),
+            headers: on.then(|| req.headers().clone()),
+            start: std::time::Instant::now(),
+        })
+    }
+
+    /// Write the access-log record of one request (credentials in headers masked).
+    fn record(&self, r: Requested, resp: &Response<ProxyBody>) {
+        let access = &self.inner.access;
+        let status = resp.status().as_u16();
+        let Some(level) = access.level_for(status) else {
+            return;
+        };
+        let empty = http::HeaderMap::new();
+        let (req_headers, resp_headers) = match &r.headers {
+            Some(h) => (h, resp.headers()),
+            None => (&empty, &empty),
+        };
+        access_event!(
+            "piko_connector_core::tunnel::access",
+            level,
+            proto = ?r.version,
+            method = %r.method,
+            path = r.path,
+            status,
+            duration_ms = r.start.elapsed().as_secs_f64() * 1000.0,
+            request_headers = %access.request().render(req_headers),
+            response_headers = %access.response().render(resp_headers),
+            "request"
+        );
+    }
+
+    async fn forward_unlogged(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -269,7 +342,9 @@ mod tests {
     async fn serves_a_request_over_a_stream() {
         let addr = local_server().await;
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
-        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
+        let server = tunnel(
+            HttpForwarder::new(&target, Duration::from_secs(5), AccessLog::disabled()).unwrap(),
+        );
         let resp = roundtrip(
             &server,
             "GET /a/b?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -286,7 +361,9 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let target = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(30)).unwrap());
+        let server = tunnel(
+            HttpForwarder::new(&target, Duration::from_secs(30), AccessLog::disabled()).unwrap(),
+        );
         let start = std::time::Instant::now();
         let resp = roundtrip(
             &server,
@@ -322,7 +399,9 @@ mod tests {
             }
         });
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
-        let server = tunnel(HttpForwarder::new(&target, Duration::from_millis(200)).unwrap());
+        let server = tunnel(
+            HttpForwarder::new(&target, Duration::from_millis(200), AccessLog::disabled()).unwrap(),
+        );
         let resp = roundtrip(
             &server,
             "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -364,7 +443,9 @@ mod tests {
                 .await;
         });
         let target = url::Url::parse(&format!("http://{addr}")).unwrap();
-        let server = tunnel(HttpForwarder::new(&target, Duration::from_secs(5)).unwrap());
+        let server = tunnel(
+            HttpForwarder::new(&target, Duration::from_secs(5), AccessLog::disabled()).unwrap(),
+        );
         let mut s = server.open().unwrap();
         s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
             .await

@@ -189,14 +189,23 @@ struct ConnectSettings {
 #[derive(Clone)]
 enum Handler {
     Http(HttpForwarder),
-    Tcp { addr: Arc<str>, timeout: Duration },
+    Tcp {
+        addr: Arc<str>,
+        timeout: Duration,
+        /// Access-log level of connection records (`None`: debug only).
+        access: Option<tracing::Level>,
+    },
 }
 
 impl Handler {
     async fn serve(self, stream: mux::Stream, draining: CancellationToken) {
         match self {
             Handler::Http(fwd) => fwd.serve(stream, draining).await,
-            Handler::Tcp { addr, timeout } => tcp::serve(stream, &addr, timeout).await,
+            Handler::Tcp {
+                addr,
+                timeout,
+                access,
+            } => tcp::serve(stream, &addr, timeout, access).await,
         }
     }
 }
@@ -232,17 +241,18 @@ impl Tunnel {
         events: broadcast::Sender<StatusEvent>,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
-            Target::Http(url) => {
-                Handler::Http(HttpForwarder::new(url, endpoint.timeout).map_err(|e| {
-                    AgentError::Unusable {
+            Target::Http(url) => Handler::Http(
+                HttpForwarder::new(url, endpoint.timeout, endpoint.access_log.clone()).map_err(
+                    |e| AgentError::Unusable {
                         endpoint: endpoint.id.clone(),
                         reason: e.to_string(),
-                    }
-                })?)
-            }
+                    },
+                )?,
+            ),
             Target::Tcp(addr) => Handler::Tcp {
                 addr: Arc::from(addr.as_str()),
                 timeout: endpoint.timeout,
+                access: endpoint.access_log.level(),
             },
         };
         Ok(Self {

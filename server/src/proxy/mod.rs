@@ -30,12 +30,25 @@ use pool::{CheckoutError, PooledBody};
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::upstream::{Registry, Upstream};
+use piko_protocol::access_log::AccessLog;
+use piko_protocol::{access_enabled, access_event};
 
 /// Routes requests to upstreams.
 pub struct Proxy {
     registry: Arc<Registry>,
     timeout: Duration,
     auth: PortAuth,
+    access: AccessLog,
+}
+
+/// What the access log keeps of a request while it is proxied.
+struct Requested {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    /// Only when the record's level is on: cloning headers is the costly part.
+    headers: Option<http::HeaderMap>,
+    start: std::time::Instant,
 }
 
 /// Whether a verified token (if any) may reach `endpoint`.
@@ -48,30 +61,89 @@ fn permit(token: Option<&Token>, endpoint: &EndpointId) -> Result<(), ProxyError
 
 impl Proxy {
     /// A proxy over `registry` giving upstreams `timeout` to start each response; clients
-    /// authenticate with `auth` when it is enabled.
-    pub fn new(registry: Arc<Registry>, timeout: Duration, auth: PortAuth) -> Self {
+    /// authenticate with `auth` when it is enabled; each request is recorded in `access`.
+    pub fn new(
+        registry: Arc<Registry>,
+        timeout: Duration,
+        auth: PortAuth,
+        access: AccessLog,
+    ) -> Self {
         Self {
             registry,
             timeout,
             auth,
+            access,
         }
     }
 
     /// Handle one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let requested = self.requested(&req);
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest).await
         } else {
             self.http(req, conn).await
         };
-        result.unwrap_or_else(|e| {
+        let resp = result.unwrap_or_else(|e| {
             match e.status() {
                 s if s.is_server_error() => warn!(error = %e, "proxy request failed"),
                 _ => debug!(error = %e, "proxy request rejected"),
             }
             e.response()
+        });
+        if let Some(r) = requested {
+            self.record(r, &conn, &resp);
+        }
+        resp
+    }
+
+    /// What to keep of `req` for its access-log record (`None`: no record can be written).
+    fn requested(&self, req: &Request<Incoming>) -> Option<Requested> {
+        // A server error raises the record to warn, so keep the request line if that is on.
+        let level = self.access.level()?;
+        let on = access_enabled!("piko_server::proxy::access", level);
+        if !on && !access_enabled!("piko_server::proxy::access", self.access.level_for(500)?) {
+            return None;
+        }
+        Some(Requested {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: on.then(|| req.headers().clone()),
+            start: std::time::Instant::now(),
         })
+    }
+
+    /// Write the access-log record of one request (credentials in headers masked).
+    fn record(&self, r: Requested, conn: &ConnInfo, resp: &Response<Body>) {
+        let status = resp.status().as_u16();
+        let Some(level) = self.access.level_for(status) else {
+            return;
+        };
+        let empty = http::HeaderMap::new();
+        let host = r
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(header::HOST))
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| r.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let with_headers = r.headers.is_some();
+        access_event!(
+            "piko_server::proxy::access",
+            level,
+            remote = %conn.remote.ip(),
+            proto = ?r.version,
+            method = %r.method,
+            host,
+            path = r.uri.path(),
+            status,
+            duration_ms = r.start.elapsed().as_secs_f64() * 1000.0,
+            request_headers = %self.access.request().render(r.headers.as_ref().unwrap_or(&empty)),
+            response_headers = %self.access.response().render(if with_headers { resp.headers() } else { &empty }),
+            "request"
+        );
     }
 
     fn endpoint_of(req: &Request<Incoming>) -> Result<EndpointId, ProxyError> {
