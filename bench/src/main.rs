@@ -67,6 +67,10 @@ struct RunArgs {
     /// Only these systems (comma-separated: direct,piko,rathole,nginx).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
+    /// Only these scenarios, by id (comma-separated: small_get_keepalive, small_get_new_conn,
+    /// download_1m, upload_1m, websocket_echo, tcp_download, tcp_upload); for experiments.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
 }
 
 fn parse_system(s: &str) -> Result<System, String> {
@@ -106,6 +110,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         secs: args.secs,
         systems,
+        scenarios: args.scenarios,
     })
     .await?;
     println!("\n{}", report.table());

@@ -55,6 +55,8 @@ pub struct Options {
     pub secs: Option<f64>,
     /// Only these systems (all when empty).
     pub systems: Vec<System>,
+    /// Only these scenario ids (all of the mode's when empty).
+    pub scenarios: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +325,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
     }
 
-    let scens = scenarios(opts.mode);
+    let mut scens = scenarios(opts.mode);
+    if !opts.scenarios.is_empty() {
+        scens.retain(|s| opts.scenarios.iter().any(|id| id == s.id));
+        anyhow::ensure!(
+            !scens.is_empty(),
+            "no scenario matches {:?}; see piko-bench run --help",
+            opts.scenarios
+        );
+    }
     let mut scenario_reports = Vec::new();
     for sc in &scens {
         println!("\n== {} ({}) ==", sc.title, sc.unit);
