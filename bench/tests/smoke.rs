@@ -63,5 +63,11 @@ fn smoke_run_measures_direct_and_piko() {
         md.contains("| small GET, keep-alive, 64 conns | req/s |"),
         "{md}"
     );
+    // A target not met comes with the profile that explains it.
+    assert_eq!(
+        md.contains("❌ not met"),
+        md.contains("## Why the targets not met are not met (profile)"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
