@@ -100,7 +100,7 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("agent.yaml");
     let yaml = format!(
-        "connect:\n  url: {}\n  timeout: 10s\nlisteners:\n  - endpoint_id: alpha\n    addr: {}\n    protocol: http\n  - endpoint_id: beta\n    addr: http://{}\n  - endpoint_id: gamma\n    addr: {}\n    protocol: tcp\n",
+        "connect:\n  url: {}\n  timeout: 10s\nlisteners:\n  - endpoint_id: alpha\n    addr: {}\n    protocol: http\n  - endpoint_id: beta\n    addr: http://{}\n    access_log: false\n  - endpoint_id: gamma\n    addr: {}\n    protocol: tcp\n",
         server.upstream_url(),
         a.target(),
         b.target(),
@@ -118,9 +118,81 @@ async fn agent_start_runs_every_endpoint_of_the_config() {
     server.wait_for_upstreams("alpha", 1).await;
     server.wait_for_upstreams("beta", 1).await;
     server.wait_for_upstreams("gamma", 1).await;
+    // The agent's log, read as it is written.
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let log_has = |needle: &'static str| {
+        let logs = logs.clone();
+        async move { logs.lock().unwrap().contains(needle) }
+    };
     for (ep, name) in [("alpha", "alpha"), ("beta", "beta")] {
-        let r = server.get(ep, "/name").await;
+        let r = server.get(ep, &format!("/name?from={name}")).await;
         assert_eq!(r.text().await.unwrap(), name);
+    }
+    // One TCP connection to gamma: opened and closed are access-log records too.
+    let listener = piko_tests::loopback_listener().await;
+    let local = listener.local_addr().unwrap();
+    let stop_forward = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(piko_connector_core::forward::forward_tcp(
+        listener,
+        server.proxy_url(),
+        "gamma".parse().unwrap(),
+        None,
+        stop_forward.clone(),
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tcp.read_exact(&mut back).await.unwrap();
+    drop(tcp);
+    piko_tests::wait_until(
+        "the access log records the HTTP request and the TCP connection",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (
+                log_has("piko_connector_core::tunnel::access: request"),
+                log_has("connection closed"),
+            );
+            async move { a.await && b.await }
+        },
+    )
+    .await;
+    stop_forward.cancel();
+    {
+        let logs = logs.lock().unwrap();
+        let alpha = logs
+            .lines()
+            .find(|l| {
+                l.contains("piko_connector_core::tunnel::access") && l.contains("path=\"/name\"")
+            })
+            .unwrap_or_else(|| panic!("no access record for alpha: {logs}"));
+        assert!(
+            alpha.contains("status=200") && alpha.contains("alpha"),
+            "{alpha}"
+        );
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains("tunnel::access") && l.contains("beta")),
+            "beta has access_log: false: {logs}"
+        );
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("connection opened") && l.contains("gamma")),
+            "{logs}"
+        );
     }
     child.start_kill().unwrap();
     let _ = child.wait().await;
