@@ -175,8 +175,15 @@ struct AccessLogArgs {
     /// Level of access-log records: debug, info, warn or error (5xx answers at warn at least).
     #[arg(long = "access-log.level", default_value = "info")]
     level: String,
-    /// Record no request (connections of TCP endpoints then log at debug).
-    #[arg(long = "access-log.disable")]
+    /// Record no request (connections of TCP endpoints then log at debug). Also takes
+    /// `=true`/`=false`, as the original agent's flag does.
+    #[arg(
+        long = "access-log.disable",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
     disable: bool,
     /// Log only these request headers (comma-separated). Credentials always show as ***.
     #[arg(long = "access-log.request-headers.allow-list", value_delimiter = ',')]
@@ -207,9 +214,14 @@ impl AccessLogArgs {
             },
         };
         AccessLog::new(&config).map_err(|e| {
-            // "request_headers.allow_list: ..." names the flag --access-log.request-headers.allow-list.
+            // "request_headers.allow_list: ..." names --access-log.request-headers.allow-list.
             let (key, msg) = e.split_once(": ").unwrap_or(("level", &e));
-            Failure::Usage(format!("--access-log.{}: {msg}", key.replace('_', "-")))
+            let flag = format!("--access-log.{}", key.replace('_', "-"));
+            Failure::Usage(if msg.contains("not both") {
+                format!("{flag}.allow-list and {flag}.block-list: give one of the two, not both")
+            } else {
+                format!("{flag}: {msg}")
+            })
         })
     }
 }

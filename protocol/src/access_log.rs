@@ -6,8 +6,9 @@
 //! them under its own target with [`access_event!`](crate::access_event).
 
 use std::fmt;
+use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tracing::Level;
 
@@ -18,6 +19,9 @@ pub const SENSITIVE_HEADERS: &[&str] = &[
     "x-piko-authorization",
     "cookie",
     "set-cookie",
+    // Browsers cannot set headers on a WebSocket handshake, so some APIs (Kubernetes) carry a
+    // bearer token in the subprotocol list.
+    "sec-websocket-protocol",
 ];
 
 /// `access_log.*` as written in a configuration file or given as flags.
@@ -99,8 +103,9 @@ impl HeaderFilter {
         }
     }
 
-    /// `headers` as this filter logs them: a JSON object, credentials masked.
-    pub fn render<'a>(&'a self, headers: &'a HeaderMap) -> RenderedHeaders<'a> {
+    /// `headers` as this filter logs them: a JSON object of arrays (as the original), credentials
+    /// masked; `-` when the headers were not kept.
+    pub fn render<'a>(&'a self, headers: Option<&'a HeaderMap>) -> RenderedHeaders<'a> {
         RenderedHeaders {
             filter: self,
             headers,
@@ -111,34 +116,70 @@ impl HeaderFilter {
 /// A header map formatted as a JSON object when (and only when) a record is written.
 pub struct RenderedHeaders<'a> {
     filter: &'a HeaderFilter,
-    headers: &'a HeaderMap,
+    headers: Option<&'a HeaderMap>,
 }
 
 impl fmt::Display for RenderedHeaders<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(headers) = self.headers else {
+            return f.write_str("-");
+        };
         let mut map = serde_json::Map::new();
-        for name in self.headers.keys() {
+        for name in headers.keys() {
             if !self.filter.logs(name) {
                 continue;
             }
             let values: Vec<serde_json::Value> = if is_sensitive(name) {
                 vec!["***".into()]
             } else {
-                self.headers
+                headers
                     .get_all(name)
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
                     .collect()
             };
-            let value = match <[_; 1]>::try_from(values) {
-                Ok([one]) => one,
-                Err(many) => many.into(),
-            };
-            map.insert(name.as_str().to_string(), value);
+            map.insert(name.as_str().to_string(), values.into());
         }
         write!(f, "{}", serde_json::Value::Object(map))
     }
 }
+
+/// What a record keeps of a request while it is proxied: the request line always (cheap:
+/// reference-counted clones), the headers only when the record's level is on.
+#[derive(Debug)]
+pub struct Requested {
+    /// Request method.
+    pub method: http::Method,
+    /// Request target.
+    pub uri: http::Uri,
+    /// HTTP version.
+    pub version: http::Version,
+    /// `Host`, else the target's authority.
+    host: Option<HeaderValue>,
+    /// The request headers, when kept.
+    pub headers: Option<HeaderMap>,
+    /// When the request arrived.
+    pub start: Instant,
+}
+
+impl Requested {
+    /// The host the request named (`-` when none).
+    pub fn host(&self) -> &str {
+        self.host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("-")
+    }
+
+    /// Milliseconds since the request arrived.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// Status of a record whose client went away before the response head (as nginx logs it).
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// Whether `name` carries credentials.
 pub fn is_sensitive(name: &HeaderName) -> bool {
@@ -146,11 +187,15 @@ pub fn is_sensitive(name: &HeaderName) -> bool {
 }
 
 impl AccessLog {
-    /// Validate `c`; errors name the sub-key (`level`, `request_headers.allow_list`, ...).
+    /// Validate `c`; errors name the sub-key (`level`, `request_headers.allow_list`, ...). A
+    /// disabled log is not checked further, and an empty level means info (as the original).
     pub fn new(c: &AccessLogConfig) -> Result<Self, String> {
+        if c.disable {
+            return Ok(Self::disabled());
+        }
         let level = match c.level.trim().to_ascii_lowercase().as_str() {
             "debug" => Level::DEBUG,
-            "info" => Level::INFO,
+            "info" | "" => Level::INFO,
             "warn" => Level::WARN,
             "error" => Level::ERROR,
             _ => {
@@ -161,7 +206,7 @@ impl AccessLog {
             }
         };
         Ok(Self {
-            level: (!c.disable).then_some(level),
+            level: Some(level),
             request: HeaderFilter::new("request_headers", &c.request_headers)?,
             response: HeaderFilter::new("response_headers", &c.response_headers)?,
         })
@@ -190,6 +235,29 @@ impl AccessLog {
     /// The configured level (`None`: disabled).
     pub fn level(&self) -> Option<Level> {
         self.level
+    }
+
+    /// Start the record of `req`, or `None` when no record of it could be written. `enabled`
+    /// says whether a level is on for the caller's target (see [`access_enabled!`]).
+    pub fn begin<B>(
+        &self,
+        req: &http::Request<B>,
+        enabled: impl Fn(Level) -> bool,
+    ) -> Option<Requested> {
+        let level = self.level?;
+        let on = enabled(level);
+        // A server error raises the record to warn, so keep the request line if that is on.
+        if !on && !enabled(self.level_for(500)?) {
+            return None;
+        }
+        Some(Requested {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: req.headers().get(header::HOST).cloned(),
+            headers: on.then(|| req.headers().clone()),
+            start: Instant::now(),
+        })
     }
 
     /// The request-header filter.
@@ -237,6 +305,25 @@ macro_rules! access_event {
 mod tests {
     use super::*;
 
+    #[test]
+    fn begin_keeps_headers_only_when_the_level_is_on() {
+        let log = AccessLog::new(&AccessLogConfig::default()).unwrap();
+        let req = http::Request::get("/p?q=1")
+            .header("host", "shop.example.com")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap();
+        let all = log.begin(&req, |_| true).unwrap();
+        assert_eq!(all.host(), "shop.example.com");
+        assert!(all.headers.is_some());
+        // Info off, warn on: the request line is kept for a 5xx record, the headers are not.
+        let warn = log.begin(&req, |l| l <= Level::WARN).unwrap();
+        assert!(warn.headers.is_none());
+        assert_eq!(warn.uri.path(), "/p");
+        assert!(log.begin(&req, |_| false).is_none());
+        assert!(AccessLog::disabled().begin(&req, |_| true).is_none());
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -280,10 +367,10 @@ mod tests {
             ),
         ] {
             let log = AccessLog::new(&c).unwrap();
-            let out = log.request().render(&h).to_string();
+            let out = log.request().render(Some(&h)).to_string();
             assert!(!out.contains("secret"), "{out}");
-            assert!(out.contains(r#""authorization":"***""#), "{out}");
-            assert!(out.contains(r#""x-piko-authorization":"***""#), "{out}");
+            assert!(out.contains(r#""authorization":["***"]"#), "{out}");
+            assert!(out.contains(r#""x-piko-authorization":["***"]"#), "{out}");
         }
     }
 
@@ -297,20 +384,21 @@ mod tests {
         ]);
         let allow = AccessLog::new(&config(&["Accept"], &[])).unwrap();
         assert_eq!(
-            allow.request().render(&h).to_string(),
-            r#"{"accept":"*/*"}"#
+            allow.request().render(Some(&h)).to_string(),
+            r#"{"accept":["*/*"]}"#
         );
         let block = AccessLog::new(&config(&[], &["user-agent"])).unwrap();
         assert_eq!(
-            block.request().render(&h).to_string(),
-            r#"{"accept":"*/*","x-a":["1","2"]}"#
+            block.request().render(Some(&h)).to_string(),
+            r#"{"accept":["*/*"],"x-a":["1","2"]}"#
         );
-        // Response headers keep their own (empty) lists.
+        // Response headers keep their own (empty) lists; headers not kept print as `-`.
         assert!(allow
             .response()
-            .render(&h)
+            .render(Some(&h))
             .to_string()
             .contains("user-agent"));
+        assert_eq!(allow.response().render(None).to_string(), "-");
     }
 
     #[test]
@@ -349,12 +437,20 @@ mod tests {
         })
         .unwrap();
         assert_eq!(error.level_for(502), Some(Level::ERROR));
+        // Disabled: nothing else is checked (as the original); an empty level is info.
         let off = AccessLog::new(&AccessLogConfig {
             disable: true,
-            ..AccessLogConfig::default()
+            level: "loud".into(),
+            ..config(&["a"], &["b"])
         })
         .unwrap();
         assert_eq!(off.level_for(500), None);
+        let empty = AccessLog::new(&AccessLogConfig {
+            level: String::new(),
+            ..AccessLogConfig::default()
+        })
+        .unwrap();
+        assert_eq!(empty.level(), Some(Level::INFO));
         assert_eq!(AccessLog::disabled().level_for(200), None);
     }
 }

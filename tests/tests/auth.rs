@@ -600,6 +600,15 @@ async fn tokens_never_reach_the_logs() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // A client that gives up before the response head: its record says 499.
+    let gave_up = client()
+        .get(format!("http://{}/slow/3000", addr(ports[0])))
+        .header("x-piko-endpoint", "quiet")
+        .header("x-piko-authorization", format!("Bearer {token}"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
     // A rejected one too, so error paths log.
     let _ = client()
         .get(&url)
@@ -630,9 +639,29 @@ async fn tokens_never_reach_the_logs() {
         "status=200",
         "method=GET",
         "path=\"/name\"",
-        r#""x-piko-authorization":"***""#,
-        r#""authorization":"***""#,
-        r#""cookie":"***""#,
+        r#""x-piko-authorization":["***"]"#,
+        r#""authorization":["***"]"#,
+        r#""cookie":["***"]"#,
+    ] {
+        assert!(record.contains(want), "{want} missing from {record}");
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("piko_server::proxy::access")
+                && l.contains("path=\"/slow/3000\"")
+                && l.contains("status=499")),
+        "the abandoned request has a 499 record: {logs}"
+    );
+    // The agent's access log too, with the service's own credentials masked.
+    let record = logs
+        .lines()
+        .find(|l| l.contains("piko_connector_core::tunnel::access") && l.contains("visible-header"))
+        .unwrap_or_else(|| panic!("no agent access record with the request headers: {logs}"));
+    for want in [
+        "status=200",
+        "path=\"/name\"",
+        r#""authorization":["***"]"#,
+        r#""cookie":["***"]"#,
     ] {
         assert!(record.contains(want), "{want} missing from {record}");
     }
@@ -652,6 +681,9 @@ async fn tokens_never_reach_the_logs() {
             panic!("a secret reached the logs: {secret} in {line}");
         }
     }
+    // Nor as the hex dumps some libraries log frames with.
+    let hex: String = token.bytes().take(24).map(|b| format!("{b:02x}")).collect();
+    assert!(!logs.contains(&hex), "the token reached the logs as hex");
     // The signature part alone must not leak either.
     let sig = token.rsplit('.').next().unwrap();
     assert!(!logs.contains(sig));

@@ -209,7 +209,7 @@ async fn agent_usage_errors_exit_2() {
                 "--access-log.request-headers.block-list",
                 "cookie",
             ],
-            "--access-log.request-headers: set allow_list or block_list, not both",
+            "--access-log.request-headers.allow-list and --access-log.request-headers.block-list: give one of the two, not both",
         ),
     ];
     for (args, want) in cases {

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use piko_protocol::access_log::AccessLog;
+use piko_protocol::access_log::{AccessLog, Requested, CLIENT_CLOSED};
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::{access_enabled, access_event};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,14 +41,27 @@ struct Inner {
     access: AccessLog,
 }
 
-/// What the access log keeps of a request while it is forwarded.
-struct Requested {
-    method: http::Method,
-    path: String,
-    version: http::Version,
-    /// Only when the record's level is on: cloning headers is the costly part.
-    headers: Option<http::HeaderMap>,
-    start: std::time::Instant,
+/// The access-log record of one request: written when the response head is ready, or with
+/// status 499 when the server side goes away first (hyper then drops the request's future).
+struct AccessRecord {
+    forwarder: HttpForwarder,
+    requested: Option<Requested>,
+}
+
+impl AccessRecord {
+    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap) {
+        if let Some(r) = self.requested.take() {
+            self.forwarder.record(&r, status.as_u16(), Some(headers));
+        }
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        if let Some(r) = self.requested.take() {
+            self.forwarder.record(&r, CLIENT_CLOSED, None);
+        }
+    }
 }
 
 /// Why a target URL cannot be forwarded to.
@@ -122,58 +135,42 @@ impl HttpForwarder {
     /// Forward one request and return the target's response, or a JSON error response; the
     /// access log records it.
     pub async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let requested = self.requested(&req);
+        let record = self
+            .inner
+            .access
+            .begin(&req, |l| {
+                access_enabled!("piko_connector_core::tunnel::access", l)
+            })
+            .map(|r| AccessRecord {
+                forwarder: self.clone(),
+                requested: Some(r),
+            });
         let resp = self.forward_unlogged(req).await;
-        if let Some(r) = requested {
-            self.record(r, &resp);
+        if let Some(record) = record {
+            record.finish(resp.status(), resp.headers());
         }
         resp
     }
 
-    /// What to keep of `req` for its access-log record (`None`: no record can be written).
-    fn requested(&self, req: &Request<Incoming>) -> Option<Requested> {
+    /// Write the access-log record of one request (credentials in headers masked); response
+    /// headers only when the request's were kept too.
+    fn record(&self, r: &Requested, status: u16, headers: Option<&http::HeaderMap>) {
         let access = &self.inner.access;
-        // A server error raises the record to warn, so keep the request line if that is on.
-        let on = access_enabled!("piko_connector_core::tunnel::access", access.level()?);
-        if !on
-            && !access_enabled!(
-                "piko_connector_core::tunnel::access",
-                access.level_for(500)?
-            )
-        {
-            return None;
-        }
-        Some(Requested {
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            version: req.version(),
-            headers: on.then(|| req.headers().clone()),
-            start: std::time::Instant::now(),
-        })
-    }
-
-    /// Write the access-log record of one request (credentials in headers masked).
-    fn record(&self, r: Requested, resp: &Response<ProxyBody>) {
-        let access = &self.inner.access;
-        let status = resp.status().as_u16();
         let Some(level) = access.level_for(status) else {
             return;
         };
-        let empty = http::HeaderMap::new();
-        let (req_headers, resp_headers) = match &r.headers {
-            Some(h) => (h, resp.headers()),
-            None => (&empty, &empty),
-        };
+        let headers = headers.filter(|_| r.headers.is_some());
         access_event!(
             "piko_connector_core::tunnel::access",
             level,
             proto = ?r.version,
             method = %r.method,
-            path = r.path,
+            host = r.host(),
+            path = r.uri.path(),
             status,
-            duration_ms = r.start.elapsed().as_secs_f64() * 1000.0,
-            request_headers = %access.request().render(req_headers),
-            response_headers = %access.response().render(resp_headers),
+            duration_ms = r.elapsed_ms(),
+            request_headers = %access.request().render(r.headers.as_ref()),
+            response_headers = %access.response().render(headers),
             "request"
         );
     }

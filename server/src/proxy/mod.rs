@@ -30,7 +30,7 @@ use pool::{CheckoutError, PooledBody};
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::upstream::{Registry, Upstream};
-use piko_protocol::access_log::AccessLog;
+use piko_protocol::access_log::{AccessLog, Requested, CLIENT_CLOSED};
 use piko_protocol::{access_enabled, access_event};
 
 /// Routes requests to upstreams.
@@ -41,14 +41,29 @@ pub struct Proxy {
     access: AccessLog,
 }
 
-/// What the access log keeps of a request while it is proxied.
-struct Requested {
-    method: http::Method,
-    uri: Uri,
-    version: Version,
-    /// Only when the record's level is on: cloning headers is the costly part.
-    headers: Option<http::HeaderMap>,
-    start: std::time::Instant,
+/// The access-log record of one request: written when the response head is ready, or with
+/// status 499 when the client goes away first (hyper then drops the request's future).
+struct AccessRecord {
+    proxy: Arc<Proxy>,
+    remote: std::net::IpAddr,
+    requested: Option<Requested>,
+}
+
+impl AccessRecord {
+    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap) {
+        if let Some(r) = self.requested.take() {
+            self.proxy
+                .record(&r, self.remote, status.as_u16(), Some(headers));
+        }
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        if let Some(r) = self.requested.take() {
+            self.proxy.record(&r, self.remote, CLIENT_CLOSED, None);
+        }
+    }
 }
 
 /// Whether a verified token (if any) may reach `endpoint`.
@@ -78,7 +93,14 @@ impl Proxy {
 
     /// Handle one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let requested = self.requested(&req);
+        let record = self
+            .access
+            .begin(&req, |l| access_enabled!("piko_server::proxy::access", l))
+            .map(|r| AccessRecord {
+                proxy: self.clone(),
+                remote: conn.remote.ip(),
+                requested: Some(r),
+            });
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest).await
@@ -92,56 +114,37 @@ impl Proxy {
             }
             e.response()
         });
-        if let Some(r) = requested {
-            self.record(r, &conn, &resp);
+        if let Some(record) = record {
+            record.finish(resp.status(), resp.headers());
         }
         resp
     }
 
-    /// What to keep of `req` for its access-log record (`None`: no record can be written).
-    fn requested(&self, req: &Request<Incoming>) -> Option<Requested> {
-        // A server error raises the record to warn, so keep the request line if that is on.
-        let level = self.access.level()?;
-        let on = access_enabled!("piko_server::proxy::access", level);
-        if !on && !access_enabled!("piko_server::proxy::access", self.access.level_for(500)?) {
-            return None;
-        }
-        Some(Requested {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: on.then(|| req.headers().clone()),
-            start: std::time::Instant::now(),
-        })
-    }
-
-    /// Write the access-log record of one request (credentials in headers masked).
-    fn record(&self, r: Requested, conn: &ConnInfo, resp: &Response<Body>) {
-        let status = resp.status().as_u16();
+    /// Write the access-log record of one request (credentials in headers masked); response
+    /// headers only when the request's were kept too.
+    fn record(
+        &self,
+        r: &Requested,
+        remote: std::net::IpAddr,
+        status: u16,
+        headers: Option<&http::HeaderMap>,
+    ) {
         let Some(level) = self.access.level_for(status) else {
             return;
         };
-        let empty = http::HeaderMap::new();
-        let host = r
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(header::HOST))
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| r.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let with_headers = r.headers.is_some();
+        let headers = headers.filter(|_| r.headers.is_some());
         access_event!(
             "piko_server::proxy::access",
             level,
-            remote = %conn.remote.ip(),
+            remote = %remote,
             proto = ?r.version,
             method = %r.method,
-            host,
+            host = r.host(),
             path = r.uri.path(),
             status,
-            duration_ms = r.start.elapsed().as_secs_f64() * 1000.0,
-            request_headers = %self.access.request().render(r.headers.as_ref().unwrap_or(&empty)),
-            response_headers = %self.access.response().render(if with_headers { resp.headers() } else { &empty }),
+            duration_ms = r.elapsed_ms(),
+            request_headers = %self.access.request().render(r.headers.as_ref()),
+            response_headers = %self.access.response().render(headers),
             "request"
         );
     }
