@@ -289,16 +289,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        Failure::Usage(format!(
-            "--log.level {level:?} is not a valid level or filter ({e}); use error, warn, info, debug or trace"
-        ))
-    })?;
     // Even at trace level, no token reaches the log.
-    let filter = credentials::LOG_REDACTION_DIRECTIVES
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, |f, d| f.add_directive(d));
+    let filter = tracing_subscriber::EnvFilter::try_new(credentials::redacted_log_filter(level))
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--log.level {level:?} is not a valid level or filter ({e}); use error, warn, info, debug or trace"
+            ))
+        })?;
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

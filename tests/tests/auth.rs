@@ -574,8 +574,9 @@ async fn tokens_never_reach_the_logs() {
             &echo.target(),
             "--connect.url",
             &format!("http://{}", addr(ports[1])),
+            // Asking for tungstenite's frame dumps by name must not bring them back.
             "--log.level",
-            "trace",
+            "trace,tungstenite::protocol=trace",
         ])
         .env("PIKO_TOKEN", &token)
         .stdout(std::process::Stdio::piped())

@@ -35,6 +35,21 @@ pub const TOKEN_ENV: &str = "PIKO_TOKEN";
 /// which are the proxied requests with their own credentials.
 pub const LOG_REDACTION_DIRECTIVES: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
 
+/// A user's log filter (`info`, `debug,hyper=trace`, ...) made safe: directives of its own
+/// for tungstenite's modules are dropped, since a more specific one
+/// (`tungstenite::protocol=trace`) would win over [`LOG_REDACTION_DIRECTIVES`], which are
+/// then added.
+pub fn redacted_log_filter(user: &str) -> String {
+    let mut parts: Vec<&str> = user
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter(|d| !(d.starts_with("tungstenite") || d.starts_with("tokio_tungstenite")))
+        .collect();
+    parts.extend_from_slice(LOG_REDACTION_DIRECTIVES);
+    parts.join(",")
+}
+
 /// A secret string (a JWT). `Debug` and `Display` print `***`; read it with [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -351,6 +366,20 @@ pub fn resolve_token(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_filters_cannot_reopen_tungstenite_dumps() {
+        assert_eq!(
+            super::redacted_log_filter("trace"),
+            "trace,tungstenite=debug,tokio_tungstenite=debug"
+        );
+        assert_eq!(
+            super::redacted_log_filter(
+                "info, tungstenite::protocol=trace,hyper=debug,tokio_tungstenite=trace"
+            ),
+            "info,hyper=debug,tungstenite=debug,tokio_tungstenite=debug"
+        );
+    }
+
     use super::*;
 
     /// A JWT-shaped token: `{"alg":"HS256","typ":"JWT"}.{"sub":"x"}.sig`.
