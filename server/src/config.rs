@@ -97,9 +97,10 @@ pub struct ProxyFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpFile {
-    /// Time a client has to send a request head; also how long an idle keep-alive
-    /// connection waits for its next request.
+    /// Time a client has to send a request head (408 after).
     pub read_header_timeout: Dur,
+    /// How long a keep-alive connection waits for its next request.
+    pub idle_timeout: Dur,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u64,
 }
@@ -283,6 +284,7 @@ impl Default for HttpFile {
     fn default() -> Self {
         Self {
             read_header_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
         }
     }
@@ -327,6 +329,8 @@ pub struct Config {
     pub proxy_timeout: Duration,
     /// Time a client has to send the request headers.
     pub read_header_timeout: Duration,
+    /// Time a keep-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Largest request head, bytes.
     pub max_header_bytes: usize,
     /// This node's id.
@@ -647,7 +651,21 @@ impl FileConfig {
                 cluster: opt(self.cluster.advertise_addr),
             },
             proxy_timeout: self.proxy.timeout.0,
-            read_header_timeout: self.proxy.http.read_header_timeout.0,
+            read_header_timeout: match self.proxy.http.read_header_timeout.0 {
+                d if d.is_zero() => {
+                    return Err(err(
+                        "proxy.http.read_header_timeout",
+                        "must be greater than zero",
+                    ))
+                }
+                d => d,
+            },
+            idle_timeout: match self.proxy.http.idle_timeout.0 {
+                d if d.is_zero() => {
+                    return Err(err("proxy.http.idle_timeout", "must be greater than zero"))
+                }
+                d => d,
+            },
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
             node_id,
             join: self.cluster.join,
@@ -899,7 +917,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: [(Sources, &str); 11] = [
+        let cases: [(Sources, &str); 12] = [
             (
                 src(Some("proxy:\n  bind_adr: x\n"), &[], &[]),
                 "proxy.bind_adr: unknown field `bind_adr`",
@@ -944,6 +962,10 @@ mod tests {
             (
                 src(Some("proxy:\n  access_log:\n    lvl: info\n"), &[], &[]),
                 "proxy.access_log.lvl: unknown field `lvl`",
+            ),
+            (
+                src(None, &[("PIKO_PROXY_HTTP_IDLE_TIMEOUT", "0s")], &[]),
+                "proxy.http.idle_timeout: must be greater than zero",
             ),
         ];
         for (s, want) in cases {

@@ -159,6 +159,7 @@ pub async fn run(
 
     let limits = http::HttpLimits {
         read_header_timeout: config.read_header_timeout,
+        idle_timeout: config.idle_timeout,
         max_header_bytes: config.max_header_bytes,
     };
     let grace = config.grace_period;

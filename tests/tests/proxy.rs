@@ -449,3 +449,74 @@ async fn oversized_and_slow_request_heads() {
     let resp = raw_exchange(server.proxy_addr, b"", Duration::from_millis(600)).await;
     assert_eq!(resp, "");
 }
+
+/// Reads one whole HTTP/1.1 response with a `content-length` from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed mid-response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_last_the_idle_timeout_not_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| {
+        c.read_header_timeout = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let echo = EchoUpstream::named("kept").await;
+    let _conn = TestConnector::http(&server, "kept", &echo.target());
+    server.wait_for_upstreams("kept", 1).await;
+
+    let mut s = tokio::net::TcpStream::connect(server.proxy_addr)
+        .await
+        .unwrap();
+    let request = b"GET /name HTTP/1.1\r\nhost: kept.example.com\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    assert!(read_response(&mut s).await.ends_with("kept"));
+    // Idle for longer than the header timeout: the connection is still there.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(request).await.unwrap();
+    assert!(read_response(&mut s).await.ends_with("kept"));
+    // A request in flight longer than both timeouts is not cut.
+    s.write_all(b"GET /slow/1800 HTTP/1.1\r\nhost: kept.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.ends_with("ok"));
+    // Idle past the idle timeout: closed quietly, without a response.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the server")
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+}

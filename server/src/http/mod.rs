@@ -1,4 +1,8 @@
 //! Serving HTTP on a listener: HTTP/1.1 and h2c, upgrades, limits and graceful drain.
+//!
+//! [`timeouts`] holds the header and idle timers of client connections.
+
+pub mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,8 +48,10 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 /// Limits applied to client connections.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
-    /// Time to receive a request head.
+    /// Time to receive a request head (and the first one of a new connection).
     pub read_header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
 }
@@ -54,6 +60,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             read_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             max_header_bytes: 1 << 20,
         }
     }
@@ -100,7 +107,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_header_timeout)
+        // Header and idle timers are ClientIo's: hyper's would also close idle connections.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -131,19 +139,29 @@ where
             tls: tls.is_some(),
         };
         let handler = handler.clone();
+        let activity = timeouts::Activity::new();
+        let io_activity = activity.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, info).await) }
+            let activity = activity.clone();
+            async move {
+                activity.request_started();
+                let resp = handler(req, info).await;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    activity.upgraded();
+                }
+                Ok::<_, Infallible>(resp.map(|b| activity.track(b)))
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let timeout = limits.read_header_timeout;
+        let (timeout, idle) = (limits.read_header_timeout, limits.idle_timeout);
         tokio::spawn(
             async move {
                 let result = match acceptor {
                     None => {
-                        let io = HeadTimeoutIo::new(stream, timeout);
+                        let io = timeouts::ClientIo::new(stream, io_activity, timeout, idle);
                         watcher
                             .watch(
                                 builder
@@ -158,7 +176,15 @@ where
                                 watcher
                                     .watch(
                                         builder
-                                            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                                            .serve_connection_with_upgrades(
+                                                TokioIo::new(timeouts::ClientIo::new(
+                                                    io,
+                                                    io_activity,
+                                                    timeout,
+                                                    idle,
+                                                )),
+                                                svc,
+                                            )
                                             .into_owned(),
                                     )
                                     .await
@@ -205,112 +231,4 @@ pub fn websocket_accept<B>(req: &Request<B>) -> Response<Body> {
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Either::Right(Full::new(Bytes::new())))
         .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
-}
-
-/// A client connection that answers `408 Request Timeout` when hyper drops it while a request
-/// head has been arriving for longer than the header timeout (hyper itself just closes).
-/// HTTP/2 connections (which start with the `PRI` preface) are left alone.
-pub struct HeadTimeoutIo {
-    inner: tokio::net::TcpStream,
-    head_started: Option<std::time::Instant>,
-    timeout: Duration,
-    http2: Option<bool>,
-}
-
-const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 35\r\n\r\n{\"error\":\"request header timeout\"}\n";
-
-impl HeadTimeoutIo {
-    /// Wrap `inner`; `timeout` is the header read timeout hyper enforces.
-    pub fn new(inner: tokio::net::TcpStream, timeout: Duration) -> Self {
-        Self {
-            inner,
-            head_started: None,
-            timeout,
-            http2: None,
-        }
-    }
-
-    /// A response is being written: the next bytes read start a new request head.
-    fn note_write(&mut self, res: &std::task::Poll<std::io::Result<usize>>) {
-        if matches!(res, std::task::Poll::Ready(Ok(n)) if *n > 0) {
-            self.head_started = None;
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for HeadTimeoutIo {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(())) = res {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                if self.http2.is_none() {
-                    self.http2 = Some(new.starts_with(b"PRI "));
-                }
-                if self.head_started.is_none() {
-                    self.head_started = Some(std::time::Instant::now());
-                }
-            }
-        }
-        res
-    }
-}
-
-impl tokio::io::AsyncWrite for HeadTimeoutIo {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note_write(&res);
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note_write(&res);
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Drop for HeadTimeoutIo {
-    fn drop(&mut self) {
-        if self.http2 == Some(true) {
-            return;
-        }
-        if let Some(started) = self.head_started {
-            if started.elapsed() >= self.timeout {
-                // Best effort, never blocks: the connection is closing anyway.
-                let _ = self.inner.try_write(REQUEST_TIMEOUT_RESPONSE);
-            }
-        }
-    }
 }
