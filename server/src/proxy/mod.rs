@@ -50,10 +50,10 @@ struct AccessRecord {
 }
 
 impl AccessRecord {
-    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap) {
+    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap, error: Option<&str>) {
         if let Some(r) = self.requested.take() {
             self.proxy
-                .record(&r, self.remote, status.as_u16(), Some(headers));
+                .record(&r, self.remote, status.as_u16(), Some(headers), error);
         }
     }
 }
@@ -61,7 +61,13 @@ impl AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         if let Some(r) = self.requested.take() {
-            self.proxy.record(&r, self.remote, CLIENT_CLOSED, None);
+            self.proxy.record(
+                &r,
+                self.remote,
+                CLIENT_CLOSED,
+                None,
+                Some("client went away"),
+            );
         }
     }
 }
@@ -107,15 +113,25 @@ impl Proxy {
         } else {
             self.http(req, conn).await
         };
-        let resp = result.unwrap_or_else(|e| {
-            match e.status() {
-                s if s.is_server_error() => warn!(error = %e, "proxy request failed"),
-                _ => debug!(error = %e, "proxy request rejected"),
+        let mut error = None;
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                // With an access record the error goes there: one line per failed request.
+                match e.status() {
+                    s if s.is_server_error() && record.is_none() => {
+                        warn!(error = %e, "proxy request failed")
+                    }
+                    _ => debug!(error = %e, "proxy request rejected"),
+                }
+                if record.is_some() {
+                    error = Some(e.to_string());
+                }
+                e.response()
             }
-            e.response()
-        });
+        };
         if let Some(record) = record {
-            record.finish(resp.status(), resp.headers());
+            record.finish(resp.status(), resp.headers(), error.as_deref());
         }
         resp
     }
@@ -128,6 +144,7 @@ impl Proxy {
         remote: std::net::IpAddr,
         status: u16,
         headers: Option<&http::HeaderMap>,
+        error: Option<&str>,
     ) {
         let Some(level) = self.access.level_for(status) else {
             return;
@@ -145,6 +162,7 @@ impl Proxy {
             duration_ms = r.elapsed_ms(),
             request_headers = %self.access.request().render(r.headers.as_ref()),
             response_headers = %self.access.response().render(headers),
+            error = error.unwrap_or("-"),
             "request"
         );
     }
