@@ -1,4 +1,4 @@
-//! The admin port: health, readiness and status as JSON.
+//! The admin port: health, readiness, Prometheus metrics and status as JSON.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,8 +7,12 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+
 use crate::auth::PortAuth;
 use crate::http::{json_error, json_response, Body, ConnInfo};
+use crate::metrics::{Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
 
 /// What this node tells others and operators about itself.
@@ -32,21 +36,24 @@ pub struct Admin {
     ready: Arc<AtomicBool>,
     node: NodeInfo,
     auth: PortAuth,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
-    /// Admin routes over `registry`; `/ready` follows `ready`.
+    /// Admin routes over `registry`; `/ready` follows `ready`; `/metrics` serves `metrics`.
     pub fn new(
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
         node: NodeInfo,
         auth: PortAuth,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             auth,
             registry,
             ready,
             node,
+            metrics,
         }
     }
 
@@ -78,6 +85,14 @@ impl Admin {
                     )
                 }
             }
+            "/metrics" => Response::builder()
+                .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(Either::Right(Full::new(Bytes::from(
+                    self.metrics.encode(&self.registry),
+                ))))
+                .unwrap_or_else(|_| {
+                    json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                }),
             "/status/upstream/endpoints" => {
                 json_response(StatusCode::OK, &json!(self.registry.endpoints()))
             }

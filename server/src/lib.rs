@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod tls;
 pub mod upstream;
@@ -175,11 +176,13 @@ pub async fn run(
     // Admin stays up until the data ports have drained, so probes see /ready = 503 meanwhile.
     let admin_shutdown = CancellationToken::new();
 
+    let metrics = Arc::new(metrics::Metrics::new());
     let proxy = Arc::new(proxy::Proxy::new(
         registry.clone(),
         config.proxy_timeout,
         config.proxy_auth.clone(),
         config.proxy_access_log.clone(),
+        metrics.clone(),
     ));
     tasks.spawn(http::serve(
         listeners.proxy,
@@ -207,6 +210,7 @@ pub async fn run(
         ready.clone(),
         node,
         config.admin_auth.clone(),
+        metrics,
     ));
     let admin_task = tokio::spawn(http::serve(
         listeners.admin,

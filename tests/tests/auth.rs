@@ -243,12 +243,14 @@ async fn admin_auth_keeps_probes_open() {
             "{p}"
         );
     }
-    let r = client()
-        .get(format!("{admin}/status/upstream/endpoints"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await, (401, "missing authorization".into()));
+    for p in ["/status/upstream/endpoints", "/metrics"] {
+        let r = client().get(format!("{admin}{p}")).send().await.unwrap();
+        assert_eq!(
+            error_of(r).await,
+            (401, "missing authorization".into()),
+            "{p}"
+        );
+    }
     let token = hs256_token(SECRET, json!({}));
     let r = client()
         .get(format!("{admin}/status/upstream/endpoints"))

@@ -520,3 +520,32 @@ async fn idle_keep_alive_connections_last_the_idle_timeout_not_the_header_timeou
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_upstreams_with_the_original_names() {
+    let (server, _echo, _conn) = setup("metered").await;
+    for _ in 0..3 {
+        assert_eq!(server.get("metered", "/name").await.status(), 200);
+    }
+    assert_eq!(server.get("nobody", "/").await.status(), 502);
+    let resp = client()
+        .get(format!("{}/metrics", server.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let text = resp.text().await.unwrap();
+    for want in [
+        "piko_proxy_requests_total{status=\"200\",method=\"GET\"} 3\n",
+        "piko_proxy_requests_total{status=\"502\",method=\"GET\"} 1\n",
+        "piko_proxy_request_latency_seconds_count{status=\"200\",method=\"GET\"} 3\n",
+        "piko_proxy_requests_in_flight 0\n",
+        "piko_upstreams_connected_upstreams 1\n",
+        "piko_upstreams_registered_endpoints 1\n",
+        "piko_cluster_nodes 1\n",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+}

@@ -29,6 +29,7 @@ use pool::{CheckoutError, PooledBody};
 
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
+use crate::metrics::Metrics;
 use crate::upstream::{Registry, Upstream};
 use piko_protocol::access_log::{AccessLog, Requested, CLIENT_CLOSED};
 use piko_protocol::{access_enabled, access_event};
@@ -39,6 +40,7 @@ pub struct Proxy {
     timeout: Duration,
     auth: PortAuth,
     access: AccessLog,
+    metrics: Arc<Metrics>,
 }
 
 /// The access-log record of one request: written when the response head is ready, or with
@@ -82,23 +84,29 @@ fn permit(token: Option<&Token>, endpoint: &EndpointId) -> Result<(), ProxyError
 
 impl Proxy {
     /// A proxy over `registry` giving upstreams `timeout` to start each response; clients
-    /// authenticate with `auth` when it is enabled; each request is recorded in `access`.
+    /// authenticate with `auth` when it is enabled; each request is recorded in `access` and
+    /// counted in `metrics`.
     pub fn new(
         registry: Arc<Registry>,
         timeout: Duration,
         auth: PortAuth,
         access: AccessLog,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             registry,
             timeout,
             auth,
             access,
+            metrics,
         }
     }
 
     /// Handle one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let metrics = self.metrics.clone();
+        let _in_flight = metrics.request_started();
+        let (method, start) = (req.method().clone(), std::time::Instant::now());
         let record = self
             .access
             .begin(&req, |l| access_enabled!("piko_server::proxy::access", l))
@@ -130,6 +138,7 @@ impl Proxy {
                 e.response()
             }
         };
+        metrics.request_done(&method, resp.status().as_u16(), start.elapsed());
         if let Some(record) = record {
             record.finish(resp.status(), resp.headers(), error.as_deref());
         }

@@ -1,0 +1,223 @@
+//! Prometheus metrics, with the original Piko's names, served by the admin port at `/metrics`.
+//!
+//! Request metrics are updated as requests finish; the upstream and cluster gauges are read
+//! from the registry when a scrape comes, so the data path pays nothing for them.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::upstream::Registry as Upstreams;
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets in seconds (Prometheus' defaults, as the original uses).
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The request method as a label; other methods are counted together, so a client cannot
+/// create label sets without bound.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    /// GET.
+    GET,
+    /// HEAD.
+    HEAD,
+    /// POST.
+    POST,
+    /// PUT.
+    PUT,
+    /// PATCH.
+    PATCH,
+    /// DELETE.
+    DELETE,
+    /// OPTIONS.
+    OPTIONS,
+    /// Any other method.
+    OTHER,
+}
+
+impl From<&http::Method> for MethodLabel {
+    fn from(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Self::GET,
+            http::Method::HEAD => Self::HEAD,
+            http::Method::POST => Self::POST,
+            http::Method::PUT => Self::PUT,
+            http::Method::PATCH => Self::PATCH,
+            http::Method::DELETE => Self::DELETE,
+            http::Method::OPTIONS => Self::OPTIONS,
+            _ => Self::OTHER,
+        }
+    }
+}
+
+/// Labels of the request metrics (`status`, `method`, as the original).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Response status code.
+    pub status: u16,
+    /// Request method.
+    pub method: MethodLabel,
+}
+
+/// This node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests_in_flight: Gauge,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram>,
+    connected_upstreams: Gauge,
+    registered_endpoints: Gauge,
+    cluster_nodes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric of the node.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("piko");
+        let requests_in_flight = Gauge::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        let connected_upstreams = Gauge::default();
+        let registered_endpoints = Gauge::default();
+        let cluster_nodes = Gauge::default();
+        {
+            let proxy = registry.sub_registry_with_prefix("proxy");
+            proxy.register(
+                "requests_in_flight",
+                "Number of requests currently handled by the proxy",
+                requests_in_flight.clone(),
+            );
+            proxy.register("requests", "Total proxy requests", requests.clone());
+            proxy.register(
+                "request_latency_seconds",
+                "Time until the response head, by status and method",
+                latency.clone(),
+            );
+        }
+        {
+            let upstreams = registry.sub_registry_with_prefix("upstreams");
+            upstreams.register(
+                "connected_upstreams",
+                "Upstream connections registered on this node",
+                connected_upstreams.clone(),
+            );
+            upstreams.register(
+                "registered_endpoints",
+                "Endpoints with at least one upstream on this node",
+                registered_endpoints.clone(),
+            );
+        }
+        registry.sub_registry_with_prefix("cluster").register(
+            "nodes",
+            "Nodes this node knows of, itself included",
+            cluster_nodes.clone(),
+        );
+        Self {
+            registry,
+            requests_in_flight,
+            requests,
+            latency,
+            connected_upstreams,
+            registered_endpoints,
+            cluster_nodes,
+        }
+    }
+
+    /// A proxy request started; the guard counts it in flight until dropped.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.requests_in_flight.inc();
+        InFlight(&self.requests_in_flight)
+    }
+
+    /// A proxy request got its response head after `elapsed`.
+    pub fn request_done(&self, method: &http::Method, status: u16, elapsed: Duration) {
+        let labels = RequestLabels {
+            status,
+            method: method.into(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics in the OpenMetrics text format, gauges read from `upstreams` now.
+    pub fn encode(&self, upstreams: &Upstreams) -> String {
+        self.connected_upstreams
+            .set(upstreams.upstream_count() as i64);
+        self.registered_endpoints
+            .set(upstreams.endpoints().len() as i64);
+        // One node until the cluster replicates membership.
+        self.cluster_nodes.set(1);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counts a request in flight until dropped (also when the client goes away).
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Standalone;
+    use std::sync::Arc;
+
+    #[test]
+    fn names_labels_and_values() {
+        let m = Metrics::new();
+        {
+            let _a = m.request_started();
+            let _b = m.request_started();
+            assert!(m
+                .encode(&Upstreams::new(Arc::new(Standalone)))
+                .contains("piko_proxy_requests_in_flight 2\n"));
+        }
+        m.request_done(&http::Method::GET, 200, Duration::from_millis(3));
+        m.request_done(&http::Method::GET, 200, Duration::from_millis(30));
+        m.request_done(
+            &http::Method::from_bytes(b"BREW").unwrap(),
+            502,
+            Duration::ZERO,
+        );
+        let out = m.encode(&Upstreams::new(Arc::new(Standalone)));
+        for want in [
+            "piko_proxy_requests_in_flight 0\n",
+            "piko_proxy_requests_total{status=\"200\",method=\"GET\"} 2\n",
+            "piko_proxy_requests_total{status=\"502\",method=\"OTHER\"} 1\n",
+            "piko_proxy_request_latency_seconds_bucket{le=\"0.005\",status=\"200\",method=\"GET\"} 1\n",
+            "piko_proxy_request_latency_seconds_count{status=\"200\",method=\"GET\"} 2\n",
+            "piko_upstreams_connected_upstreams 0\n",
+            "piko_upstreams_registered_endpoints 0\n",
+            "piko_cluster_nodes 1\n",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from\n{out}");
+        }
+    }
+}
