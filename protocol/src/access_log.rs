@@ -8,7 +8,9 @@
 use std::fmt;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+/// The header map records are made of (re-exported for [`access_record!`]).
+pub use http::header::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tracing::Level;
 
@@ -181,6 +183,49 @@ impl Requested {
 /// Status of a record whose client went away before the response head (as nginx logs it).
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// Where a finished record goes: each side writes it under its own `tracing` target (with
+/// [`access_event!`](crate::access_event), which wants the target as a literal).
+pub trait RecordSink {
+    /// Write the record of `r`. `headers` (the response's) come only when the request's were
+    /// kept; `error` says why a request failed.
+    fn write(&self, r: &Requested, status: u16, headers: Option<&HeaderMap>, error: Option<&str>);
+}
+
+/// A record begun for one request and written exactly once: by [`PendingRecord::finish`] when
+/// the response head is ready, or on drop with status 499 when the request's future is
+/// dropped first (hyper does that when the client goes away).
+pub struct PendingRecord<S: RecordSink> {
+    sink: S,
+    requested: Option<Requested>,
+}
+
+impl<S: RecordSink> PendingRecord<S> {
+    /// The pending record of `requested`, to be written to `sink`.
+    pub fn new(sink: S, requested: Requested) -> Self {
+        Self {
+            sink,
+            requested: Some(requested),
+        }
+    }
+
+    /// Write the record with the response's `status` and `headers`.
+    pub fn finish(mut self, status: u16, headers: &HeaderMap, error: Option<&str>) {
+        if let Some(r) = self.requested.take() {
+            let headers = r.headers.is_some().then_some(headers);
+            self.sink.write(&r, status, headers, error);
+        }
+    }
+}
+
+impl<S: RecordSink> Drop for PendingRecord<S> {
+    fn drop(&mut self) {
+        if let Some(r) = self.requested.take() {
+            self.sink
+                .write(&r, CLIENT_CLOSED, None, Some("client went away"));
+        }
+    }
+}
+
 /// Whether `name` carries credentials.
 pub fn is_sensitive(name: &HeaderName) -> bool {
     SENSITIVE_HEADERS.contains(&name.as_str())
@@ -301,6 +346,37 @@ macro_rules! access_event {
     };
 }
 
+/// Write the record of a request (`&Requested`) with its `status`, response `headers` and
+/// `error` under `target`, at the level `log` gives that status (nothing when disabled); extra
+/// fields (`remote = %addr`) go first. Both sides' [`RecordSink`]s are this one line.
+#[macro_export]
+macro_rules! access_record {
+    ($target:literal, $log:expr, $r:expr, $status:expr, $headers:expr, $error:expr $(, $($extra:tt)+)?) => {{
+        let log: &$crate::access_log::AccessLog = $log;
+        let r: &$crate::access_log::Requested = $r;
+        let status: u16 = $status;
+        let headers: Option<&$crate::access_log::HeaderMap> = $headers;
+        let error: Option<&str> = $error;
+        if let Some(level) = log.level_for(status) {
+            $crate::access_event!(
+                $target,
+                level,
+                $($($extra)+,)?
+                proto = ?r.version,
+                method = %r.method,
+                host = r.host(),
+                path = r.uri.path(),
+                status,
+                duration_ms = r.elapsed_ms(),
+                request_headers = %log.request().render(r.headers.as_ref()),
+                response_headers = %log.response().render(headers),
+                error = error.unwrap_or("-"),
+                "request"
+            );
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +448,44 @@ mod tests {
             assert!(out.contains(r#""authorization":["***"]"#), "{out}");
             assert!(out.contains(r#""x-piko-authorization":["***"]"#), "{out}");
         }
+    }
+
+    #[test]
+    fn a_pending_record_is_written_once_with_499_when_dropped() {
+        use std::sync::{Arc, Mutex};
+        type Seen = Arc<Mutex<Vec<(u16, bool, Option<String>)>>>;
+        struct Sink(Seen);
+        impl RecordSink for Sink {
+            fn write(&self, _: &Requested, status: u16, h: Option<&HeaderMap>, e: Option<&str>) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((status, h.is_some(), e.map(String::from)));
+            }
+        }
+        let log = AccessLog::new(&AccessLogConfig::default()).unwrap();
+        let req = http::Request::get("/").body(()).unwrap();
+        let seen = Seen::default();
+        let finished = PendingRecord::new(Sink(seen.clone()), log.begin(&req, |_| true).unwrap());
+        finished.finish(200, &HeaderMap::new(), None);
+        // Info off: no request headers kept, so no response headers either.
+        let partial = PendingRecord::new(
+            Sink(seen.clone()),
+            log.begin(&req, |l| l <= Level::WARN).unwrap(),
+        );
+        partial.finish(502, &HeaderMap::new(), Some("upstream unreachable"));
+        drop(PendingRecord::new(
+            Sink(seen.clone()),
+            log.begin(&req, |_| true).unwrap(),
+        ));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (200, true, None),
+                (502, false, Some("upstream unreachable".into())),
+                (CLIENT_CLOSED, false, Some("client went away".into())),
+            ]
+        );
     }
 
     #[test]

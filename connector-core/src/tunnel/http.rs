@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use piko_protocol::access_log::{AccessLog, Requested, CLIENT_CLOSED};
+use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
 use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
-use piko_protocol::{access_enabled, access_event};
+use piko_protocol::{access_enabled, access_record};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -41,26 +41,23 @@ struct Inner {
     access: AccessLog,
 }
 
-/// The access-log record of one request: written when the response head is ready, or with
-/// status 499 when the server side goes away first (hyper then drops the request's future).
-struct AccessRecord {
-    forwarder: HttpForwarder,
-    requested: Option<Requested>,
-}
-
-impl AccessRecord {
-    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap) {
-        if let Some(r) = self.requested.take() {
-            self.forwarder.record(&r, status.as_u16(), Some(headers));
-        }
-    }
-}
-
-impl Drop for AccessRecord {
-    fn drop(&mut self) {
-        if let Some(r) = self.requested.take() {
-            self.forwarder.record(&r, CLIENT_CLOSED, None);
-        }
+/// The agent's access-log records: its own log (the `tunnel` span names the endpoint).
+impl RecordSink for HttpForwarder {
+    fn write(
+        &self,
+        r: &Requested,
+        status: u16,
+        headers: Option<&http::HeaderMap>,
+        error: Option<&str>,
+    ) {
+        access_record!(
+            "piko_connector_core::tunnel::access",
+            &self.inner.access,
+            r,
+            status,
+            headers,
+            error
+        );
     }
 }
 
@@ -141,38 +138,12 @@ impl HttpForwarder {
             .begin(&req, |l| {
                 access_enabled!("piko_connector_core::tunnel::access", l)
             })
-            .map(|r| AccessRecord {
-                forwarder: self.clone(),
-                requested: Some(r),
-            });
+            .map(|r| PendingRecord::new(self.clone(), r));
         let resp = self.forward_unlogged(req).await;
         if let Some(record) = record {
-            record.finish(resp.status(), resp.headers());
+            record.finish(resp.status().as_u16(), resp.headers(), None);
         }
         resp
-    }
-
-    /// Write the access-log record of one request (credentials in headers masked); response
-    /// headers only when the request's were kept too.
-    fn record(&self, r: &Requested, status: u16, headers: Option<&http::HeaderMap>) {
-        let access = &self.inner.access;
-        let Some(level) = access.level_for(status) else {
-            return;
-        };
-        let headers = headers.filter(|_| r.headers.is_some());
-        access_event!(
-            "piko_connector_core::tunnel::access",
-            level,
-            proto = ?r.version,
-            method = %r.method,
-            host = r.host(),
-            path = r.uri.path(),
-            status,
-            duration_ms = r.elapsed_ms(),
-            request_headers = %access.request().render(r.headers.as_ref()),
-            response_headers = %access.response().render(headers),
-            "request"
-        );
     }
 
     async fn forward_unlogged(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {

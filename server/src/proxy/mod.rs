@@ -31,8 +31,8 @@ use crate::auth::{AuthError, PortAuth, Token};
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::metrics::Metrics;
 use crate::upstream::{Registry, Upstream};
-use piko_protocol::access_log::{AccessLog, Requested, CLIENT_CLOSED};
-use piko_protocol::{access_enabled, access_event};
+use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
+use piko_protocol::{access_enabled, access_record};
 
 /// Routes requests to upstreams.
 pub struct Proxy {
@@ -43,34 +43,29 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
 }
 
-/// The access-log record of one request: written when the response head is ready, or with
-/// status 499 when the client goes away first (hyper then drops the request's future).
-struct AccessRecord {
+/// Where the proxy's access-log records go: the proxy's log, with the client's address.
+struct ProxyRecords {
     proxy: Arc<Proxy>,
     remote: std::net::IpAddr,
-    requested: Option<Requested>,
 }
 
-impl AccessRecord {
-    fn finish(mut self, status: StatusCode, headers: &http::HeaderMap, error: Option<&str>) {
-        if let Some(r) = self.requested.take() {
-            self.proxy
-                .record(&r, self.remote, status.as_u16(), Some(headers), error);
-        }
-    }
-}
-
-impl Drop for AccessRecord {
-    fn drop(&mut self) {
-        if let Some(r) = self.requested.take() {
-            self.proxy.record(
-                &r,
-                self.remote,
-                CLIENT_CLOSED,
-                None,
-                Some("client went away"),
-            );
-        }
+impl RecordSink for ProxyRecords {
+    fn write(
+        &self,
+        r: &Requested,
+        status: u16,
+        headers: Option<&http::HeaderMap>,
+        error: Option<&str>,
+    ) {
+        access_record!(
+            "piko_server::proxy::access",
+            &self.proxy.access,
+            r,
+            status,
+            headers,
+            error,
+            remote = %self.remote
+        );
     }
 }
 
@@ -104,16 +99,17 @@ impl Proxy {
 
     /// Handle one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let metrics = self.metrics.clone();
-        let _in_flight = metrics.request_started();
+        let _in_flight = self.metrics.request_started();
         let (method, start) = (req.method().clone(), std::time::Instant::now());
         let record = self
             .access
             .begin(&req, |l| access_enabled!("piko_server::proxy::access", l))
-            .map(|r| AccessRecord {
-                proxy: self.clone(),
-                remote: conn.remote.ip(),
-                requested: Some(r),
+            .map(|r| {
+                let sink = ProxyRecords {
+                    proxy: self.clone(),
+                    remote: conn.remote.ip(),
+                };
+                PendingRecord::new(sink, r)
             });
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
@@ -138,42 +134,12 @@ impl Proxy {
                 e.response()
             }
         };
-        metrics.request_done(&method, resp.status().as_u16(), start.elapsed());
+        let status = resp.status().as_u16();
+        self.metrics.request_done(&method, status, start.elapsed());
         if let Some(record) = record {
-            record.finish(resp.status(), resp.headers(), error.as_deref());
+            record.finish(status, resp.headers(), error.as_deref());
         }
         resp
-    }
-
-    /// Write the access-log record of one request (credentials in headers masked); response
-    /// headers only when the request's were kept too.
-    fn record(
-        &self,
-        r: &Requested,
-        remote: std::net::IpAddr,
-        status: u16,
-        headers: Option<&http::HeaderMap>,
-        error: Option<&str>,
-    ) {
-        let Some(level) = self.access.level_for(status) else {
-            return;
-        };
-        let headers = headers.filter(|_| r.headers.is_some());
-        access_event!(
-            "piko_server::proxy::access",
-            level,
-            remote = %remote,
-            proto = ?r.version,
-            method = %r.method,
-            host = r.host(),
-            path = r.uri.path(),
-            status,
-            duration_ms = r.elapsed_ms(),
-            request_headers = %self.access.request().render(r.headers.as_ref()),
-            response_headers = %self.access.response().render(headers),
-            error = error.unwrap_or("-"),
-            "request"
-        );
     }
 
     fn endpoint_of(req: &Request<Incoming>) -> Result<EndpointId, ProxyError> {
