@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 use crate::auth::PortAuth;
+use crate::cluster::Cluster;
 use crate::http::{json_error, json_response, Body, ConnInfo};
-use crate::metrics::{Metrics, CONTENT_TYPE};
+use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
 
 /// What this node tells others and operators about itself.
@@ -37,6 +38,7 @@ pub struct Admin {
     node: NodeInfo,
     auth: PortAuth,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Admin {
@@ -54,6 +56,32 @@ impl Admin {
             ready,
             node,
             metrics,
+            cluster: None,
+        }
+    }
+
+    /// Answer the cluster routes from `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    fn figures(&self) -> ClusterFigures {
+        match &self.cluster {
+            Some(c) => {
+                let (term, leader, last_log_index, applied_index) = c.raft_figures();
+                ClusterFigures {
+                    nodes: c.node_count(),
+                    term,
+                    leader,
+                    last_log_index,
+                    applied_index,
+                }
+            }
+            None => ClusterFigures {
+                nodes: 1,
+                ..ClusterFigures::default()
+            },
         }
     }
 
@@ -88,7 +116,7 @@ impl Admin {
             "/metrics" => Response::builder()
                 .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(Either::Right(Full::new(Bytes::from(
-                    self.metrics.encode(&self.registry),
+                    self.metrics.encode(&self.registry, &self.figures()),
                 ))))
                 .unwrap_or_else(|_| {
                     json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -96,11 +124,29 @@ impl Admin {
             "/status/upstream/endpoints" => {
                 json_response(StatusCode::OK, &json!(self.registry.endpoints()))
             }
-            "/status/cluster/nodes" => {
-                let mut node = serde_json::to_value(&self.node).unwrap_or_default();
-                node["endpoints"] = json!(self.registry.endpoints());
-                node["upstreams"] = json!(self.registry.upstream_count());
-                json_response(StatusCode::OK, &json!([node]))
+            "/status/cluster/nodes" => match &self.cluster {
+                Some(c) => json_response(StatusCode::OK, &json!(c.nodes())),
+                None => {
+                    let mut node = serde_json::to_value(&self.node).unwrap_or_default();
+                    node["endpoints"] = json!(self.registry.endpoints());
+                    node["upstreams"] = json!(self.registry.upstream_count());
+                    json_response(StatusCode::OK, &json!([node]))
+                }
+            },
+            "/status/cluster/raft" => match &self.cluster {
+                Some(c) => json_response(StatusCode::OK, &c.raft_status()),
+                None => json_error(StatusCode::NOT_FOUND, "this node runs without a cluster"),
+            },
+            p if p.starts_with("/status/cluster/nodes/") => {
+                let id = &p["/status/cluster/nodes/".len()..];
+                let found = match &self.cluster {
+                    Some(c) => c.nodes().into_iter().find(|n| n.id == id).map(|n| json!(n)),
+                    None => (id == self.node.id).then(|| json!(self.node)),
+                };
+                match found {
+                    Some(n) => json_response(StatusCode::OK, &n),
+                    None => json_error(StatusCode::NOT_FOUND, &format!("node {id:?} not found")),
+                }
             }
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }

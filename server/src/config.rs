@@ -232,6 +232,26 @@ pub struct ClusterFile {
     pub join: Vec<String>,
     /// Where Raft log and snapshots persist.
     pub data_dir: String,
+    /// How long a node may go unheard by the leader before its endpoints are removed.
+    pub node_lease: Dur,
+    /// TLS between nodes.
+    pub tls: ClusterTlsFile,
+}
+
+/// `cluster.tls.*`: the cluster port's certificate (also presented to other nodes as a
+/// client certificate), the CAs peers' client certificates must chain to, and the CAs that
+/// other nodes' certificates are verified against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTlsFile {
+    /// PEM certificate chain file (enables TLS between nodes).
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA file that other nodes' client certificates must chain to (enables mTLS).
+    pub client_cas: String,
+    /// PEM CA file other nodes' certificates are verified against (empty: the OS trust store).
+    pub root_cas: String,
 }
 
 /// `log.*`.
@@ -298,6 +318,8 @@ impl Default for ClusterFile {
             advertise_addr: String::new(),
             join: vec![],
             data_dir: String::new(),
+            node_lease: Dur(Duration::from_secs(10)),
+            tls: ClusterTlsFile::default(),
         }
     }
 }
@@ -339,6 +361,12 @@ pub struct Config {
     pub join: Vec<String>,
     /// Raft data directory (empty: in memory).
     pub data_dir: Option<PathBuf>,
+    /// A node unheard by the leader for this long loses its endpoint entries.
+    pub node_lease: Duration,
+    /// TLS of the cluster port.
+    pub cluster_tls: Option<TlsFiles>,
+    /// TLS for calls to other nodes (set with `cluster_tls`).
+    pub cluster_client_tls: Option<Arc<rustls::ClientConfig>>,
     /// Logging settings.
     pub log: LogFile,
     /// Shutdown grace period.
@@ -670,6 +698,22 @@ impl FileConfig {
             node_id,
             join: self.cluster.join,
             data_dir: opt(self.cluster.data_dir).map(PathBuf::from),
+            node_lease: match self.cluster.node_lease.0 {
+                d if d < Duration::from_secs(1) => {
+                    return Err(err("cluster.node_lease", "must be at least 1s"))
+                }
+                d => d,
+            },
+            cluster_client_tls: cluster_client_tls(&self.cluster.tls)?,
+            cluster_tls: tls_files(
+                "cluster.tls",
+                &TlsFile {
+                    cert: self.cluster.tls.cert.clone(),
+                    key: self.cluster.tls.key.clone(),
+                    client_cas: self.cluster.tls.client_cas.clone(),
+                },
+                &[b"http/1.1"],
+            )?,
             log: LogFile { level, ..self.log },
             grace_period: self.grace_period.0,
             max_streams_per_upstream: match self.upstream.max_streams {
@@ -777,6 +821,28 @@ fn tls_files(key: &str, t: &TlsFile, alpn: &[&[u8]]) -> Result<Option<TlsFiles>,
     // Load once now so a bad file stops the server before it binds.
     crate::tls::load(&files, alpn).map_err(|e| err(key, e))?;
     Ok(Some(files))
+}
+
+/// The client side of cluster TLS: trust `root_cas` (or the OS store), present the node's
+/// own certificate so peers requiring mTLS accept it.
+fn cluster_client_tls(
+    t: &ClusterTlsFile,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+    let (cert, key) = match (opt(&t.cert), opt(&t.key)) {
+        (Some(c), Some(k)) => (PathBuf::from(c), PathBuf::from(k)),
+        _ if opt(&t.root_cas).is_some() => return Err(err(
+            "cluster.tls.root_cas",
+            "set cluster.tls.cert and cluster.tls.key too; TLS between nodes needs a certificate",
+        )),
+        // A missing half is reported by the server side's check.
+        _ => return Ok(None),
+    };
+    crate::tls::client_config_with(
+        opt(&t.root_cas).map(PathBuf::from).as_deref(),
+        Some((&cert, &key)),
+    )
+    .map(Some)
+    .map_err(|e| err("cluster.tls", e))
 }
 
 fn rand_u32() -> u32 {

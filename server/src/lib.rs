@@ -5,12 +5,15 @@
 //! - [`proxy`]: the proxy port (client HTTP, WebSocket, TCP over WebSocket → upstreams).
 //! - [`upstream`]: the upstream port (registration, yamux sessions) and the endpoint [`Registry`].
 //! - [`admin`]: health, readiness and status routes.
+//! - [`cluster`]: the Raft group (openraft) replicating membership and endpoints, the cluster
+//!   port and forwarding between nodes.
 //! - [`http`]: serving a listener with limits and graceful drain.
 //!
 //! [`run`] takes bound listeners (the caller owns sockets) and a shutdown token.
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -37,6 +40,8 @@ pub struct Listeners {
     pub upstream: TcpListener,
     /// Admin port.
     pub admin: TcpListener,
+    /// Cluster port.
+    pub cluster: TcpListener,
 }
 
 impl Listeners {
@@ -51,6 +56,7 @@ impl Listeners {
             proxy: bind("proxy.bind_addr", config.proxy_addr).await?,
             upstream: bind("upstream.bind_addr", config.upstream_addr).await?,
             admin: bind("admin.bind_addr", config.admin_addr).await?,
+            cluster: bind("cluster.bind_addr", config.cluster_addr).await?,
         })
     }
 }
@@ -81,6 +87,9 @@ pub enum RunError {
         #[source]
         source: tls::TlsError,
     },
+    /// The node could not start or join the cluster.
+    #[error("{0}")]
+    Cluster(#[from] cluster::ClusterError),
     /// A JWKS could not be loaded.
     #[error("{key}: {message}")]
     Jwks {
@@ -110,8 +119,8 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let registry = Arc::new(Registry::new(Arc::new(upstream::Standalone)));
-    let ready = Arc::new(AtomicBool::new(true));
+    // Not ready until the node is in a cluster.
+    let ready = Arc::new(AtomicBool::new(false));
     let tasks = TaskTracker::new();
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let node = admin::NodeInfo {
@@ -135,14 +144,30 @@ pub async fn run(
             .advertise
             .cluster
             .clone()
-            .unwrap_or_else(|| config.cluster_addr.to_string()),
+            .unwrap_or_else(|| addr(&listeners.cluster)),
     };
     info!(node_id = %config.node_id, "starting node");
+    let cluster = cluster::Cluster::new(cluster::ClusterSettings {
+        member: cluster::Member {
+            name: node.id.clone(),
+            proxy_addr: node.proxy_addr.clone(),
+            upstream_addr: node.upstream_addr.clone(),
+            admin_addr: node.admin_addr.clone(),
+            cluster_addr: node.cluster_addr.clone(),
+        },
+        join: config.join.clone(),
+        data_dir: config.data_dir.clone(),
+        tls: config.cluster_client_tls.clone(),
+        node_lease: config.node_lease,
+    })
+    .await?;
+    let registry = Arc::new(Registry::new(cluster.clone()));
 
     let proxy_tls = port_tls("proxy.tls", &config.proxy_tls, &[b"h2", b"http/1.1"])?;
     let upstream_tls = port_tls("upstream.tls", &config.upstream_tls, &[b"http/1.1"])?;
     let admin_tls = port_tls("admin.tls", &config.admin_tls, &[b"http/1.1"])?;
-    for t in [&proxy_tls, &upstream_tls, &admin_tls]
+    let cluster_tls = port_tls("cluster.tls", &config.cluster_tls, &[b"http/1.1"])?;
+    for t in [&proxy_tls, &upstream_tls, &admin_tls, &cluster_tls]
         .into_iter()
         .flatten()
     {
@@ -177,12 +202,23 @@ pub async fn run(
     let admin_shutdown = CancellationToken::new();
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let proxy = Arc::new(proxy::Proxy::new(
-        registry.clone(),
-        config.proxy_timeout,
-        config.proxy_auth.clone(),
-        config.proxy_access_log.clone(),
-        metrics.clone(),
+    let proxy = Arc::new(
+        proxy::Proxy::new(
+            registry.clone(),
+            config.proxy_timeout,
+            config.proxy_auth.clone(),
+            config.proxy_access_log.clone(),
+            metrics.clone(),
+        )
+        .with_cluster(cluster.clone()),
+    );
+    // The cluster port serves Raft RPC until the very end, so this node can leave cleanly.
+    let cluster_shutdown = CancellationToken::new();
+    let cluster_port = Arc::new(cluster::ClusterPort::new(cluster.clone(), proxy.clone()));
+    let cluster_task = tokio::spawn(http::serve(
+        listeners.cluster,
+        opts("cluster", cluster_tls, &cluster_shutdown),
+        move |req, conn| cluster_port.clone().handle(req, conn),
     ));
     tasks.spawn(http::serve(
         listeners.proxy,
@@ -205,24 +241,43 @@ pub async fn run(
         opts("upstream", upstream_tls, &shutdown),
         move |req, conn| upstreams.clone().handle(req, conn),
     ));
-    let admin = Arc::new(admin::Admin::new(
-        registry.clone(),
-        ready.clone(),
-        node,
-        config.admin_auth.clone(),
-        metrics,
-    ));
+    let admin = Arc::new(
+        admin::Admin::new(
+            registry.clone(),
+            ready.clone(),
+            node,
+            config.admin_auth.clone(),
+            metrics,
+        )
+        .with_cluster(cluster.clone()),
+    );
     let admin_task = tokio::spawn(http::serve(
         listeners.admin,
         opts("admin", admin_tls, &admin_shutdown),
         move |req, conn| admin.clone().handle(req, conn),
     ));
 
+    cluster.start(&shutdown).await?;
+    tasks.spawn(
+        cluster
+            .clone()
+            .sync_endpoints(registry.clone(), shutdown.clone()),
+    );
+    tasks.spawn(cluster.clone().lead(shutdown.clone()));
+    if !shutdown.is_cancelled() {
+        ready.store(true, Ordering::SeqCst);
+        info!("node is ready");
+    }
+
     shutdown.cancelled().await;
     ready.store(false, Ordering::SeqCst);
     info!(grace = ?grace, "shutting down: draining upstreams and requests");
     tasks.close();
     tasks.wait().await;
+    cluster.leave().await;
+    cluster.shutdown().await;
+    cluster_shutdown.cancel();
+    let _ = cluster_task.await;
     admin_shutdown.cancel();
     let _ = admin_task.await;
     info!("shutdown complete");

@@ -79,11 +79,16 @@ fn sources(m: &ArgMatches) -> anyhow::Result<Sources> {
 
 fn init_logging(log: &config::LogFile) {
     let mut filter = format!(
-        "{},hyper=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn",
+        // openraft warns about routine races (stale responses after a vote or membership
+        // change); its errors still show, and `log.subsystems: [cluster]` shows the rest.
+        "{},hyper=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn,openraft=error",
         log.level
     );
     for s in &log.subsystems {
         filter.push_str(&format!(",piko_server::{s}=debug"));
+        if s == "cluster" {
+            filter.push_str(",openraft=info");
+        }
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -78,6 +78,25 @@ pub struct Metrics {
     connected_upstreams: Gauge,
     registered_endpoints: Gauge,
     cluster_nodes: Gauge,
+    raft_term: Gauge,
+    raft_leader: Gauge,
+    raft_last_log_index: Gauge,
+    raft_applied_index: Gauge,
+}
+
+/// The cluster's figures at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterFigures {
+    /// Nodes in the membership, this one included.
+    pub nodes: usize,
+    /// Current Raft term.
+    pub term: u64,
+    /// Whether this node leads.
+    pub leader: bool,
+    /// Index of the last Raft log entry.
+    pub last_log_index: u64,
+    /// Index of the last entry applied to the state machine.
+    pub applied_index: u64,
 }
 
 impl Default for Metrics {
@@ -98,6 +117,7 @@ impl Metrics {
         let connected_upstreams = Gauge::default();
         let registered_endpoints = Gauge::default();
         let cluster_nodes = Gauge::default();
+        let (raft_term, raft_leader, raft_last_log_index, raft_applied_index) = Default::default();
         {
             let proxy = registry.sub_registry_with_prefix("proxy");
             proxy.register(
@@ -130,6 +150,25 @@ impl Metrics {
             "Nodes this node knows of, itself included",
             cluster_nodes.clone(),
         );
+        {
+            let raft = registry.sub_registry_with_prefix("raft");
+            raft.register("term", "Current Raft term", Gauge::clone(&raft_term));
+            raft.register(
+                "is_leader",
+                "1 while this node is the Raft leader",
+                Gauge::clone(&raft_leader),
+            );
+            raft.register(
+                "last_log_index",
+                "Index of the last Raft log entry",
+                Gauge::clone(&raft_last_log_index),
+            );
+            raft.register(
+                "last_applied_index",
+                "Index of the last log entry applied to the replicated state",
+                Gauge::clone(&raft_applied_index),
+            );
+        }
         Self {
             registry,
             requests_in_flight,
@@ -138,6 +177,10 @@ impl Metrics {
             connected_upstreams,
             registered_endpoints,
             cluster_nodes,
+            raft_term,
+            raft_leader,
+            raft_last_log_index,
+            raft_applied_index,
         }
     }
 
@@ -159,14 +202,19 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The metrics in the OpenMetrics text format, gauges read from `upstreams` now.
-    pub fn encode(&self, upstreams: &Upstreams) -> String {
+    /// The metrics in the OpenMetrics text format, gauges read from `upstreams` and
+    /// `cluster` now.
+    pub fn encode(&self, upstreams: &Upstreams, cluster: &ClusterFigures) -> String {
         self.connected_upstreams
             .set(upstreams.upstream_count() as i64);
         self.registered_endpoints
             .set(upstreams.endpoints().len() as i64);
-        // One node until the cluster replicates membership.
-        self.cluster_nodes.set(1);
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.cluster_nodes.set(clamp(cluster.nodes as u64));
+        self.raft_term.set(clamp(cluster.term));
+        self.raft_leader.set(i64::from(cluster.leader));
+        self.raft_last_log_index.set(clamp(cluster.last_log_index));
+        self.raft_applied_index.set(clamp(cluster.applied_index));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -196,7 +244,10 @@ mod tests {
             let _a = m.request_started();
             let _b = m.request_started();
             assert!(m
-                .encode(&Upstreams::new(Arc::new(Standalone)))
+                .encode(
+                    &Upstreams::new(Arc::new(Standalone)),
+                    &ClusterFigures::default()
+                )
                 .contains("piko_proxy_requests_in_flight 2\n"));
         }
         m.request_done(&http::Method::GET, 200, Duration::from_millis(3));
@@ -206,7 +257,14 @@ mod tests {
             502,
             Duration::ZERO,
         );
-        let out = m.encode(&Upstreams::new(Arc::new(Standalone)));
+        let figures = ClusterFigures {
+            nodes: 3,
+            term: 7,
+            leader: true,
+            last_log_index: 42,
+            applied_index: 41,
+        };
+        let out = m.encode(&Upstreams::new(Arc::new(Standalone)), &figures);
         for want in [
             "piko_proxy_requests_in_flight 0\n",
             "piko_proxy_requests_total{status=\"200\",method=\"GET\"} 2\n",
@@ -215,7 +273,11 @@ mod tests {
             "piko_proxy_request_latency_seconds_count{status=\"200\",method=\"GET\"} 2\n",
             "piko_upstreams_connected_upstreams 0\n",
             "piko_upstreams_registered_endpoints 0\n",
-            "piko_cluster_nodes 1\n",
+            "piko_cluster_nodes 3\n",
+            "piko_raft_term 7\n",
+            "piko_raft_is_leader 1\n",
+            "piko_raft_last_log_index 42\n",
+            "piko_raft_last_applied_index 41\n",
         ] {
             assert!(out.contains(want), "{want:?} missing from\n{out}");
         }

@@ -193,6 +193,54 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
     ))
 }
 
+/// A client configuration trusting the CAs in `roots` (or the OS's when `None`), presenting
+/// the certificate and key in `identity` when given (for mTLS).
+pub fn client_config_with(
+    roots: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let store = match roots {
+        Some(path) => {
+            let mut store = RootCertStore::empty();
+            for c in read_certs(path)? {
+                store.add(c).map_err(|e| {
+                    TlsError(format!("invalid CA certificate in {}: {e}", path.display()))
+                })?;
+            }
+            store
+        }
+        None => {
+            let mut store = RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(c);
+            }
+            store
+        }
+    };
+    let builder = rustls::ClientConfig::builder().with_root_certificates(store);
+    let config = match identity {
+        Some((cert, key)) => {
+            let certs = read_certs(cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                TlsError(format!(
+                    "cannot read a private key from {}: {e}",
+                    key.display()
+                ))
+            })?;
+            builder.with_client_auth_cert(certs, key_der).map_err(|e| {
+                TlsError(format!(
+                    "certificate {} and key {} do not match: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

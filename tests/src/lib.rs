@@ -60,6 +60,8 @@ pub struct TestServer {
     pub upstream_addr: SocketAddr,
     /// Admin port address.
     pub admin_addr: SocketAddr,
+    /// Cluster port address.
+    pub cluster_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), piko_server::RunError>>>,
 }
@@ -85,12 +87,14 @@ impl TestServer {
         let proxy_addr = listeners.proxy.local_addr().expect("proxy addr");
         let upstream_addr = listeners.upstream.local_addr().expect("upstream addr");
         let admin_addr = listeners.admin.local_addr().expect("admin addr");
+        let cluster_addr = listeners.cluster.local_addr().expect("cluster addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(piko_server::run(listeners, config, shutdown.clone()));
         Self {
             proxy_addr,
             upstream_addr,
             admin_addr,
+            cluster_addr,
             shutdown,
             task: Some(task),
         }
@@ -147,6 +151,32 @@ impl TestServer {
             .expect("request through the proxy")
     }
 
+    /// `GET` an admin path as JSON (`Null` when the node does not answer).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.admin_url());
+        match client().get(url).send().await {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// The nodes this node knows, from `/status/cluster/nodes`.
+    pub async fn cluster_nodes(&self) -> Vec<serde_json::Value> {
+        match self.admin_json("/status/cluster/nodes").await {
+            serde_json::Value::Array(nodes) => nodes,
+            _ => vec![],
+        }
+    }
+
+    /// Upstreams of `endpoint` on every node, as this node's replica says.
+    pub async fn replicated_upstreams(&self, endpoint: &str) -> u64 {
+        self.cluster_nodes()
+            .await
+            .iter()
+            .filter_map(|n| n["endpoints"][endpoint].as_u64())
+            .sum()
+    }
+
     /// Begin a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
@@ -168,6 +198,102 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Several nodes forming one cluster in this process.
+pub struct TestCluster {
+    /// The nodes, `node-0` first.
+    pub nodes: Vec<TestServer>,
+}
+
+impl TestCluster {
+    /// Start `n` nodes that find each other through `cluster.join`.
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// Start `n` nodes named `node-0`…; `tweak` adjusts node `i`'s configuration (its
+    /// `join` is then set to every node's cluster address unless `tweak` set one).
+    pub async fn start_with(n: usize, tweak: impl Fn(usize, &mut Config)) -> Self {
+        let mut bound = Vec::new();
+        for i in 0..n {
+            let mut config = Config::loopback_ephemeral();
+            config.grace_period = Duration::from_secs(5);
+            config.node_id = format!("node-{i}");
+            tweak(i, &mut config);
+            let listeners = Listeners::bind(&config).await.expect("bind test node");
+            bound.push((config, listeners));
+        }
+        let join: Vec<String> = bound
+            .iter()
+            .map(|(c, l)| match &c.advertise.cluster {
+                Some(a) => a.clone(),
+                None => l.cluster.local_addr().expect("cluster addr").to_string(),
+            })
+            .collect();
+        let nodes = bound
+            .into_iter()
+            .map(|(mut config, listeners)| {
+                if config.join.is_empty() {
+                    config.join = join.clone();
+                }
+                TestServer::start_on(listeners, config)
+            })
+            .collect();
+        let cluster = Self { nodes };
+        cluster.wait_for_members(n).await;
+        cluster
+    }
+
+    /// Wait until every running node lists `n` members and one leader.
+    pub async fn wait_for_members(&self, n: usize) {
+        for node in &self.nodes {
+            wait_until(
+                &format!("node at {} sees {n} members", node.admin_addr),
+                Duration::from_secs(30),
+                || async {
+                    let nodes = node.cluster_nodes().await;
+                    nodes.len() == n && nodes.iter().filter(|m| m["role"] == "leader").count() == 1
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Wait until every node's replica counts `count` upstreams for `endpoint`.
+    pub async fn wait_for_replicated(&self, endpoint: &str, count: u64) {
+        for node in &self.nodes {
+            wait_until(
+                &format!(
+                    "node at {} sees {count} upstream(s) of {endpoint}",
+                    node.admin_addr
+                ),
+                Duration::from_secs(20),
+                || async { node.replicated_upstreams(endpoint).await == count },
+            )
+            .await;
+        }
+    }
+
+    /// The index of the leader, as the first node that knows one says.
+    pub async fn leader(&self) -> usize {
+        for node in &self.nodes {
+            let raft = node.admin_json("/status/cluster/raft").await;
+            if let Some(name) = raft["leader"].as_str() {
+                if let Some(i) = name.strip_prefix("node-").and_then(|i| i.parse().ok()) {
+                    return i;
+                }
+            }
+        }
+        panic!("no node knows a leader");
+    }
+
+    /// Stop every node.
+    pub async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
     }
 }
 

@@ -248,7 +248,7 @@ async fn agent_against_an_absent_server_keeps_retrying_with_status_lines() {
 
 #[tokio::test]
 async fn no_arguments_runs_a_working_node_on_the_default_ports() {
-    for port in [8000, 8001, 8002] {
+    for port in [8000, 8001, 8002, 8003] {
         assert!(
             std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
             "port {port} is busy on this machine; this test needs the default ports free"

@@ -2,6 +2,7 @@
 //! connections to an upstream of the endpoint they name.
 
 mod error;
+mod forward;
 pub mod pool;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use error::ProxyError;
 use pool::{CheckoutError, PooledBody};
 
 use crate::auth::{AuthError, PortAuth, Token};
+use crate::cluster::Cluster;
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
 use crate::metrics::Metrics;
 use crate::upstream::{Registry, Upstream};
@@ -41,6 +43,16 @@ pub struct Proxy {
     auth: PortAuth,
     access: AccessLog,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Where a request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// A client, on the proxy port: may be forwarded to another node.
+    Client,
+    /// Another node's proxy, on the cluster port: served here or not at all.
+    Forwarded,
 }
 
 /// Where the proxy's access-log records go: the proxy's log, with the client's address.
@@ -94,11 +106,37 @@ impl Proxy {
             auth,
             access,
             metrics,
+            cluster: None,
         }
+    }
+
+    /// Forward requests for endpoints with no upstream on this node to nodes of `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Handle one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        self.serve(req, conn, Hop::Client).await
+    }
+
+    /// Handle a request another node forwarded (cluster port): served by a local upstream or
+    /// answered with an error, never forwarded again.
+    pub async fn handle_forwarded(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        self.serve(req, conn, Hop::Forwarded).await
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        hop: Hop,
+    ) -> Response<Body> {
         let _in_flight = self.metrics.request_started();
         let (method, start) = (req.method().clone(), std::time::Instant::now());
         let record = self
@@ -113,9 +151,9 @@ impl Proxy {
             });
         let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
-            self.tcp(req, &rest).await
+            self.tcp(req, &rest, conn, hop).await
         } else {
-            self.http(req, conn).await
+            self.http(req, conn, hop).await
         };
         let mut error = None;
         let resp = match result {
@@ -225,58 +263,26 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
+        hop: Hop,
     ) -> Result<Response<Body>, ProxyError> {
         // Authentication comes first, as in the original: no token, no other answer.
         let token = self.auth.authenticate(req.headers())?;
         let endpoint = Self::endpoint_of(&req)?;
         permit(token.as_ref(), &endpoint)?;
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-        let (upstream, sender) = self.checkout(&endpoint, upgrade).await?;
+        let (upstream, sender) = match self.checkout(&endpoint, upgrade).await {
+            Err(ProxyError::NoUpstream) if hop == Hop::Client => {
+                return self.forward(req, conn, &endpoint).await
+            }
+            other => other?,
+        };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        if let Some(host) = &host {
-            parts.headers.insert(header::HOST, host.clone());
-            if !parts.headers.contains_key("x-forwarded-host") {
-                parts.headers.insert("x-forwarded-host", host.clone());
-            }
-        }
-        let ip = conn.remote.ip().to_string();
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-        if !parts.headers.contains_key("x-forwarded-proto") {
-            let proto = if conn.tls { "https" } else { "http" };
-            parts
-                .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        }
+        rewrite_head(&mut parts, conn, hop, upgrade)?;
         parts.headers.remove(FORWARD_HEADER);
         // Piko's own credential is for Piko; the service keeps its own `Authorization`.
         parts.headers.remove(AUTHORIZATION_HEADER);
-        parts.version = Version::HTTP_11;
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/")
-            .parse::<Uri>()
-            .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
         let req = Request::from_parts(parts, body);
 
         let send = pool::send(sender, &upstream.session, req);
@@ -303,7 +309,13 @@ impl Proxy {
         Ok(resp.map(|b| Either::Left(PooledBody::new(b, sender, upstream))))
     }
 
-    async fn tcp(&self, req: Request<Incoming>, rest: &str) -> Result<Response<Body>, ProxyError> {
+    async fn tcp(
+        &self,
+        req: Request<Incoming>,
+        rest: &str,
+        conn: ConnInfo,
+        hop: Hop,
+    ) -> Result<Response<Body>, ProxyError> {
         let token = self.auth.authenticate(req.headers())?;
         let endpoint = EndpointId::new(rest).map_err(|e| ProxyError::BadEndpoint(e.to_string()))?;
         permit(token.as_ref(), &endpoint)?;
@@ -312,7 +324,12 @@ impl Proxy {
                 "expected a websocket upgrade".into(),
             ));
         }
-        let mut stream = self.open_stream(&endpoint).await?;
+        let mut stream = match self.open_stream(&endpoint).await {
+            Err(ProxyError::NoUpstream) if hop == Hop::Client => {
+                return self.forward(req, conn, &endpoint).await
+            }
+            other => other?,
+        };
         let resp = websocket_accept(&req);
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
@@ -333,4 +350,57 @@ impl Proxy {
         });
         Ok(resp)
     }
+}
+
+/// Make a client's request head fit for the next hop: origin-form target, HTTP/1.1, no
+/// hop-by-hop headers, `Host` kept, `X-Forwarded-*` set (once: a forwarded request has them
+/// from the node the client reached).
+fn rewrite_head(
+    parts: &mut http::request::Parts,
+    conn: ConnInfo,
+    hop: Hop,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(host) = &host {
+        parts.headers.insert(header::HOST, host.clone());
+        if !parts.headers.contains_key("x-forwarded-host") {
+            parts.headers.insert("x-forwarded-host", host.clone());
+        }
+    }
+    if hop == Hop::Client {
+        let ip = conn.remote.ip().to_string();
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            let proto = if conn.tls { "https" } else { "http" };
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        }
+    }
+    parts.version = Version::HTTP_11;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse::<Uri>()
+        .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
+    Ok(())
 }

@@ -1,0 +1,92 @@
+//! The cluster: one Raft group (openraft) replicating membership and the endpoint registry.
+//!
+//! Layout:
+//! - [`types`]: the Raft type configuration, commands and the replicated state.
+//! - [`store`]: the Raft log (in memory, or persistent in `cluster.data_dir`) and the state machine.
+//! - [`network`]: the client for other nodes' cluster ports (Raft RPC, forwarded requests), TLS.
+//! - [`node`]: bootstrap and join, writes through the leader, endpoint sync, the leader's lease
+//!   on nodes and voter promotion.
+//! - [`service`]: the cluster port's routes.
+//!
+//! Every `openraft::` path of the server stays inside this module.
+
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod store;
+pub mod types;
+
+pub use network::PeerClient;
+pub use node::{Cluster, ClusterError, ClusterSettings, NodeStatus};
+pub use service::ClusterPort;
+pub use types::{Member, NodeId};
+
+/// Check a member sent by another node: a valid name and `host:port` addresses.
+pub fn validate_member(m: &Member) -> Result<(), String> {
+    if m.name.is_empty()
+        || m.name.len() > 64
+        || !m
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "invalid node id {:?}: use up to 64 letters, digits, '-', '_' or '.'",
+            m.name
+        ));
+    }
+    for (key, addr) in [
+        ("proxy_addr", &m.proxy_addr),
+        ("upstream_addr", &m.upstream_addr),
+        ("admin_addr", &m.admin_addr),
+        ("cluster_addr", &m.cluster_addr),
+    ] {
+        let ok = addr.len() <= 255
+            && addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("invalid {key} {addr:?}: use host:port"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_from_other_nodes_are_checked() {
+        let good = Member {
+            name: "node-1".into(),
+            proxy_addr: "10.0.0.1:8000".into(),
+            upstream_addr: "10.0.0.1:8001".into(),
+            admin_addr: "[::1]:8002".into(),
+            cluster_addr: "piko-0.piko:8003".into(),
+        };
+        assert_eq!(validate_member(&good), Ok(()));
+        let bad_name = Member {
+            name: "a b".into(),
+            ..good.clone()
+        };
+        assert!(validate_member(&bad_name)
+            .unwrap_err()
+            .contains("invalid node id"));
+        let bad_addr = Member {
+            cluster_addr: "nohost".into(),
+            ..good.clone()
+        };
+        assert_eq!(
+            validate_member(&bad_addr).unwrap_err(),
+            "invalid cluster_addr \"nohost\": use host:port"
+        );
+        let bad_port = Member {
+            proxy_addr: "h:99999".into(),
+            ..good
+        };
+        assert!(validate_member(&bad_port)
+            .unwrap_err()
+            .contains("proxy_addr"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Node-to-node traffic on the cluster port: Raft RPC as JSON over HTTP/1.1, and forwarded
+//! proxy requests, both over one client that speaks TLS (and presents the node's certificate
+//! for mTLS) when `cluster.tls` is set.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{Member, NodeId, TypeConfig};
+
+/// Path prefix of the cluster port's own routes; everything else is a forwarded proxy request.
+pub const CLUSTER_PATH_PREFIX: &str = "/piko/cluster/v1/";
+/// Raft AppendEntries.
+pub const APPEND_PATH: &str = "/piko/cluster/v1/raft/append";
+/// Raft RequestVote.
+pub const VOTE_PATH: &str = "/piko/cluster/v1/raft/vote";
+/// Raft InstallSnapshot (one chunk).
+pub const SNAPSHOT_PATH: &str = "/piko/cluster/v1/raft/snapshot";
+/// A node asks to join.
+pub const JOIN_PATH: &str = "/piko/cluster/v1/join";
+/// A node asks to leave.
+pub const LEAVE_PATH: &str = "/piko/cluster/v1/leave";
+/// A command for the leader.
+pub const WRITE_PATH: &str = "/piko/cluster/v1/write";
+/// Who a node is and whether it belongs to a cluster.
+pub const INFO_PATH: &str = "/piko/cluster/v1/info";
+
+/// Largest RPC body accepted or read back (a snapshot chunk is far smaller).
+pub const MAX_RPC_BYTES: usize = 64 << 20;
+
+/// The body of requests sent to other nodes.
+pub type ClientBody = BoxBody<Bytes, hyper::Error>;
+
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> ClientBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Why a call to another node failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The node could not be reached (connect, TLS handshake).
+    #[error("cannot reach node at {addr}: {source}")]
+    Unreachable {
+        /// The node's cluster address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No answer in time.
+    #[error("node at {addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The node's cluster address.
+        addr: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The node answered with an error status.
+    #[error("node at {addr} answered {status}: {message}")]
+    Status {
+        /// The node's cluster address.
+        addr: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The error it gave.
+        message: String,
+    },
+    /// The answer could not be read or decoded.
+    #[error("bad answer from node at {addr}: {message}")]
+    BadAnswer {
+        /// The node's cluster address.
+        addr: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The address is not `host:port`.
+    #[error("invalid node address {0:?}")]
+    BadAddress(String),
+}
+
+impl PeerError {
+    /// Whether the peer never got the request (safe to try elsewhere).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PeerError::Unreachable { source, .. } if source.is_connect())
+    }
+}
+
+/// A client for the cluster ports of other nodes, over plain HTTP or TLS.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    scheme: &'static str,
+}
+
+impl PeerClient {
+    /// A client; with `tls`, every node is reached over TLS with that configuration.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        crate::tls::install_crypto_provider();
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let config = tls.map(|c| (*c).clone()).unwrap_or_else(|| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        Self { http, scheme }
+    }
+
+    /// The URI of `path` on the node whose cluster port is `addr`.
+    pub fn uri(&self, addr: &str, path_and_query: &str) -> Result<Uri, PeerError> {
+        format!("{}://{addr}{path_and_query}", self.scheme)
+            .parse()
+            .map_err(|_| PeerError::BadAddress(addr.to_string()))
+    }
+
+    /// Send `req` as is (a forwarded proxy request) and return the response head.
+    pub async fn send(&self, req: Request<ClientBody>) -> Result<Response<Incoming>, PeerError> {
+        let addr = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        self.http
+            .request(req)
+            .await
+            .map_err(|source| PeerError::Unreachable { addr, source })
+    }
+
+    /// POST (or GET when `body` is `None`) a JSON call to `path` on `addr` and decode the answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<&Req>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let bad = |message: String| PeerError::BadAnswer {
+            addr: addr.to_string(),
+            message,
+        };
+        let uri = self.uri(addr, path)?;
+        let req = match body {
+            Some(b) => Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(full(serde_json::to_vec(b).map_err(|e| bad(e.to_string()))?)),
+            None => Request::builder().uri(uri).body(full(Bytes::new())),
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        let exchange = async {
+            let resp = self.send(req).await?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RPC_BYTES)
+                .collect()
+                .await
+                .map_err(|e| bad(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                return Err(PeerError::Status {
+                    addr: addr.to_string(),
+                    status,
+                    message,
+                });
+            }
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// When each peer last answered a Raft RPC from this node (on the leader: its heartbeats).
+#[derive(Debug, Default)]
+pub struct PeerLiveness {
+    last_ok: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl PeerLiveness {
+    fn record(&self, node: NodeId) {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, Instant::now());
+    }
+
+    /// When `node` last answered, if it ever did.
+    pub fn last_ok(&self, node: NodeId) -> Option<Instant> {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+            .copied()
+    }
+}
+
+/// Creates a [`PeerNetwork`] per target node for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    /// The client all connections share.
+    pub client: PeerClient,
+    /// Answers seen, for the leader's lease on nodes.
+    pub liveness: Arc<PeerLiveness>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
+        PeerNetwork {
+            client: self.client.clone(),
+            liveness: self.liveness.clone(),
+            target,
+            addr: node.cluster_addr.clone(),
+        }
+    }
+}
+
+/// Raft RPC to one node.
+pub struct PeerNetwork {
+    client: PeerClient,
+    liveness: Arc<PeerLiveness>,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+
+impl PeerNetwork {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError> = self
+            .client
+            .call(&self.addr, path, Some(req), option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(resp)) => {
+                self.liveness.record(self.target);
+                Ok(resp)
+            }
+            Ok(Err(e)) => {
+                self.liveness.record(self.target);
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Err(e) if e.is_connect() => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.rpc(APPEND_PATH, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.rpc(SNAPSHOT_PATH, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.rpc(VOTE_PATH, &rpc, &option).await
+    }
+}

@@ -1,0 +1,726 @@
+//! This node's part in the cluster: starting or joining the Raft group, proposing changes to
+//! the leader, keeping its own endpoint entries in step with its upstreams, and, while it
+//! leads, expiring the entries of nodes that stopped answering and promoting learners so the
+//! group keeps 1, 3 or 5 voters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use piko_protocol::EndpointId;
+
+use super::network::{
+    NetworkFactory, PeerClient, PeerError, PeerLiveness, INFO_PATH, JOIN_PATH, LEAVE_PATH,
+    WRITE_PATH,
+};
+use super::store::{LogStore, StateMachine};
+use super::types::{raft_id, ClusterState, Command, Member, NodeId, TypeConfig};
+use crate::upstream::{Registry, RegistryObserver};
+
+/// How long a call to another node may take (a join waits for the new node to catch up).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the background loops look again.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What a node needs to take part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node as others see it.
+    pub member: Member,
+    /// Cluster addresses (or DNS names with many records) of nodes to join.
+    pub join: Vec<String>,
+    /// Where the Raft log and snapshots persist (`None`: in memory).
+    pub data_dir: Option<PathBuf>,
+    /// TLS for calls to other nodes (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// A node that has not answered the leader for this long loses its endpoint entries.
+    pub node_lease: Duration,
+}
+
+/// The cluster could not be started or a change could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The Raft log or state could not be opened.
+    #[error("cluster.data_dir: {0}")]
+    Store(String),
+    /// openraft refused to start.
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+    /// There is no leader to take the change (election under way, or no quorum).
+    #[error("no cluster leader is known; try again")]
+    NoLeader,
+    /// The leader could not be reached.
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// The change was refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Who a node is, as answered on [`INFO_PATH`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    /// This node.
+    pub member: Member,
+    /// Whether it belongs to a cluster yet.
+    pub initialized: bool,
+    /// The leader it knows, if any.
+    pub leader: Option<String>,
+}
+
+/// A request to join: the node and its Raft id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The node.
+    pub member: Member,
+}
+
+/// A node of the cluster, for status pages.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// `active`, or `unreachable` when the leader's lease on it ran out.
+    pub status: &'static str,
+    /// `leader`, `voter` or `learner`.
+    pub role: &'static str,
+    /// Proxy address.
+    pub proxy_addr: String,
+    /// Upstream address.
+    pub upstream_addr: String,
+    /// Admin address.
+    pub admin_addr: String,
+    /// Cluster address.
+    pub cluster_addr: String,
+    /// Endpoint → upstreams on that node, as replicated.
+    pub endpoints: BTreeMap<String, u32>,
+    /// Upstreams on that node.
+    pub upstreams: u64,
+}
+
+/// This node's handle on the cluster.
+pub struct Cluster {
+    id: NodeId,
+    member: Member,
+    raft: Raft<TypeConfig>,
+    client: PeerClient,
+    liveness: Arc<PeerLiveness>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    settings: ClusterSettings,
+    local_changed: Notify,
+    leader_since: Mutex<Option<Instant>>,
+}
+
+impl RegistryObserver for Cluster {
+    fn local_count_changed(&self, _endpoint: &EndpointId, _count: usize) {
+        self.local_changed.notify_one();
+    }
+}
+
+fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "piko".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 200,
+        install_snapshot_timeout: 2000,
+        ..Default::default()
+    }
+}
+
+impl Cluster {
+    /// Open the Raft log and state (in `settings.data_dir` or in memory) and start Raft. The
+    /// node is not in a cluster yet: call [`Cluster::start`].
+    pub async fn new(settings: ClusterSettings) -> Result<Arc<Self>, ClusterError> {
+        let id = raft_id(&settings.member.name);
+        let (log, sm) = match &settings.data_dir {
+            Some(dir) => (
+                LogStore::open(dir).map_err(|e| ClusterError::Store(e.to_string()))?,
+                StateMachine::open(dir).map_err(|e| ClusterError::Store(e.to_string()))?,
+            ),
+            None => (LogStore::memory(), StateMachine::memory()),
+        };
+        let state = sm.state();
+        let client = PeerClient::new(settings.tls.clone());
+        let liveness = Arc::new(PeerLiveness::default());
+        let network = NetworkFactory {
+            client: client.clone(),
+            liveness: liveness.clone(),
+        };
+        let config = raft_config()
+            .validate()
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(Arc::new(Self {
+            id,
+            member: settings.member.clone(),
+            raft,
+            client,
+            liveness,
+            state,
+            settings,
+            local_changed: Notify::new(),
+            leader_since: Mutex::new(None),
+        }))
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// The Raft handle, for the cluster port's RPC routes.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The client for other nodes' cluster ports.
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    /// Become part of a cluster: a node already in one (its data dir says so) rejoins by
+    /// itself; with no `join` addresses the node starts a cluster of its own; otherwise it
+    /// asks the nodes at `join` until one takes it. Returns when the node is a member, or
+    /// when `shutdown` is cancelled.
+    pub async fn start(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<(), ClusterError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if initialized {
+            info!(node_id = %self.member.name, "rejoining the cluster from the raft log");
+            if !self.settings.join.is_empty() {
+                // Addresses may have changed; the leader updates our entry if so.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.ask_to_join().await {
+                        debug!(error = %e, "refreshing this node's membership entry failed");
+                    }
+                });
+            }
+            return Ok(());
+        }
+        if self.settings.join.is_empty() {
+            return self.bootstrap().await;
+        }
+        let mut last_log = Instant::now() - Duration::from_secs(60);
+        loop {
+            match self.try_join().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if last_log.elapsed() > Duration::from_secs(5) => {
+                    warn!(error = %e, join = ?self.settings.join, "cannot join the cluster yet; retrying");
+                    last_log = Instant::now();
+                }
+                Err(e) => debug!(error = %e, "join attempt failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn bootstrap(&self) -> Result<(), ClusterError> {
+        info!(node_id = %self.member.name, "starting a new cluster");
+        let members = BTreeMap::from([(self.id, self.member.clone())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Initialized meanwhile (a leader reached us first): nothing to do.
+            Err(RaftError::APIError(e)) => {
+                debug!(error = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// One round of joining: `Ok(true)` once a member.
+    async fn try_join(&self) -> Result<bool, ClusterError> {
+        let mut peers = Vec::new();
+        let mut only_me = true;
+        let mut last_error = None;
+        for addr in resolve(&self.settings.join).await {
+            match self
+                .client
+                .call::<(), NodeAnswer>(&addr, INFO_PATH, None, Duration::from_secs(2))
+                .await
+            {
+                Ok(a) if a.member.name == self.member.name => {}
+                Ok(a) => {
+                    only_me = false;
+                    peers.push((addr, a));
+                }
+                Err(e) => {
+                    only_me = false;
+                    last_error = Some(e);
+                }
+            }
+        }
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(true);
+        }
+        if let Some((addr, _)) = peers.iter().find(|(_, a)| a.initialized) {
+            self.client
+                .call::<_, Member>(
+                    addr,
+                    JOIN_PATH,
+                    Some(&JoinRequest {
+                        member: self.member.clone(),
+                    }),
+                    CALL_TIMEOUT,
+                )
+                .await?;
+            info!(via = %addr, "joined the cluster");
+            return Ok(true);
+        }
+        // Nobody is in a cluster yet: the node with the smallest id among those that answer
+        // starts it, and the others join it on their next round.
+        let smallest = peers.iter().all(|(_, a)| self.member.name < a.member.name);
+        if only_me || (!peers.is_empty() && smallest) {
+            self.bootstrap().await?;
+            return Ok(true);
+        }
+        match last_error {
+            Some(e) if peers.is_empty() => Err(e.into()),
+            _ => Ok(false),
+        }
+    }
+
+    /// Ask the leader (through any known node) to add or update this node.
+    async fn ask_to_join(&self) -> Result<(), ClusterError> {
+        let req = JoinRequest {
+            member: self.member.clone(),
+        };
+        self.to_leader(JOIN_PATH, &req).await.map(|_: Member| ())
+    }
+
+    /// Send `body` to the leader's `path`: the leader's own handler if this node leads.
+    async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, ClusterError> {
+        let leader = self
+            .raft
+            .current_leader()
+            .await
+            .ok_or(ClusterError::NoLeader)?;
+        let addr = self
+            .member_of(leader)
+            .map(|m| m.cluster_addr)
+            .ok_or(ClusterError::NoLeader)?;
+        Ok(self
+            .client
+            .call(&addr, path, Some(body), CALL_TIMEOUT)
+            .await?)
+    }
+
+    /// Add `member` (on the leader), or update its addresses; forwards to the leader otherwise.
+    pub async fn join(&self, member: Member) -> Result<Member, ClusterError> {
+        let id = raft_id(&member.name);
+        if !self.is_leader() {
+            return self.to_leader(JOIN_PATH, &JoinRequest { member }).await;
+        }
+        let change = match self.member_of(id) {
+            Some(m) if m == member => return Ok(self.member.clone()),
+            Some(_) => ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())])),
+            None => ChangeMembers::AddNodes(BTreeMap::from([(id, member.clone())])),
+        };
+        info!(node = %member, "adding node to the cluster");
+        self.raft
+            .change_membership(change, true)
+            .await
+            .map_err(write_error)?;
+        Ok(self.member.clone())
+    }
+
+    /// Remove `name` from the cluster (on the leader; forwards otherwise).
+    pub async fn leave_member(&self, name: &str) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            let req = JoinRequest {
+                member: Member {
+                    name: name.to_string(),
+                    ..Member::default()
+                },
+            };
+            return self
+                .to_leader(LEAVE_PATH, &req)
+                .await
+                .map(|_: serde_json::Value| ());
+        }
+        let id = raft_id(name);
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ClusterError::Refused(
+                    "the last voter cannot leave the cluster".into(),
+                ));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        } else if membership.get_node(&id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        if self.leads() {
+            self.raft
+                .client_write(Command::ExpireNode { node: id })
+                .await
+                .map_err(write_error)?;
+        }
+        info!(node_id = %name, "node left the cluster");
+        Ok(())
+    }
+
+    /// Leave the cluster on shutdown: the leader removes this node (handing over leadership
+    /// if this node leads) and its endpoint entries.
+    pub async fn leave(&self) {
+        let name = self.member.name.clone();
+        match tokio::time::timeout(CALL_TIMEOUT, self.leave_member(&name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not leave the cluster cleanly"),
+            Err(_) => warn!("leaving the cluster timed out"),
+        }
+    }
+
+    /// Apply `cmd` through the leader.
+    pub async fn write(&self, cmd: Command) -> Result<(), ClusterError> {
+        match self.raft.client_write(cmd.clone()).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = f
+                    .leader_node
+                    .map(|n| n.cluster_addr)
+                    .ok_or(ClusterError::NoLeader)?;
+                self.client
+                    .call::<_, serde_json::Value>(&addr, WRITE_PATH, Some(&cmd), CALL_TIMEOUT)
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// Whether this node believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The member with Raft id `id`, if in the membership.
+    pub fn member_of(&self, id: NodeId) -> Option<Member> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// What this node answers on [`INFO_PATH`].
+    pub async fn answer(&self) -> NodeAnswer {
+        let leader = self.raft.metrics().borrow().current_leader;
+        NodeAnswer {
+            member: self.member.clone(),
+            initialized: self.raft.is_initialized().await.unwrap_or(false),
+            leader: leader.and_then(|l| self.member_of(l)).map(|m| m.name),
+        }
+    }
+
+    /// Another node holding upstreams for `endpoint`, picked at random weighted by how many
+    /// it has, skipping `exclude` (nodes already tried).
+    pub fn route(&self, endpoint: &str, exclude: &[NodeId]) -> Option<(NodeId, Member)> {
+        let state = self.state.borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let candidates: Vec<(NodeId, u32, &Member)> = state
+            .endpoints
+            .iter()
+            .filter(|(n, _)| **n != self.id && !exclude.contains(n))
+            .filter_map(|(n, table)| {
+                let count = *table.get(endpoint)?;
+                Some((*n, count, membership.get_node(n)?))
+            })
+            .collect();
+        let total: u64 = candidates.iter().map(|(_, c, _)| u64::from(*c)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = rand::random_range(0..total);
+        for (n, c, m) in candidates {
+            if pick < u64::from(c) {
+                return Some((n, m.clone()));
+            }
+            pick -= u64::from(c);
+        }
+        None
+    }
+
+    /// Every node of the cluster with its replicated endpoints.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let state = self.state.borrow().clone();
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let lease = self.settings.node_lease;
+        membership
+            .nodes()
+            .map(|(id, m)| {
+                let endpoints = state.endpoints.get(id).cloned().unwrap_or_default();
+                let reachable = *id == self.id
+                    || metrics.current_leader != Some(self.id)
+                    || self
+                        .liveness
+                        .last_ok(*id)
+                        .is_some_and(|t| t.elapsed() < lease);
+                NodeStatus {
+                    id: m.name.clone(),
+                    status: if reachable { "active" } else { "unreachable" },
+                    role: if metrics.current_leader == Some(*id) {
+                        "leader"
+                    } else if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
+                    proxy_addr: m.proxy_addr.clone(),
+                    upstream_addr: m.upstream_addr.clone(),
+                    admin_addr: m.admin_addr.clone(),
+                    cluster_addr: m.cluster_addr.clone(),
+                    upstreams: endpoints.values().map(|c| u64::from(*c)).sum(),
+                    endpoints,
+                }
+            })
+            .collect()
+    }
+
+    /// Number of nodes in the membership.
+    pub fn node_count(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+    }
+
+    /// The Raft state as JSON, for `/status/cluster/raft`.
+    pub fn raft_status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let name = |id: NodeId| {
+            self.member_of(id)
+                .map(|m| m.name)
+                .unwrap_or_else(|| id.to_string())
+        };
+        serde_json::json!({
+            "node_id": self.member.name,
+            "raft_id": self.id,
+            "state": format!("{:?}", m.state).to_lowercase(),
+            "term": m.current_term,
+            "leader": m.current_leader.map(name),
+            "last_log_index": m.last_log_index,
+            "last_applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "voters": membership.voter_ids().map(name).collect::<Vec<_>>(),
+            "learners": membership.learner_ids().map(name).collect::<Vec<_>>(),
+            "millis_since_quorum_ack": m.millis_since_quorum_ack,
+        })
+    }
+
+    /// Raft figures for `/metrics`: term, whether this node leads, last log and applied index.
+    pub fn raft_figures(&self) -> (u64, bool, u64, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        (
+            m.current_term,
+            m.state == ServerState::Leader,
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+        )
+    }
+
+    /// Keep this node's replicated endpoint entries equal to `registry`'s local upstreams,
+    /// until `shutdown`.
+    pub async fn sync_endpoints(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.local_changed.notified() => {}
+                _ = tokio::time::sleep(TICK * 2) => {}
+            }
+            let local: BTreeMap<String, u32> = registry
+                .endpoints()
+                .into_iter()
+                .map(|(e, c)| (e, u32::try_from(c).unwrap_or(u32::MAX)))
+                .collect();
+            let replicated = self
+                .state
+                .borrow()
+                .endpoints
+                .get(&self.id)
+                .cloned()
+                .unwrap_or_default();
+            let mut diff: BTreeMap<String, u32> = local
+                .iter()
+                .filter(|(e, c)| replicated.get(*e) != Some(c))
+                .map(|(e, c)| (e.clone(), *c))
+                .collect();
+            for e in replicated.keys() {
+                if !local.contains_key(e) {
+                    diff.insert(e.clone(), 0);
+                }
+            }
+            if diff.is_empty() {
+                continue;
+            }
+            let cmd = Command::SetEndpoints {
+                node: self.id,
+                counts: diff,
+            };
+            if let Err(e) = self.write(cmd).await {
+                debug!(error = %e, "replicating this node's endpoints failed; retrying");
+                tokio::time::sleep(TICK).await;
+                self.local_changed.notify_one();
+            }
+        }
+    }
+
+    /// While this node leads: expire the endpoint entries of nodes whose lease ran out, and
+    /// promote learners so that the group has 3 or 5 voters when enough nodes are up.
+    pub async fn lead(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !self.leads() {
+                *self.leader_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                continue;
+            }
+            let since = *self
+                .leader_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(Instant::now);
+            let alive = |id: NodeId| {
+                id == self.id
+                    || self
+                        .liveness
+                        .last_ok(id)
+                        .map_or(since, |t| t.max(since))
+                        .elapsed()
+                        < self.settings.node_lease
+            };
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let holders: Vec<NodeId> = self.state.borrow().endpoints.keys().copied().collect();
+            for node in holders {
+                let gone = membership.get_node(&node).is_none();
+                if gone || !alive(node) {
+                    let name = membership.get_node(&node).map(|m| m.name.clone());
+                    warn!(node = ?name.unwrap_or_else(|| node.to_string()), "node stopped answering; removing its endpoints");
+                    if let Err(e) = self.write(Command::ExpireNode { node }).await {
+                        debug!(error = %e, "expiring a node failed");
+                    }
+                }
+            }
+            if membership.get_joint_config().len() > 1 {
+                continue;
+            }
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let learners: Vec<NodeId> = membership.learner_ids().filter(|l| alive(*l)).collect();
+            let up = voters.iter().filter(|v| alive(**v)).count() + learners.len();
+            let want = if up >= 5 {
+                5
+            } else if up >= 3 {
+                3
+            } else {
+                1
+            };
+            if voters.len() < want && voters.len() + learners.len() >= want {
+                let add: BTreeSet<NodeId> =
+                    learners.into_iter().take(want - voters.len()).collect();
+                info!(voters = want, "promoting learners to voters");
+                if let Err(e) = self
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(add), true)
+                    .await
+                {
+                    debug!(error = %e, "promoting learners failed");
+                }
+            }
+        }
+    }
+
+    /// Stop Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            debug!(error = %e, "raft did not stop cleanly");
+        }
+    }
+}
+
+fn write_error<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ClusterError {
+    match e {
+        RaftError::APIError(e) => ClusterError::Refused(e.to_string()),
+        RaftError::Fatal(e) => ClusterError::Raft(e.to_string()),
+    }
+}
+
+/// Every address behind `join`: each entry is `host:port`, and a DNS name may stand for many
+/// nodes (a Kubernetes headless service).
+async fn resolve(join: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in join {
+        match tokio::net::lookup_host(entry.as_str()).await {
+            Ok(addrs) => {
+                let addrs: BTreeSet<String> = addrs.map(|a| a.to_string()).collect();
+                if addrs.len() > 1 {
+                    out.extend(addrs);
+                } else {
+                    // One address: keep the name, so TLS verifies the name in the certificate.
+                    out.push(entry.clone());
+                }
+            }
+            Err(e) => debug!(addr = %entry, error = %e, "cannot resolve join address"),
+        }
+    }
+    out
+}

@@ -1,0 +1,93 @@
+//! Forwarding: a request for an endpoint with no upstream on this node goes, once, to the
+//! cluster port of a node that has one (`x-piko-forward: true`), over the cluster's TLS.
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body as _, Incoming};
+use piko_protocol::http::{is_upgrade, splice_upgrade};
+use piko_protocol::paths::FORWARD_HEADER;
+use piko_protocol::EndpointId;
+use tracing::debug;
+
+use super::pool::PooledBody;
+use super::{rewrite_head, Hop, Proxy, ProxyError};
+use crate::cluster::network::{full, ClientBody};
+use crate::cluster::NodeId;
+use crate::http::{Body, ConnInfo};
+
+/// Nodes tried for one request before giving up.
+const MAX_NODES: usize = 3;
+
+impl Proxy {
+    /// Send `req` to another node holding upstreams for `endpoint`. A node that cannot be
+    /// reached is skipped for the next one when nothing of the request was sent (no body).
+    pub(super) async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        endpoint: &EndpointId,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Some(cluster) = &self.cluster else {
+            return Err(ProxyError::NoUpstream);
+        };
+        let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        rewrite_head(&mut parts, conn, Hop::Client, upgrade)?;
+        parts
+            .headers
+            .insert(FORWARD_HEADER, HeaderValue::from_static("true"));
+        let replayable = body.is_end_stream();
+        let mut body = Some(body.boxed());
+        let mut tried: Vec<NodeId> = Vec::new();
+        let resp = loop {
+            let Some((node, member)) = cluster.route(endpoint.as_str(), &tried) else {
+                return Err(if tried.is_empty() {
+                    ProxyError::NoUpstream
+                } else {
+                    ProxyError::UpstreamUnreachable
+                });
+            };
+            tried.push(node);
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let uri = cluster
+                .client()
+                .uri(&member.cluster_addr, target)
+                .map_err(|_| ProxyError::UpstreamUnreachable)?;
+            let mut out = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(Version::HTTP_11)
+                .body(body.take().unwrap_or_else(|| full(bytes::Bytes::new())) as ClientBody)
+                .map_err(|_| ProxyError::BadRequest("invalid request".into()))?;
+            *out.headers_mut() = parts.headers.clone();
+            let send = cluster.client().send(out);
+            let result = if upgrade {
+                send.await
+            } else {
+                match tokio::time::timeout(self.timeout, send).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ProxyError::UpstreamTimeout),
+                }
+            };
+            match result {
+                Ok(resp) => break resp,
+                Err(e) if e.is_connect() && replayable && tried.len() < MAX_NODES => {
+                    debug!(node = %member, error = %e, "node unreachable; trying another");
+                }
+                Err(e) => {
+                    debug!(node = %member, error = %e, "forwarding failed");
+                    return Err(ProxyError::UpstreamUnreachable);
+                }
+            }
+        };
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
+            }
+        }
+        Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))))
+    }
+}
