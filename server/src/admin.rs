@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 use crate::auth::PortAuth;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
+
+/// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
+pub const NODES_API: &str = "/cluster/nodes/";
 use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
@@ -66,6 +69,22 @@ impl Admin {
         self
     }
 
+    /// `DELETE /cluster/nodes/{id}`: take a node out of the cluster (a node that will not
+    /// come back). Its endpoint entries go with it.
+    async fn remove_node(&self, id: &str) -> Response<Body> {
+        let Some(cluster) = &self.cluster else {
+            return json_error(StatusCode::NOT_FOUND, "this node runs without a cluster");
+        };
+        if !cluster.nodes().iter().any(|n| n.id == id) {
+            return json_error(StatusCode::NOT_FOUND, &format!("node {id:?} not found"));
+        }
+        match cluster.leave_member(id).await {
+            Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id })),
+            Err(ClusterError::Refused(e)) => json_error(StatusCode::CONFLICT, &e),
+            Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+
     fn figures(&self) -> ClusterFigures {
         match &self.cluster {
             Some(c) => {
@@ -91,15 +110,19 @@ impl Admin {
         req: Request<Incoming>,
         _conn: ConnInfo,
     ) -> Response<Body> {
-        if req.method() != Method::GET {
+        let path = req.uri().path();
+        let removing = req.method() == Method::DELETE && path.starts_with(NODES_API);
+        if req.method() != Method::GET && !removing {
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
-        let path = req.uri().path();
         // Probes stay open whatever the admin authentication.
         if path != "/health" && path != "/ready" {
             if let Err(e) = self.auth.authenticate(req.headers()) {
                 return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
             }
+        }
+        if removing {
+            return self.remove_node(&path[NODES_API.len()..]).await;
         }
         match path {
             "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),

@@ -357,6 +357,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// This node's id.
     pub node_id: String,
+    /// Whether `node_id` was made up because none was configured (a node with a data dir
+    /// then keeps the first one it made there).
+    pub node_id_generated: bool,
     /// Nodes to join.
     pub join: Vec<String>,
     /// Raft data directory (empty: in memory).
@@ -695,6 +698,7 @@ impl FileConfig {
                 d => d,
             },
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
+            node_id_generated: self.cluster.node_id.is_empty(),
             node_id,
             join: self.cluster.join,
             data_dir: opt(self.cluster.data_dir).map(PathBuf::from),

@@ -123,8 +123,13 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let tasks = TaskTracker::new();
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let node_id = cluster::stable_node_id(
+        config.data_dir.as_deref(),
+        &config.node_id,
+        config.node_id_generated,
+    )?;
     let node = admin::NodeInfo {
-        id: config.node_id.clone(),
+        id: node_id.clone(),
         proxy_addr: config
             .advertise
             .proxy
@@ -146,7 +151,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| addr(&listeners.cluster)),
     };
-    info!(node_id = %config.node_id, "starting node");
+    info!(node_id = %node_id, "starting node");
     let cluster = cluster::Cluster::new(cluster::ClusterSettings {
         member: cluster::Member {
             name: node.id.clone(),

@@ -22,7 +22,13 @@ fn cli() -> Command {
         .subcommand(
             Command::new("status")
                 .about("Print a node's status from its admin port")
-                .arg(Arg::new("what").required(true).value_parser(["endpoints", "nodes"]).help("endpoints | nodes"))
+                .arg(
+                    Arg::new("what")
+                        .required(true)
+                        .value_parser(["endpoints", "nodes", "node", "raft"])
+                        .help("endpoints | nodes | node ID | raft"),
+                )
+                .arg(Arg::new("id").help("The node id, for `status node ID`"))
                 .arg(
                     Arg::new("server.url")
                         .long("server.url")
@@ -109,9 +115,15 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
         .get_one::<String>("server.url")
         .map(String::as_str)
         .unwrap_or("http://localhost:8002");
-    let path = match m.get_one::<String>("what").map(String::as_str) {
-        Some("nodes") => "/status/cluster/nodes",
-        _ => "/status/upstream/endpoints",
+    let id = m.get_one::<String>("id");
+    let path = match (m.get_one::<String>("what").map(String::as_str), id) {
+        (Some("node"), Some(id)) => format!("/status/cluster/nodes/{id}"),
+        (Some("node"), None) => {
+            anyhow::bail!("status node: give the node id, as in `piko-server status node node-1`")
+        }
+        (Some("nodes"), _) => "/status/cluster/nodes".into(),
+        (Some("raft"), _) => "/status/cluster/raft".into(),
+        _ => "/status/upstream/endpoints".into(),
     };
     let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()

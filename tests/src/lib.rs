@@ -221,6 +221,7 @@ impl TestCluster {
             let mut config = Config::loopback_ephemeral();
             config.grace_period = Duration::from_secs(5);
             config.node_id = format!("node-{i}");
+            config.node_id_generated = false;
             tweak(i, &mut config);
             let listeners = Listeners::bind(&config).await.expect("bind test node");
             bound.push((config, listeners));

@@ -312,3 +312,329 @@ async fn bad_cluster_rpc_gets_a_json_error() {
     assert_eq!(raft["state"], "leader", "{raft}");
     cluster.stop().await;
 }
+
+/// A `piko-server` process of a cluster, for tests that kill nodes.
+struct NodeProcess {
+    name: String,
+    ports: [u16; 4],
+    data_dir: std::path::PathBuf,
+    join: Vec<String>,
+    child: Option<tokio::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NodeProcess {
+    fn new(name: &str, data_dir: std::path::PathBuf) -> Self {
+        Self {
+            name: name.to_string(),
+            ports: [free_port(), free_port(), free_port(), free_port()],
+            data_dir,
+            join: vec![],
+            child: None,
+        }
+    }
+
+    fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports[3])
+    }
+
+    fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[2])
+    }
+
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[0])
+    }
+
+    fn upstream(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[1])
+    }
+
+    fn spawn(&mut self) {
+        let a = |p: u16| format!("127.0.0.1:{p}");
+        let mut cmd = tokio::process::Command::new(piko_tests::bin("piko-server"));
+        cmd.arg("--cluster.node-id")
+            .arg(&self.name)
+            .arg("--proxy.bind-addr")
+            .arg(a(self.ports[0]))
+            .arg("--upstream.bind-addr")
+            .arg(a(self.ports[1]))
+            .arg("--admin.bind-addr")
+            .arg(a(self.ports[2]))
+            .arg("--cluster.bind-addr")
+            .arg(a(self.ports[3]))
+            .arg("--cluster.data-dir")
+            .arg(&self.data_dir)
+            .arg("--cluster.node-lease")
+            .arg("2s")
+            .arg("--grace-period")
+            .arg("2s")
+            .arg("--cluster.join")
+            .arg(self.join.join(","))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        self.child = Some(cmd.spawn().expect("spawn piko-server"));
+    }
+
+    /// SIGKILL: no goodbye to the cluster.
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.expect("kill");
+        }
+    }
+
+    async fn json(&self, path: &str) -> serde_json::Value {
+        match client().get(format!("{}{path}", self.admin())).send().await {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    async fn replicated(&self, endpoint: &str) -> u64 {
+        match self.json("/status/cluster/nodes").await {
+            serde_json::Value::Array(nodes) => nodes
+                .iter()
+                .filter_map(|n| n["endpoints"][endpoint].as_u64())
+                .sum(),
+            _ => u64::MAX,
+        }
+    }
+
+    async fn leader(&self) -> Option<String> {
+        self.json("/status/cluster/raft").await["leader"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    async fn get(&self, endpoint: &str, path: &str) -> Option<(u16, String)> {
+        let r = client()
+            .get(format!("{}{path}", self.proxy()))
+            .header("x-piko-endpoint", endpoint)
+            .send()
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+    }
+}
+
+async fn process_cluster(tag: &str) -> Vec<NodeProcess> {
+    process_cluster_of(tag, 3).await
+}
+
+async fn process_cluster_of(tag: &str, n: usize) -> Vec<NodeProcess> {
+    let dir = temp_dir(tag);
+    let mut nodes: Vec<NodeProcess> = (0..n)
+        .map(|i| NodeProcess::new(&format!("node-{i}"), dir.join(format!("node-{i}"))))
+        .collect();
+    let join: Vec<String> = nodes.iter().map(NodeProcess::cluster_addr).collect();
+    for n in &mut nodes {
+        n.join = join.clone();
+        n.spawn();
+    }
+    for n in &nodes {
+        wait_until(
+            &format!("{} sees 3 voters", n.name),
+            Duration::from_secs(30),
+            || async {
+                let raft = n.json("/status/cluster/raft").await;
+                let len = |k: &str| raft[k].as_array().map_or(0, Vec::len);
+                len("voters") == 3 && len("voters") + len("learners") == nodes.len()
+            },
+        )
+        .await;
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_its_endpoints_and_rejoins_from_its_data_dir() {
+    let mut nodes = process_cluster("cluster-kill").await;
+    let echo = EchoUpstream::named("on-node-2").await;
+    let _conn = TestConnector::start(
+        &nodes[2].upstream(),
+        &[("svc", &echo.addr.to_string(), Protocol::Http)],
+    );
+    wait_until("node-0 routes svc", Duration::from_secs(20), || async {
+        nodes[0].get("svc", "/name").await == Some((200, "on-node-2".into()))
+    })
+    .await;
+
+    nodes[2].kill().await;
+    // The leader's lease on node-2 (2 s) runs out and its entries go, everywhere.
+    for n in &nodes[..2] {
+        wait_until(
+            &format!("{} drops svc", n.name),
+            Duration::from_secs(20),
+            || async { n.replicated("svc").await == 0 },
+        )
+        .await;
+    }
+    let (status, body) = nodes[0].get("svc", "/name").await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("no available upstreams"), "{body}");
+
+    // Same name, same data dir: it rejoins by itself, and its upstream reconnects to it.
+    nodes[2].spawn();
+    wait_until(
+        "node-2 is back with its upstream",
+        Duration::from_secs(30),
+        || async { nodes[1].get("svc", "/name").await == Some((200, "on-node-2".into())) },
+    )
+    .await;
+    let raft = nodes[2].json("/status/cluster/raft").await;
+    assert_eq!(raft["voters"].as_array().map(Vec::len), Some(3), "{raft}");
+    assert!(raft["leader"].is_string(), "{raft}");
+}
+
+#[tokio::test]
+async fn losing_the_leader_elects_another_and_registration_resumes() {
+    let mut nodes = process_cluster("cluster-leader").await;
+    let leader = nodes[0].leader().await.expect("a leader");
+    let li: usize = leader.trim_start_matches("node-").parse().unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+
+    // An upstream on a survivor before the failure keeps being served during it.
+    let before = EchoUpstream::named("before").await;
+    let _c1 = TestConnector::start(
+        &nodes[survivors[0]].upstream(),
+        &[("early", &before.addr.to_string(), Protocol::Http)],
+    );
+    wait_until("early is routed", Duration::from_secs(20), || async {
+        nodes[survivors[1]].get("early", "/name").await == Some((200, "before".into()))
+    })
+    .await;
+
+    nodes[li].kill().await;
+    wait_until("a new leader", Duration::from_secs(30), || async {
+        let a = nodes[survivors[0]].leader().await;
+        a.is_some() && a != Some(leader.clone()) && a == nodes[survivors[1]].leader().await
+    })
+    .await;
+    assert_eq!(
+        nodes[survivors[1]].get("early", "/name").await,
+        Some((200, "before".into())),
+        "routing never stopped"
+    );
+
+    // A registration after the election reaches the other survivor.
+    let after = EchoUpstream::named("after").await;
+    let _c2 = TestConnector::start(
+        &nodes[survivors[1]].upstream(),
+        &[("late", &after.addr.to_string(), Protocol::Http)],
+    );
+    wait_until(
+        "late is routed from the other survivor",
+        Duration::from_secs(20),
+        || async { nodes[survivors[0]].get("late", "/name").await == Some((200, "after".into())) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_voter_hands_its_seat_to_a_learner() {
+    let mut nodes = process_cluster_of("cluster-seat", 4).await;
+    let raft = nodes[0].json("/status/cluster/raft").await;
+    let learner = raft["learners"][0]
+        .as_str()
+        .expect("one learner")
+        .to_string();
+    // Kill a voter that is not the leader, so the test also holds when the leader is node-0.
+    let leader = raft["leader"].as_str().unwrap().to_string();
+    let victim = raft["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .find(|v| *v != leader)
+        .unwrap();
+    let vi: usize = victim.trim_start_matches("node-").parse().unwrap();
+    nodes[vi].kill().await;
+    let watcher = &nodes[(vi + 1) % 4];
+    wait_until(
+        "the learner takes the dead voter's seat",
+        Duration::from_secs(30),
+        || async {
+            let raft = watcher.json("/status/cluster/raft").await;
+            let voters: Vec<&str> = raft["voters"]
+                .as_array()
+                .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            voters.len() == 3
+                && voters.contains(&learner.as_str())
+                && !voters.contains(&victim.as_str())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_membership_api_removes_a_node_that_will_not_come_back() {
+    let mut nodes = process_cluster("cluster-remove").await;
+    nodes[2].kill().await;
+    let r = client()
+        .delete(format!("{}/cluster/nodes/node-2", nodes[0].admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    for n in &nodes[..2] {
+        wait_until("node-2 is gone", Duration::from_secs(20), || async {
+            match n.json("/status/cluster/nodes").await {
+                serde_json::Value::Array(v) => v.len() == 2,
+                _ => false,
+            }
+        })
+        .await;
+    }
+    let r = client()
+        .delete(format!("{}/cluster/nodes/node-9", nodes[1].admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "node \"node-9\" not found"
+    );
+    // `piko-server status node ID` and `status raft` print the admin API's answers.
+    let out = tokio::process::Command::new(piko_tests::bin("piko-server"))
+        .args([
+            "status",
+            "node",
+            "node-1",
+            "--server.url",
+            &nodes[0].admin(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "node-1");
+    let out = tokio::process::Command::new(piko_tests::bin("piko-server"))
+        .args(["status", "raft", "--server.url", &nodes[0].admin()])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["voters"].as_array().map(Vec::len), Some(2), "{v}");
+    let out = tokio::process::Command::new(piko_tests::bin("piko-server"))
+        .args(["status", "node", "--server.url", &nodes[0].admin()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give the node id"));
+}

@@ -21,6 +21,45 @@ pub use node::{Cluster, ClusterError, ClusterSettings, NodeStatus};
 pub use service::ClusterPort;
 pub use types::{Member, NodeId};
 
+/// The node id to run with: a configured one as is; a generated one is kept in
+/// `data_dir/node_id`, so a restarted node finds its Raft log under the same name.
+pub fn stable_node_id(
+    data_dir: Option<&std::path::Path>,
+    id: &str,
+    generated: bool,
+) -> Result<String, ClusterError> {
+    let Some(dir) = data_dir.filter(|_| generated) else {
+        return Ok(id.to_string());
+    };
+    let path = dir.join("node_id");
+    let io = |e: std::io::Error| ClusterError::Store(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(saved) => {
+            let saved = saved.trim().to_string();
+            let check = Member {
+                name: saved.clone(),
+                proxy_addr: "h:1".into(),
+                upstream_addr: "h:1".into(),
+                admin_addr: "h:1".into(),
+                cluster_addr: "h:1".into(),
+            };
+            validate_member(&check).map_err(|e| {
+                ClusterError::Store(format!(
+                    "{}: {e}; delete the file or set cluster.node_id",
+                    path.display()
+                ))
+            })?;
+            Ok(saved)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::write(&path, format!("{id}\n")).map_err(io)?;
+            Ok(id.to_string())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// Check a member sent by another node: a valid name and `host:port` addresses.
 pub fn validate_member(m: &Member) -> Result<(), String> {
     if m.name.is_empty()
@@ -55,6 +94,30 @@ pub fn validate_member(m: &Member) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_node_id_is_kept_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Some(dir.path());
+        assert_eq!(stable_node_id(d, "piko-1", true).unwrap(), "piko-1");
+        assert_eq!(
+            stable_node_id(d, "piko-2", true).unwrap(),
+            "piko-1",
+            "the first one stays"
+        );
+        assert_eq!(
+            stable_node_id(d, "named", false).unwrap(),
+            "named",
+            "a configured id wins"
+        );
+        assert_eq!(stable_node_id(None, "piko-3", true).unwrap(), "piko-3");
+        std::fs::write(dir.path().join("node_id"), "bad id!\n").unwrap();
+        let e = stable_node_id(d, "piko-4", true).unwrap_err().to_string();
+        assert!(
+            e.contains("node_id") && e.contains("invalid node id"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn members_from_other_nodes_are_checked() {

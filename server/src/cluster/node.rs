@@ -402,6 +402,9 @@ impl Cluster {
     /// Leave the cluster on shutdown: the leader removes this node (handing over leadership
     /// if this node leads) and its endpoint entries.
     pub async fn leave(&self) {
+        if self.node_count() <= 1 {
+            return; // a cluster of one ends with its node
+        }
         let name = self.member.name.clone();
         match tokio::time::timeout(CALL_TIMEOUT, self.leave_member(&name)).await {
             Ok(Ok(())) => {}
@@ -674,17 +677,36 @@ impl Cluster {
             } else {
                 1
             };
-            if voters.len() < want && voters.len() + learners.len() >= want {
+            let change = if voters.len() < want && voters.len() + learners.len() >= want {
                 let add: BTreeSet<NodeId> =
                     learners.into_iter().take(want - voters.len()).collect();
                 info!(voters = want, "promoting learners to voters");
-                if let Err(e) = self
-                    .raft
-                    .change_membership(ChangeMembers::AddVoterIds(add), true)
-                    .await
-                {
-                    debug!(error = %e, "promoting learners failed");
+                ChangeMembers::AddVoterIds(add)
+            } else {
+                // A voter that stopped answering hands its seat to a live learner (it stays
+                // a learner itself, and may be promoted again when it is back).
+                let dead: Vec<NodeId> = voters.iter().copied().filter(|v| !alive(*v)).collect();
+                if dead.is_empty() || learners.is_empty() {
+                    continue;
                 }
+                let mut next = voters.clone();
+                for (d, l) in dead.iter().zip(&learners) {
+                    next.remove(d);
+                    next.insert(*l);
+                }
+                let name = |id: &NodeId| {
+                    membership
+                        .get_node(id)
+                        .map_or_else(|| id.to_string(), |m| m.name.clone())
+                };
+                info!(
+                    out = ?dead.iter().map(name).collect::<Vec<_>>(),
+                    "replacing voters that stopped answering with learners"
+                );
+                ChangeMembers::ReplaceAllVoters(next)
+            };
+            if let Err(e) = self.raft.change_membership(change, true).await {
+                debug!(error = %e, "changing voters failed");
             }
         }
     }
