@@ -313,63 +313,74 @@ async fn bad_cluster_rpc_gets_a_json_error() {
     cluster.stop().await;
 }
 
-/// A `piko-server` process of a cluster, for tests that kill nodes.
+/// A `piko-server` process of a cluster, for tests that kill nodes. It binds port 0 the
+/// first time and reads its ports from its log, so no port is ever guessed; a restart binds
+/// the same ports again.
 struct NodeProcess {
     name: String,
-    ports: [u16; 4],
+    ports: Option<[u16; 4]>,
     data_dir: std::path::PathBuf,
     join: Vec<String>,
     child: Option<tokio::process::Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl NodeProcess {
     fn new(name: &str, data_dir: std::path::PathBuf) -> Self {
         Self {
             name: name.to_string(),
-            ports: [free_port(), free_port(), free_port(), free_port()],
+            ports: None,
             data_dir,
             join: vec![],
             child: None,
         }
     }
 
+    fn port(&self, i: usize) -> u16 {
+        self.ports.expect("node started")[i]
+    }
+
     fn cluster_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports[3])
+        format!("127.0.0.1:{}", self.port(3))
     }
 
     fn admin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[2])
+        format!("http://127.0.0.1:{}", self.port(2))
     }
 
     fn proxy(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[0])
+        format!("http://127.0.0.1:{}", self.port(0))
     }
 
     fn upstream(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[1])
+        format!("http://127.0.0.1:{}", self.port(1))
     }
 
-    fn spawn(&mut self) {
-        let a = |p: u16| format!("127.0.0.1:{p}");
+    fn log_path(&self) -> std::path::PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    /// Start the process and wait until it listens on its four ports.
+    async fn spawn(&mut self) {
+        let a = |p: Option<u16>| format!("127.0.0.1:{}", p.unwrap_or(0));
+        let port = |i: usize| self.ports.map(|p| p[i]);
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("node log");
+        let offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let mut cmd = tokio::process::Command::new(piko_tests::bin("piko-server"));
         cmd.arg("--cluster.node-id")
             .arg(&self.name)
             .arg("--proxy.bind-addr")
-            .arg(a(self.ports[0]))
+            .arg(a(port(0)))
             .arg("--upstream.bind-addr")
-            .arg(a(self.ports[1]))
+            .arg(a(port(1)))
             .arg("--admin.bind-addr")
-            .arg(a(self.ports[2]))
+            .arg(a(port(2)))
             .arg("--cluster.bind-addr")
-            .arg(a(self.ports[3]))
+            .arg(a(port(3)))
             .arg("--cluster.data-dir")
             .arg(&self.data_dir)
             .arg("--cluster.node-lease")
@@ -379,9 +390,34 @@ impl NodeProcess {
             .arg("--cluster.join")
             .arg(self.join.join(","))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .kill_on_drop(true);
         self.child = Some(cmd.spawn().expect("spawn piko-server"));
+        let mut found = [0u16; 4];
+        wait_until(
+            &format!("{} listens", self.name),
+            Duration::from_secs(20),
+            || {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let text = text.get(offset..).unwrap_or("").to_string();
+                for line in text.lines() {
+                    for (i, name) in ["proxy", "upstream", "admin", "cluster"].iter().enumerate() {
+                        let tag = format!("listening port=\"{name}\" addr=127.0.0.1:");
+                        if let Some(rest) = line.split(&tag).nth(1) {
+                            found[i] = rest
+                                .split(|c: char| !c.is_ascii_digit())
+                                .next()
+                                .and_then(|p| p.parse().ok())
+                                .unwrap_or(0);
+                        }
+                    }
+                }
+                let done = found.iter().all(|p| *p != 0);
+                async move { done }
+            },
+        )
+        .await;
+        self.ports = Some(found);
     }
 
     /// SIGKILL: no goodbye to the cluster.
@@ -429,22 +465,24 @@ async fn process_cluster(tag: &str) -> Vec<NodeProcess> {
     process_cluster_of(tag, 3).await
 }
 
+/// `n` node processes: the first starts the cluster, the others join through it.
 async fn process_cluster_of(tag: &str, n: usize) -> Vec<NodeProcess> {
     let dir = temp_dir(tag);
     let mut nodes: Vec<NodeProcess> = (0..n)
         .map(|i| NodeProcess::new(&format!("node-{i}"), dir.join(format!("node-{i}"))))
         .collect();
-    let join: Vec<String> = nodes.iter().map(NodeProcess::cluster_addr).collect();
-    for n in &mut nodes {
-        n.join = join.clone();
-        n.spawn();
+    nodes[0].spawn().await;
+    let seed = vec![nodes[0].cluster_addr()];
+    for node in &mut nodes[1..] {
+        node.join = seed.clone();
+        node.spawn().await;
     }
-    for n in &nodes {
+    for node in &nodes {
         wait_until(
-            &format!("{} sees 3 voters", n.name),
+            &format!("{} sees 3 voters", node.name),
             Duration::from_secs(30),
             || async {
-                let raft = n.json("/status/cluster/raft").await;
+                let raft = node.json("/status/cluster/raft").await;
                 let len = |k: &str| raft[k].as_array().map_or(0, Vec::len);
                 len("voters") == 3 && len("voters") + len("learners") == nodes.len()
             },
@@ -482,7 +520,7 @@ async fn a_killed_node_loses_its_endpoints_and_rejoins_from_its_data_dir() {
     assert!(body.contains("no available upstreams"), "{body}");
 
     // Same name, same data dir: it rejoins by itself, and its upstream reconnects to it.
-    nodes[2].spawn();
+    nodes[2].spawn().await;
     wait_until(
         "node-2 is back with its upstream",
         Duration::from_secs(30),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -256,9 +256,14 @@ impl Cluster {
     }
 
     /// One round of joining: `Ok(true)` once a member.
+    ///
+    /// A node joins the first cluster it finds behind `join`. When no node there is in a
+    /// cluster yet, one must start it, and exactly one: the node with the smallest id, and
+    /// only once every address has answered, so two nodes that each see part of the list
+    /// can never both start one.
     async fn try_join(&self) -> Result<bool, ClusterError> {
         let mut peers = Vec::new();
-        let mut only_me = true;
+        let mut saw_me = false;
         let mut last_error = None;
         for addr in resolve(&self.settings.join).await {
             match self
@@ -266,15 +271,9 @@ impl Cluster {
                 .call::<(), NodeAnswer>(&addr, INFO_PATH, None, Duration::from_secs(2))
                 .await
             {
-                Ok(a) if a.member.name == self.member.name => {}
-                Ok(a) => {
-                    only_me = false;
-                    peers.push((addr, a));
-                }
-                Err(e) => {
-                    only_me = false;
-                    last_error = Some(e);
-                }
+                Ok(a) if a.member.name == self.member.name => saw_me = true,
+                Ok(a) => peers.push((addr, a)),
+                Err(e) => last_error = Some(e),
             }
         }
         if self.raft.is_initialized().await.unwrap_or(false) {
@@ -294,17 +293,15 @@ impl Cluster {
             info!(via = %addr, "joined the cluster");
             return Ok(true);
         }
-        // Nobody is in a cluster yet: the node with the smallest id among those that answer
-        // starts it, and the others join it on their next round.
+        if let Some(e) = last_error {
+            return Err(e.into());
+        }
         let smallest = peers.iter().all(|(_, a)| self.member.name < a.member.name);
-        if only_me || (!peers.is_empty() && smallest) {
+        if (saw_me || !peers.is_empty()) && smallest {
             self.bootstrap().await?;
             return Ok(true);
         }
-        match last_error {
-            Some(e) if peers.is_empty() => Err(e.into()),
-            _ => Ok(false),
-        }
+        Ok(false)
     }
 
     /// Ask the leader (through any known node) to add or update this node.
@@ -348,10 +345,7 @@ impl Cluster {
             None => ChangeMembers::AddNodes(BTreeMap::from([(id, member.clone())])),
         };
         info!(node = %member, "adding node to the cluster");
-        self.raft
-            .change_membership(change, true)
-            .await
-            .map_err(write_error)?;
+        self.change_membership(change, true).await?;
         Ok(self.member.clone())
     }
 
@@ -379,15 +373,11 @@ impl Cluster {
                     "the last voter cannot leave the cluster".into(),
                 ));
             }
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(write_error)?;
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await?;
         } else if membership.get_node(&id).is_some() {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(write_error)?;
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
         }
         if self.leads() {
             self.raft
@@ -397,6 +387,34 @@ impl Cluster {
         }
         info!(node_id = %name, "node left the cluster");
         Ok(())
+    }
+
+    /// Change the membership, waiting (up to [`CALL_TIMEOUT`]) for a change under way, such
+    /// as a promotion, to finish first: only one can be in flight.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    ) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            match self.raft.change_membership(change.clone(), retain).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) => {
+                    return Err(ClusterError::Refused(
+                        "another membership change is still under way; try again".into(),
+                    ))
+                }
+                Err(e) => return Err(write_error(e)),
+            }
+        }
     }
 
     /// Leave the cluster on shutdown: the leader removes this node (handing over leadership
