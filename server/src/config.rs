@@ -1109,8 +1109,44 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["node-1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let (c, k) = (c.to_str().unwrap(), k.to_str().unwrap());
+        let yaml = format!(
+            "cluster:\n  node_id: node-1\n  node_lease: 3s\n  join: [a:8003, b:8003]\n  data_dir: /var/lib/piko\n  tls:\n    cert: {c}\n    key: {k}\n    client_cas: {c}\n    root_cas: {c}\n"
+        );
+        let cfg = load(&src(Some(&yaml), &[], &[])).unwrap();
+        assert_eq!(cfg.node_id, "node-1");
+        assert!(!cfg.node_id_generated);
+        assert_eq!(cfg.node_lease, Duration::from_secs(3));
+        assert_eq!(cfg.join, vec!["a:8003".to_string(), "b:8003".to_string()]);
+        assert_eq!(
+            cfg.data_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/piko"))
+        );
+        let files = cfg.cluster_tls.expect("cluster TLS on");
+        assert_eq!(files.client_cas.as_deref(), Some(std::path::Path::new(c)));
+        assert!(
+            cfg.cluster_client_tls.is_some(),
+            "calls to other nodes use TLS too"
+        );
+        let plain = load(&src(None, &[], &[])).unwrap();
+        assert!(plain.cluster_tls.is_none() && plain.cluster_client_tls.is_none());
+        assert!(plain.node_id_generated && plain.node_id.starts_with("piko-"));
+        assert_eq!(plain.node_lease, Duration::from_secs(10));
+    }
+
+    #[test]
     fn auth_and_tls_errors_name_the_key() {
-        let cases: [(Sources, &str); 7] = [
+        let cases: [(Sources, &str); 12] = [
             (
                 src(None, &[], &[("proxy.auth.rsa_public_key", "nope")]),
                 "proxy.auth.rsa_public_key: invalid key",
@@ -1145,6 +1181,30 @@ mod tests {
             (
                 src(None, &[], &[("upstream.tls.client_cas", "/ca.pem")]),
                 "upstream.tls.cert: missing",
+            ),
+            (
+                src(None, &[], &[("cluster.tls.cert", "/nonexistent.pem")]),
+                "cluster.tls.key: missing",
+            ),
+            (
+                src(None, &[], &[("cluster.tls.root_cas", "/ca.pem")]),
+                "cluster.tls.root_cas: set cluster.tls.cert and cluster.tls.key too",
+            ),
+            (
+                src(
+                    None,
+                    &[("PIKO_CLUSTER_TLS_CERT", "/nonexistent.pem")],
+                    &[("cluster.tls.key", "/nonexistent.key")],
+                ),
+                "cluster.tls: cannot read certificates from /nonexistent.pem",
+            ),
+            (
+                src(None, &[], &[("cluster.node_lease", "500ms")]),
+                "cluster.node_lease: must be at least 1s",
+            ),
+            (
+                src(Some("cluster:\n  tls:\n    ca: x\n"), &[], &[]),
+                "cluster.tls.ca: unknown field `ca`",
             ),
         ];
         for (s, want) in cases {

@@ -64,6 +64,9 @@ pub enum ClusterError {
     /// The change was refused.
     #[error("{0}")]
     Refused(String),
+    /// The change was not committed in time (no quorum, or a leader cut off from it).
+    #[error("the cluster did not commit the change within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// Who a node is, as answered on [`INFO_PATH`].
@@ -433,7 +436,11 @@ impl Cluster {
 
     /// Apply `cmd` through the leader.
     pub async fn write(&self, cmd: Command) -> Result<(), ClusterError> {
-        match self.raft.client_write(cmd.clone()).await {
+        // A leader cut off from its quorum never commits; give up rather than wait forever.
+        let written = tokio::time::timeout(CALL_TIMEOUT, self.raft.client_write(cmd.clone()))
+            .await
+            .map_err(|_| ClusterError::TimedOut(CALL_TIMEOUT))?;
+        match written {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = f

@@ -61,7 +61,9 @@ fn answer<T: Serialize>(v: &T) -> Response<Body> {
 
 fn cluster_error(e: ClusterError) -> Response<Body> {
     let status = match e {
-        ClusterError::NoLeader | ClusterError::Peer(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterError::NoLeader | ClusterError::Peer(_) | ClusterError::TimedOut(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ClusterError::Refused(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
