@@ -127,7 +127,13 @@ impl Admin {
         match path {
             "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/ready" => {
-                if self.ready.load(Ordering::SeqCst) {
+                let raft_ok = self.cluster.as_ref().is_none_or(|c| c.is_healthy());
+                if !raft_ok {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "raft stopped; see the log"}),
+                    )
+                } else if self.ready.load(Ordering::SeqCst) {
                     json_response(StatusCode::OK, &json!({"status": "ready"}))
                 } else {
                     json_response(

@@ -152,6 +152,16 @@ pub async fn run(
             .unwrap_or_else(|| addr(&listeners.cluster)),
     };
     info!(node_id = %node_id, "starting node");
+    let unspecified = node
+        .cluster_addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_unspecified());
+    if unspecified && !config.join.is_empty() {
+        tracing::warn!(
+            cluster_addr = %node.cluster_addr,
+            "other nodes cannot reach this node at its bind address; set cluster.advertise_addr"
+        );
+    }
     let cluster = cluster::Cluster::new(cluster::ClusterSettings {
         member: cluster::Member {
             name: node.id.clone(),
@@ -276,6 +286,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     ready.store(false, Ordering::SeqCst);
+    cluster.withdraw().await;
     info!(grace = ?grace, "shutting down: draining upstreams and requests");
     tasks.close();
     tasks.wait().await;

@@ -25,8 +25,8 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("what")
                         .required(true)
-                        .value_parser(["endpoints", "nodes", "node", "raft"])
-                        .help("endpoints | nodes | node ID | raft"),
+                        .value_parser(["endpoints", "nodes", "node", "raft", "health"])
+                        .help("endpoints | nodes | node ID | raft | health (exit 0 when healthy: for container health checks)"),
                 )
                 .arg(Arg::new("id").help("The node id, for `status node ID`"))
                 .arg(
@@ -123,6 +123,7 @@ async fn status(m: &ArgMatches) -> anyhow::Result<()> {
         }
         (Some("nodes"), _) => "/status/cluster/nodes".into(),
         (Some("raft"), _) => "/status/cluster/raft".into(),
+        (Some("health"), _) => "/health".into(),
         _ => "/status/upstream/endpoints".into(),
     };
     let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))

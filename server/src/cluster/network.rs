@@ -45,8 +45,12 @@ pub const WRITE_PATH: &str = "/piko/cluster/v1/write";
 /// Who a node is and whether it belongs to a cluster.
 pub const INFO_PATH: &str = "/piko/cluster/v1/info";
 
-/// Largest RPC body accepted or read back (a snapshot chunk is far smaller).
+/// Largest RPC body accepted or read back (AppendEntries batches, snapshot chunks).
 pub const MAX_RPC_BYTES: usize = 64 << 20;
+/// Largest body of the small routes (vote, join, leave).
+pub const MAX_SMALL_BYTES: usize = 64 << 10;
+/// Largest command a node may send to the leader (a full endpoint table).
+pub const MAX_WRITE_BYTES: usize = 8 << 20;
 
 /// The body of requests sent to other nodes.
 pub type ClientBody = BoxBody<Bytes, hyper::Error>;
@@ -291,7 +295,11 @@ impl PeerNetwork {
                 Ok(resp)
             }
             Ok(Err(e)) => {
-                self.liveness.record(self.target);
+                // A node whose Raft has stopped (a storage failure) still answers HTTP; it
+                // is not alive as far as the cluster is concerned.
+                if !matches!(e, RaftError::Fatal(_)) {
+                    self.liveness.record(self.target);
+                }
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             Err(e) if e.is_connect() => Err(RPCError::Unreachable(Unreachable::new(&e))),

@@ -120,7 +120,8 @@ pub struct Cluster {
     state: watch::Receiver<Arc<ClusterState>>,
     settings: ClusterSettings,
     local_changed: Notify,
-    leader_since: Mutex<Option<Instant>>,
+    /// The term this node leads in and since when.
+    leader_since: Mutex<Option<(u64, Instant)>>,
 }
 
 impl RegistryObserver for Cluster {
@@ -132,12 +133,16 @@ impl RegistryObserver for Cluster {
 fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "piko".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        // openraft gives each AppendEntries the heartbeat interval to answer, which must
+        // cover a fresh TCP and TLS handshake on a busy node.
+        heartbeat_interval: 500,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 200,
-        install_snapshot_timeout: 2000,
+        // Chunks travel as JSON (about 3.5 bytes per byte): small ones, time enough for each.
+        snapshot_max_chunk_size: 256 * 1024,
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     }
 }
@@ -401,7 +406,13 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
         loop {
-            match self.raft.change_membership(change.clone(), retain).await {
+            let attempt = tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.raft.change_membership(change.clone(), retain),
+            )
+            .await
+            .map_err(|_| ClusterError::TimedOut(CALL_TIMEOUT))?;
+            match attempt {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
@@ -434,6 +445,21 @@ impl Cluster {
         }
     }
 
+    /// Stop other nodes from forwarding here (at the start of a shutdown): this node's
+    /// endpoint entries are cleared while its upstreams drain.
+    pub async fn withdraw(&self) {
+        if self.node_count() <= 1 {
+            return;
+        }
+        let cmd = Command::ReplaceEndpoints {
+            node: self.id,
+            counts: BTreeMap::new(),
+        };
+        if let Err(e) = self.write(cmd).await {
+            warn!(error = %e, "could not withdraw this node's endpoints; other nodes may forward here while it drains");
+        }
+    }
+
     /// Apply `cmd` through the leader.
     pub async fn write(&self, cmd: Command) -> Result<(), ClusterError> {
         // A leader cut off from its quorum never commits; give up rather than wait forever.
@@ -454,6 +480,11 @@ impl Cluster {
             }
             Err(e) => Err(write_error(e)),
         }
+    }
+
+    /// Whether Raft runs (it stops for good on a storage failure).
+    pub fn is_healthy(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_ok()
     }
 
     /// Whether this node believes it leads.
@@ -609,9 +640,14 @@ impl Cluster {
     ) {
         loop {
             tokio::select! {
+                // At shutdown `withdraw` clears this node's entries; no late write may undo it.
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = self.local_changed.notified() => {}
                 _ = tokio::time::sleep(TICK * 2) => {}
+            }
+            if shutdown.is_cancelled() {
+                return;
             }
             let local: BTreeMap<String, u32> = registry
                 .endpoints()
@@ -658,81 +694,112 @@ impl Cluster {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
+            // Each round is bounded (every call has a timeout) and dropped at shutdown.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.lead_once() => {}
+            }
+        }
+    }
+
+    async fn lead_once(&self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            *self.leader_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        // The lease counts from when this node became leader in this term, or from a node's
+        // last answer, whichever is later: a new leader has heard from nobody yet.
+        let since = {
+            let mut guard = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+            match *guard {
+                Some((term, at)) if term == metrics.current_term => at,
+                _ => {
+                    let now = Instant::now();
+                    *guard = Some((metrics.current_term, now));
+                    now
+                }
+            }
+        };
+        let alive = |id: NodeId| {
+            id == self.id
+                || self
+                    .liveness
+                    .last_ok(id)
+                    .map_or(since, |t| t.max(since))
+                    .elapsed()
+                    < self.settings.node_lease
+        };
+        let membership = metrics.membership_config.membership();
+        let holders: Vec<NodeId> = self.state.borrow().endpoints.keys().copied().collect();
+        for node in holders {
+            let gone = membership.get_node(&node).is_none();
+            if !gone && alive(node) {
+                continue;
+            }
+            // Written here only, never forwarded: a leader that lost its quorum must not
+            // hand its stale view of who is alive to the new leader.
             if !self.leads() {
-                *self.leader_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                continue;
+                return;
             }
-            let since = *self
-                .leader_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(Instant::now);
-            let alive = |id: NodeId| {
-                id == self.id
-                    || self
-                        .liveness
-                        .last_ok(id)
-                        .map_or(since, |t| t.max(since))
-                        .elapsed()
-                        < self.settings.node_lease
+            let name = membership
+                .get_node(&node)
+                .map_or_else(|| node.to_string(), |m| m.name.clone());
+            warn!(node = %name, "node stopped answering; removing its endpoints");
+            let cmd = Command::ExpireNode { node };
+            match tokio::time::timeout(CALL_TIMEOUT, self.raft.client_write(cmd)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return debug!(error = %e, "expiring a node failed"),
+                Err(_) => return debug!("expiring a node timed out"),
+            }
+        }
+        if membership.get_joint_config().len() > 1 {
+            return;
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().filter(|l| alive(*l)).collect();
+        let live_voters = voters.iter().filter(|v| alive(**v)).count();
+        let up = live_voters + learners.len();
+        let want = if up >= 5 {
+            5
+        } else if up >= 3 {
+            3
+        } else {
+            1
+        };
+        let change = if voters.len() < want && voters.len() + learners.len() >= want {
+            let add: BTreeSet<NodeId> = learners.into_iter().take(want - voters.len()).collect();
+            info!(voters = want, "promoting learners to voters");
+            ChangeMembers::AddVoterIds(add)
+        } else {
+            // A voter that stopped answering hands its seat to a live learner (it stays a
+            // learner itself, and may be promoted again when it is back). Only while the live
+            // voters are a quorum: without one no change can commit, and trying would leave
+            // the group stuck in a joint configuration.
+            let dead: Vec<NodeId> = voters.iter().copied().filter(|v| !alive(*v)).collect();
+            if dead.is_empty() || learners.is_empty() || live_voters * 2 <= voters.len() {
+                return;
+            }
+            let mut next = voters.clone();
+            for (d, l) in dead.iter().zip(&learners) {
+                next.remove(d);
+                next.insert(*l);
+            }
+            let name = |id: &NodeId| {
+                membership
+                    .get_node(id)
+                    .map_or_else(|| id.to_string(), |m| m.name.clone())
             };
-            let metrics = self.raft.metrics().borrow().clone();
-            let membership = metrics.membership_config.membership();
-            let holders: Vec<NodeId> = self.state.borrow().endpoints.keys().copied().collect();
-            for node in holders {
-                let gone = membership.get_node(&node).is_none();
-                if gone || !alive(node) {
-                    let name = membership.get_node(&node).map(|m| m.name.clone());
-                    warn!(node = ?name.unwrap_or_else(|| node.to_string()), "node stopped answering; removing its endpoints");
-                    if let Err(e) = self.write(Command::ExpireNode { node }).await {
-                        debug!(error = %e, "expiring a node failed");
-                    }
-                }
-            }
-            if membership.get_joint_config().len() > 1 {
-                continue;
-            }
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            let learners: Vec<NodeId> = membership.learner_ids().filter(|l| alive(*l)).collect();
-            let up = voters.iter().filter(|v| alive(**v)).count() + learners.len();
-            let want = if up >= 5 {
-                5
-            } else if up >= 3 {
-                3
-            } else {
-                1
-            };
-            let change = if voters.len() < want && voters.len() + learners.len() >= want {
-                let add: BTreeSet<NodeId> =
-                    learners.into_iter().take(want - voters.len()).collect();
-                info!(voters = want, "promoting learners to voters");
-                ChangeMembers::AddVoterIds(add)
-            } else {
-                // A voter that stopped answering hands its seat to a live learner (it stays
-                // a learner itself, and may be promoted again when it is back).
-                let dead: Vec<NodeId> = voters.iter().copied().filter(|v| !alive(*v)).collect();
-                if dead.is_empty() || learners.is_empty() {
-                    continue;
-                }
-                let mut next = voters.clone();
-                for (d, l) in dead.iter().zip(&learners) {
-                    next.remove(d);
-                    next.insert(*l);
-                }
-                let name = |id: &NodeId| {
-                    membership
-                        .get_node(id)
-                        .map_or_else(|| id.to_string(), |m| m.name.clone())
-                };
-                info!(
-                    out = ?dead.iter().map(name).collect::<Vec<_>>(),
-                    "replacing voters that stopped answering with learners"
-                );
-                ChangeMembers::ReplaceAllVoters(next)
-            };
-            if let Err(e) = self.raft.change_membership(change, true).await {
-                debug!(error = %e, "changing voters failed");
-            }
+            info!(
+                out = ?dead.iter().take(learners.len()).map(name).collect::<Vec<_>>(),
+                "replacing voters that stopped answering with learners"
+            );
+            ChangeMembers::ReplaceAllVoters(next)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, self.raft.change_membership(change, true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(error = %e, "changing voters failed"),
+            Err(_) => debug!("changing voters timed out"),
         }
     }
 

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::network::{
     APPEND_PATH, CLUSTER_PATH_PREFIX, INFO_PATH, JOIN_PATH, LEAVE_PATH, MAX_RPC_BYTES,
-    SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
+    MAX_SMALL_BYTES, MAX_WRITE_BYTES, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
 use super::node::{Cluster, ClusterError, JoinRequest};
 use super::types::Command;
@@ -25,8 +25,11 @@ pub struct ClusterPort {
     proxy: Arc<Proxy>,
 }
 
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let bytes = match Limited::new(req.into_body(), MAX_RPC_BYTES).collect().await {
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Response<Body>> {
+    let bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -34,7 +37,7 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Res
         {
             return Err(json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over {MAX_RPC_BYTES} bytes"),
+                &format!("request body over {limit} bytes"),
             ))
         }
         Err(e) => {
@@ -86,19 +89,20 @@ impl ClusterPort {
         let raft = self.cluster.raft();
         match (req.method().clone(), path.as_str()) {
             (Method::GET, INFO_PATH) => answer(&self.cluster.answer().await),
-            (Method::POST, APPEND_PATH) => match read_json(req).await {
+            (Method::POST, APPEND_PATH) => match read_json(req, MAX_RPC_BYTES).await {
                 Ok(rpc) => answer(&raft.append_entries(rpc).await),
                 Err(resp) => resp,
             },
-            (Method::POST, VOTE_PATH) => match read_json(req).await {
+            (Method::POST, VOTE_PATH) => match read_json(req, MAX_SMALL_BYTES).await {
                 Ok(rpc) => answer(&raft.vote(rpc).await),
                 Err(resp) => resp,
             },
-            (Method::POST, SNAPSHOT_PATH) => match read_json(req).await {
+            (Method::POST, SNAPSHOT_PATH) => match read_json(req, MAX_RPC_BYTES).await {
                 Ok(rpc) => answer(&raft.install_snapshot(rpc).await),
                 Err(resp) => resp,
             },
-            (Method::POST, JOIN_PATH) => match read_json::<JoinRequest>(req).await {
+            (Method::POST, JOIN_PATH) => match read_json::<JoinRequest>(req, MAX_SMALL_BYTES).await
+            {
                 Ok(j) => match super::validate_member(&j.member) {
                     Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
                     Ok(()) => match self.cluster.join(j.member).await {
@@ -108,17 +112,36 @@ impl ClusterPort {
                 },
                 Err(resp) => resp,
             },
-            (Method::POST, LEAVE_PATH) => match read_json::<JoinRequest>(req).await {
-                Ok(j) => match self.cluster.leave_member(&j.member.name).await {
-                    Ok(()) => answer(&serde_json::json!({})),
-                    Err(e) => cluster_error(e),
-                },
-                Err(resp) => resp,
-            },
-            (Method::POST, WRITE_PATH) => match read_json::<Command>(req).await {
+            (Method::POST, LEAVE_PATH) => {
+                match read_json::<JoinRequest>(req, MAX_SMALL_BYTES).await {
+                    Ok(j) => match self.cluster.leave_member(&j.member.name).await {
+                        Ok(()) => answer(&serde_json::json!({})),
+                        Err(e) => cluster_error(e),
+                    },
+                    Err(resp) => resp,
+                }
+            }
+            (Method::POST, WRITE_PATH) => match read_json::<Command>(req, MAX_WRITE_BYTES).await {
                 Ok(cmd) => {
                     if !self.cluster.is_leader() {
                         return cluster_error(ClusterError::NoLeader);
+                    }
+                    // Nodes send their own endpoint tables; expiring is the leader's alone.
+                    let node = match &cmd {
+                        Command::SetEndpoints { node, .. }
+                        | Command::ReplaceEndpoints { node, .. } => *node,
+                        Command::ExpireNode { .. } => {
+                            return json_error(
+                                StatusCode::FORBIDDEN,
+                                "only the leader expires nodes",
+                            )
+                        }
+                    };
+                    if self.cluster.member_of(node).is_none() {
+                        return json_error(
+                            StatusCode::CONFLICT,
+                            "the node is not a member of the cluster; it must join again",
+                        );
                     }
                     match self.cluster.write(cmd).await {
                         Ok(()) => answer(&serde_json::json!({})),

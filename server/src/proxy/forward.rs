@@ -5,7 +5,7 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
-use piko_protocol::http::{is_upgrade, splice_upgrade};
+use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
 use piko_protocol::paths::FORWARD_HEADER;
 use piko_protocol::EndpointId;
 use tracing::debug;
@@ -18,6 +18,10 @@ use crate::http::{Body, ConnInfo};
 
 /// Nodes tried for one request before giving up.
 const MAX_NODES: usize = 3;
+
+/// Set by a node answering a forwarded request it had no upstream for (it may have just lost
+/// it, or be draining): nothing was sent, so the request may go to another node.
+pub(super) const NO_UPSTREAM_HEADER: &str = "x-piko-no-upstream";
 
 impl Proxy {
     /// Send `req` to another node holding upstreams for `endpoint`. A node that cannot be
@@ -72,7 +76,17 @@ impl Proxy {
                 }
             };
             match result {
-                Ok(resp) => break resp,
+                Ok(resp)
+                    if replayable
+                        && tried.len() < MAX_NODES
+                        && resp.headers().contains_key(NO_UPSTREAM_HEADER) =>
+                {
+                    debug!(node = %member, "node has no upstream any more; trying another");
+                }
+                Ok(mut resp) => {
+                    resp.headers_mut().remove(NO_UPSTREAM_HEADER);
+                    break resp;
+                }
                 Err(e) if e.is_connect() && replayable && tried.len() < MAX_NODES => {
                     debug!(node = %member, error = %e, "node unreachable; trying another");
                 }
@@ -87,6 +101,10 @@ impl Proxy {
             if let Some(client_upgrade) = client_upgrade {
                 splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
             }
+        } else {
+            // The other node's connection headers (a draining node's `Connection: close`)
+            // are about that hop, not the client's connection.
+            strip_hop_by_hop(resp.headers_mut(), false);
         }
         Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))))
     }

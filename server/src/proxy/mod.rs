@@ -169,7 +169,16 @@ impl Proxy {
                 if record.is_some() {
                     error = Some(e.to_string());
                 }
-                e.response()
+                let mut resp = e.response();
+                if hop == Hop::Forwarded && matches!(e, ProxyError::NoUpstream) {
+                    // Nothing of the request reached an upstream: the forwarding node may
+                    // try another node.
+                    resp.headers_mut().insert(
+                        forward::NO_UPSTREAM_HEADER,
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                resp
             }
         };
         let status = resp.status().as_u16();

@@ -1,0 +1,248 @@
+//! The real image (`installers/docker/build.sh`) and a real three-container cluster
+//! (`installers/compose/docker-compose.yml`): health check, non-root user, forwarding between
+//! containers, a container killed and started again, and a network partition.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use piko_connector_core::config::Protocol;
+use piko_tests::{client, wait_until, EchoUpstream, TestConnector};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A compose project, taken down (volumes too) when dropped.
+struct Compose {
+    project: String,
+    image: String,
+}
+
+impl Compose {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(root().join("installers/compose/docker-compose.yml"))
+            .env("PIKO_IMAGE", &self.image)
+            .env("PIKO_NODE_LEASE", "3s");
+        c
+    }
+
+    /// `http://127.0.0.1:PORT` where `service`'s `port` is published.
+    fn url(&self, service: &str, port: u16) -> String {
+        let addr = run(self.cmd().args(["port", service, &port.to_string()]));
+        format!("http://{addr}")
+    }
+
+    fn container(&self, service: &str) -> String {
+        run(self.cmd().args(["ps", "-q", service]))
+    }
+
+    fn network(&self, name: &str) -> String {
+        format!("{}_{name}", self.project)
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["down", "-v", "-t", "2"]).output();
+    }
+}
+
+async fn json(url: String) -> serde_json::Value {
+    match client().get(url).send().await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+async fn get(proxy: &str, endpoint: &str) -> Option<(u16, String)> {
+    let r = client()
+        .get(format!("{proxy}/name"))
+        .header("x-piko-endpoint", endpoint)
+        .send()
+        .await
+        .ok()?;
+    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+}
+
+async fn replicated(admin: &str, endpoint: &str) -> Option<u64> {
+    match json(format!("{admin}/status/cluster/nodes")).await {
+        serde_json::Value::Array(nodes) => Some(
+            nodes
+                .iter()
+                .filter_map(|n| n["endpoints"][endpoint].as_u64())
+                .sum(),
+        ),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_three_container_cluster_of_the_real_image() {
+    if !Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        panic!("this test needs a Docker engine and docker-compose (tests/run.sh checks for them)");
+    }
+    let image = format!("piko-server:test-{}", std::process::id());
+    let built = run(Command::new(root().join("installers/docker/build.sh")).arg(&image));
+    assert_eq!(built, image);
+    let user =
+        run(Command::new("docker").args(["inspect", "--format", "{{.Config.User}}", &image]));
+    assert_eq!(user, "65532:65532", "the image runs as a non-root user");
+
+    let compose = Compose {
+        project: format!("pikotest{}", std::process::id()),
+        image: image.clone(),
+    };
+    run(compose.cmd().args(["up", "-d"]));
+    let admin: Vec<String> = (1..=3)
+        .map(|i| compose.url(&format!("node-{i}"), 8002))
+        .collect();
+    let proxy: Vec<String> = (1..=3)
+        .map(|i| compose.url(&format!("node-{i}"), 8000))
+        .collect();
+    let upstream: Vec<String> = (1..=3)
+        .map(|i| compose.url(&format!("node-{i}"), 8001))
+        .collect();
+
+    for a in &admin {
+        wait_until(
+            "the cluster has 3 voters",
+            Duration::from_secs(60),
+            || async {
+                let raft = json(format!("{a}/status/cluster/raft")).await;
+                raft["voters"].as_array().map(Vec::len) == Some(3) && raft["leader"].is_string()
+            },
+        )
+        .await;
+    }
+    let node1 = compose.container("node-1");
+    wait_until(
+        "docker reports node-1 healthy",
+        Duration::from_secs(60),
+        || async {
+            let out = Command::new("docker")
+                .args(["inspect", "--format", "{{.State.Health.Status}}", &node1])
+                .output();
+            matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "healthy")
+        },
+    )
+    .await;
+
+    // An upstream on node-2 is served by every node.
+    let echo = EchoUpstream::named("in-docker").await;
+    let _on2 = TestConnector::start(
+        &upstream[1],
+        &[("shop", &echo.addr.to_string(), Protocol::Http)],
+    );
+    for p in &proxy {
+        wait_until(
+            "shop answers through every node",
+            Duration::from_secs(20),
+            || async { get(p, "shop").await == Some((200, "in-docker".into())) },
+        )
+        .await;
+    }
+
+    // Partition node-2 from the others: it keeps serving its own upstream, the majority
+    // expires its entries, and what registers on node-2 meanwhile stays local.
+    let node2 = compose.container("node-2");
+    run(Command::new("docker").args([
+        "network",
+        "disconnect",
+        &compose.network("cluster"),
+        &node2,
+    ]));
+    wait_until(
+        "the majority drops node-2's endpoints",
+        Duration::from_secs(30),
+        || async { replicated(&admin[0], "shop").await == Some(0) },
+    )
+    .await;
+    assert_eq!(
+        get(&proxy[1], "shop").await,
+        Some((200, "in-docker".into())),
+        "the minority serves its own upstream"
+    );
+    let (status, body) = get(&proxy[0], "shop").await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    let late = EchoUpstream::named("late").await;
+    let _late = TestConnector::start(
+        &upstream[1],
+        &[("late", &late.addr.to_string(), Protocol::Http)],
+    );
+    wait_until(
+        "late serves locally on node-2",
+        Duration::from_secs(20),
+        || async { get(&proxy[1], "late").await == Some((200, "late".into())) },
+    )
+    .await;
+    assert_eq!(
+        replicated(&admin[0], "late").await,
+        Some(0),
+        "the minority cannot change the registry"
+    );
+
+    // Heal: node-2's entries come back and the majority routes to it again.
+    run(Command::new("docker").args([
+        "network",
+        "connect",
+        "--alias",
+        "node-2.cluster",
+        &compose.network("cluster"),
+        &node2,
+    ]));
+    for ep in ["shop", "late"] {
+        wait_until(
+            "node-1 routes to node-2 again",
+            Duration::from_secs(40),
+            || async { get(&proxy[0], ep).await.map(|r| r.0) == Some(200) },
+        )
+        .await;
+    }
+
+    // Kill node-3 (no goodbye) and start it again: it rejoins from its volume.
+    run(compose.cmd().args(["kill", "node-3"]));
+    run(compose.cmd().args(["start", "node-3"]));
+    let admin3 = compose.url("node-3", 8002);
+    wait_until(
+        "node-3 is back in the cluster",
+        Duration::from_secs(60),
+        || async {
+            let raft = json(format!("{admin3}/status/cluster/raft")).await;
+            raft["leader"].is_string() && raft["voters"].as_array().map(Vec::len) == Some(3)
+        },
+    )
+    .await;
+    let proxy3 = compose.url("node-3", 8000);
+    wait_until(
+        "node-3 serves shop again",
+        Duration::from_secs(20),
+        || async { get(&proxy3, "shop").await == Some((200, "in-docker".into())) },
+    )
+    .await;
+
+    drop(compose);
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+}
