@@ -11,10 +11,20 @@ if ! mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null; then
 fi
 export CARGO_TERM_COLOR=never
 
-# The connector's Secret Service test runs gnome-keyring inside dbus-run-session.
-if ! command -v dbus-run-session >/dev/null 2>&1 || ! command -v gnome-keyring-daemon >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus-daemon gnome-keyring >/dev/null
+# Debian packages the tests use, installed (after one `apt-get update`) when missing:
+# gnome-keyring inside dbus-run-session for the connector's Secret Service test, and
+# docker-compose for the three-container cluster test (tests/tests/docker.rs), which also
+# needs a running Docker engine.
+need=()
+command -v dbus-run-session >/dev/null 2>&1 || need+=(dbus-daemon)
+command -v gnome-keyring-daemon >/dev/null 2>&1 || need+=(gnome-keyring)
+command -v docker >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+if [ "${#need[@]}" -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The static build for the Docker image has its own target dir (its flags differ).
+export PIKO_STATIC_TARGET_DIR="${PIKO_STATIC_TARGET_DIR:-$(dirname "$CARGO_TARGET_DIR")/target-static}"
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
@@ -23,4 +33,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# The real image, for tests/tests/docker.rs (built here so its release build runs alone).
+export PIKO_TEST_IMAGE="$(bash installers/docker/build.sh piko-server:ci)"
 cargo nextest run --workspace --no-fail-fast

@@ -221,24 +221,101 @@ pub fn client_config_with(
     let builder = rustls::ClientConfig::builder().with_root_certificates(store);
     let config = match identity {
         Some((cert, key)) => {
-            let certs = read_certs(cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                TlsError(format!(
-                    "cannot read a private key from {}: {e}",
-                    key.display()
-                ))
-            })?;
-            builder.with_client_auth_cert(certs, key_der).map_err(|e| {
-                TlsError(format!(
-                    "certificate {} and key {} do not match: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?
+            builder.with_client_cert_resolver(ReloadingClientCert::new(cert, key)?)
         }
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// A client certificate that follows its files: checked at each handshake (rare: connections
+/// between nodes are pooled), so a rotated certificate is used without a restart.
+#[derive(Debug)]
+pub struct ReloadingClientCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<(Arc<rustls::sign::CertifiedKey>, Vec<Option<SystemTime>>)>,
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs = read_certs(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        TlsError(format!(
+            "cannot read a private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError(format!("unusable private key in {}: {e}", key.display())))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| {
+        TlsError(format!(
+            "certificate {} and key {} do not match: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Arc::new(certified))
+}
+
+fn stamps(paths: &[&Path]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl ReloadingClientCert {
+    /// Load `cert` and `key` now (an error stops the server before it starts).
+    pub fn new(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let loaded = certified_key(cert, key)?;
+        Ok(Arc::new(Self {
+            current: RwLock::new((loaded, stamps(&[cert, key]))),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }))
+    }
+
+    /// The certificate to present, reloaded first if its files changed (a failed reload
+    /// keeps the previous one, with a warning).
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let stamp = stamps(&[&self.cert, &self.key]);
+        {
+            let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if cur.1 == stamp {
+                return cur.0.clone();
+            }
+        }
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        match certified_key(&self.cert, &self.key) {
+            Ok(k) => {
+                info!(cert = %self.cert.display(), "client certificate reloaded");
+                *cur = (k, stamp);
+            }
+            Err(e) => {
+                warn!(error = %e, "client certificate reload failed; keeping the current one");
+                cur.1 = stamp;
+            }
+        }
+        cur.0.clone()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +342,25 @@ mod tests {
         let d = std::env::temp_dir().join(format!("piko-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn client_certificate_follows_its_files() {
+        let dir = tempdir("client-cert");
+        let first = write_cert(&dir, "node-1");
+        let resolver = ReloadingClientCert::new(&first.cert, &first.key).unwrap();
+        let before = resolver.current().cert[0].clone();
+        std::thread::sleep(Duration::from_millis(20));
+        let second = write_cert(&dir, "node-1");
+        assert_eq!(second.cert, first.cert, "same files, new contents");
+        let after = resolver.current().cert[0].clone();
+        assert_ne!(before, after, "the rotated certificate is presented");
+        // A broken rotation keeps the last good certificate.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&first.key, "garbage").unwrap();
+        assert_eq!(resolver.current().cert[0], after);
+        let e = ReloadingClientCert::new(&first.cert, &first.key).unwrap_err();
+        assert!(e.to_string().contains("private key"), "{e}");
     }
 
     #[test]

@@ -728,3 +728,45 @@ async fn the_membership_api_removes_a_node_that_will_not_come_back() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give the node id"));
 }
+
+#[tokio::test]
+async fn a_leader_without_quorum_changes_nothing_and_still_exits_on_sigterm() {
+    let mut nodes = process_cluster_of("cluster-noquorum", 4).await;
+    let raft = nodes[0].json("/status/cluster/raft").await;
+    let leader = raft["leader"].as_str().unwrap().to_string();
+    let li: usize = leader.trim_start_matches("node-").parse().unwrap();
+    let victims: Vec<usize> = raft["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap()
+                .trim_start_matches("node-")
+                .parse()
+                .unwrap()
+        })
+        .filter(|i| *i != li)
+        .collect();
+    assert_eq!(victims.len(), 2);
+    for v in &victims {
+        nodes[*v].kill().await;
+    }
+    // Two of three voters gone: no change can commit, so none is tried (a half-made one
+    // would leave the group stuck in a joint configuration).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let raft = nodes[li].json("/status/cluster/raft").await;
+    assert_eq!(raft["voters"].as_array().map(Vec::len), Some(3), "{raft}");
+    // SIGTERM still ends the leader promptly, with exit code 0.
+    let child = nodes[li].child.as_mut().unwrap();
+    let pid = child.id().unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the node exits within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -27,6 +27,9 @@ use crate::upstream::{Registry, RegistryObserver};
 
 /// How long a call to another node may take (a join waits for the new node to catch up).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each cluster step of a shutdown (withdraw, leave) may take: a node cut off from
+/// its quorum still exits promptly.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(4);
 /// How often the background loops look again.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -438,7 +441,7 @@ impl Cluster {
             return; // a cluster of one ends with its node
         }
         let name = self.member.name.clone();
-        match tokio::time::timeout(CALL_TIMEOUT, self.leave_member(&name)).await {
+        match tokio::time::timeout(SHUTDOWN_STEP, self.leave_member(&name)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not leave the cluster cleanly"),
             Err(_) => warn!("leaving the cluster timed out"),
@@ -455,8 +458,10 @@ impl Cluster {
             node: self.id,
             counts: BTreeMap::new(),
         };
-        if let Err(e) = self.write(cmd).await {
-            warn!(error = %e, "could not withdraw this node's endpoints; other nodes may forward here while it drains");
+        match tokio::time::timeout(SHUTDOWN_STEP, self.write(cmd)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not withdraw this node's endpoints; other nodes may forward here while it drains"),
+            Err(_) => warn!("withdrawing this node's endpoints timed out; other nodes may forward here while it drains"),
         }
     }
 
