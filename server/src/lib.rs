@@ -273,6 +273,7 @@ pub async fn run(
     ));
 
     cluster.start(&shutdown).await?;
+    cluster.caught_up(std::time::Duration::from_secs(5)).await;
     tasks.spawn(
         cluster
             .clone()

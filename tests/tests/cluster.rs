@@ -770,3 +770,33 @@ async fn a_leader_without_quorum_changes_nothing_and_still_exits_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_voter_that_lost_its_data_rejoins_as_a_learner_first() {
+    let mut nodes = process_cluster("cluster-fresh").await;
+    let raft = nodes[0].json("/status/cluster/raft").await;
+    let leader = raft["leader"].as_str().unwrap().to_string();
+    let vi = (0..3)
+        .find(|i| format!("node-{i}") != leader)
+        .expect("a voter that does not lead");
+    nodes[vi].kill().await;
+    std::fs::remove_dir_all(&nodes[vi].data_dir).unwrap();
+    nodes[vi].join = vec![nodes[(vi + 1) % 3].cluster_addr()];
+    nodes[vi].spawn().await;
+    let li: usize = leader.trim_start_matches("node-").parse().unwrap();
+    let leader_log = nodes[li].log_path();
+    wait_until(
+        "the leader demotes the forgetful voter, then promotes it again",
+        Duration::from_secs(30),
+        || async {
+            let log = std::fs::read_to_string(&leader_log).unwrap_or_default();
+            let raft = nodes[vi].json("/status/cluster/raft").await;
+            log.contains("without its raft state; it rejoins as a learner")
+                && raft["voters"].as_array().map(Vec::len) == Some(3)
+                && raft["voters"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|n| *n == format!("node-{vi}").as_str()))
+        },
+    )
+    .await;
+}

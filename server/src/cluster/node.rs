@@ -83,11 +83,16 @@ pub struct NodeAnswer {
     pub leader: Option<String>,
 }
 
-/// A request to join: the node and its Raft id.
+/// A request to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     /// The node.
     pub member: Member,
+    /// The node starts with an empty Raft state (no data dir, or a new one). If it was a voter
+    /// before, it has forgotten its votes and must not vote again until it has caught up: it
+    /// rejoins as a learner and is promoted again later.
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// A node of the cluster, for status pages.
@@ -297,6 +302,7 @@ impl Cluster {
                     JOIN_PATH,
                     Some(&JoinRequest {
                         member: self.member.clone(),
+                        fresh: true,
                     }),
                     CALL_TIMEOUT,
                 )
@@ -319,6 +325,7 @@ impl Cluster {
     async fn ask_to_join(&self) -> Result<(), ClusterError> {
         let req = JoinRequest {
             member: self.member.clone(),
+            fresh: false,
         };
         self.to_leader(JOIN_PATH, &req).await.map(|_: Member| ())
     }
@@ -345,10 +352,25 @@ impl Cluster {
     }
 
     /// Add `member` (on the leader), or update its addresses; forwards to the leader otherwise.
-    pub async fn join(&self, member: Member) -> Result<Member, ClusterError> {
+    pub async fn join(&self, member: Member, fresh: bool) -> Result<Member, ClusterError> {
         let id = raft_id(&member.name);
         if !self.is_leader() {
-            return self.to_leader(JOIN_PATH, &JoinRequest { member }).await;
+            return self
+                .to_leader(JOIN_PATH, &JoinRequest { member, fresh })
+                .await;
+        }
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if fresh && voters.contains(&id) && voters.len() > 1 {
+            info!(node = %member, "a voter came back without its raft state; it rejoins as a learner");
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+                .await?;
         }
         let change = match self.member_of(id) {
             Some(m) if m == member => return Ok(self.member.clone()),
@@ -368,6 +390,7 @@ impl Cluster {
                     name: name.to_string(),
                     ..Member::default()
                 },
+                fresh: false,
             };
             return self
                 .to_leader(LEAVE_PATH, &req)
@@ -485,6 +508,30 @@ impl Cluster {
             }
             Err(e) => Err(write_error(e)),
         }
+    }
+
+    /// Wait (up to `timeout`) until this node has applied every entry it has received, so
+    /// that right after joining it routes with the cluster's current table.
+    pub async fn caught_up(&self, timeout: Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let applied = m.last_applied.map(|l| l.index);
+                    if m.current_leader.is_some()
+                        && applied.is_some()
+                        && applied == m.last_log_index
+                    {
+                        return;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Whether Raft runs (it stops for good on a storage failure).

@@ -105,7 +105,7 @@ impl ClusterPort {
             {
                 Ok(j) => match super::validate_member(&j.member) {
                     Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
-                    Ok(()) => match self.cluster.join(j.member).await {
+                    Ok(()) => match self.cluster.join(j.member, j.fresh).await {
                         Ok(leader) => answer(&leader),
                         Err(e) => cluster_error(e),
                     },
