@@ -52,6 +52,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Pass a response head on to the client: a `101` answering a client that waits to upgrade
+/// gets both connections spliced (returns `true`); any other response loses its hop-by-hop
+/// headers, which were about the hop it came over.
+pub fn relay_response_head<B>(
+    resp: &mut http::Response<B>,
+    client_upgrade: Option<OnUpgrade>,
+) -> bool {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            splice_upgrade(client, hyper::upgrade::on(resp));
+            return true;
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    false
+}
+
 /// Once both sides of an upgrade (`101 Switching Protocols`) are ready, copy bytes between
 /// them until either closes. Spawned: returns at once. Upgraded connections (WebSockets) are
 /// many and chatty, so they keep tokio's small copy buffers rather than [`crate::relay`]'s.

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
-use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
+use piko_protocol::http::{is_upgrade, relay_response_head, strip_hop_by_hop};
 use piko_protocol::{access_enabled, access_record};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -179,13 +179,7 @@ impl HttpForwarder {
         };
 
         let mut resp = resp;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
-            }
-        } else {
-            strip_hop_by_hop(resp.headers_mut(), false);
-        }
+        relay_response_head(&mut resp, client_upgrade);
         resp.map(BodyExt::boxed)
     }
 

@@ -2,10 +2,10 @@
 //! cluster port of a node that has one (`x-piko-forward: true`), over the cluster's TLS.
 
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
-use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
+use piko_protocol::http::{is_upgrade, relay_response_head};
 use piko_protocol::paths::FORWARD_HEADER;
 use piko_protocol::EndpointId;
 use tracing::debug;
@@ -96,16 +96,10 @@ impl Proxy {
                 }
             }
         };
+        // The other node's connection headers (a draining node's `Connection: close`) are
+        // about that hop, not the client's connection.
         let mut resp = resp;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
-            }
-        } else {
-            // The other node's connection headers (a draining node's `Connection: close`)
-            // are about that hop, not the client's connection.
-            strip_hop_by_hop(resp.headers_mut(), false);
-        }
+        relay_response_head(&mut resp, client_upgrade);
         Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))))
     }
 }

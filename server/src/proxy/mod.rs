@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use piko_protocol::http::{is_upgrade, splice_upgrade, strip_hop_by_hop};
+use piko_protocol::http::{is_upgrade, relay_response_head, strip_hop_by_hop};
 use piko_protocol::mux::{MuxError, Stream};
 use piko_protocol::paths::{
     AUTHORIZATION_HEADER, ENDPOINT_HEADER, FORWARD_HEADER, TCP_PATH_PREFIX,
@@ -308,13 +308,9 @@ impl Proxy {
             ProxyError::UpstreamUnreachable
         })?;
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                splice_upgrade(client_upgrade, hyper::upgrade::on(&mut resp));
-                return Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))));
-            }
+        if relay_response_head(&mut resp, client_upgrade) {
+            return Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))));
         }
-        strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp.map(|b| Either::Left(PooledBody::new(b, sender, upstream))))
     }
 
