@@ -156,6 +156,19 @@ pub async fn run(
         .cluster_addr
         .parse::<std::net::SocketAddr>()
         .is_ok_and(|a| a.ip().is_unspecified());
+    let open_port = listeners
+        .cluster
+        .local_addr()
+        .is_ok_and(|a| !a.ip().is_loopback());
+    let mtls = config
+        .cluster_tls
+        .as_ref()
+        .is_some_and(|t| t.client_cas.is_some());
+    if open_port && !mtls && !config.join.is_empty() {
+        tracing::warn!(
+            "the cluster port accepts any peer: keep it on a private network or set cluster.tls.client_cas (mutual TLS)"
+        );
+    }
     if unspecified && !config.join.is_empty() {
         tracing::warn!(
             cluster_addr = %node.cluster_addr,
