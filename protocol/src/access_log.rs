@@ -24,6 +24,8 @@ pub const SENSITIVE_HEADERS: &[&str] = &[
     // Browsers cannot set headers on a WebSocket handshake, so some APIs (Kubernetes) carry a
     // bearer token in the subprotocol list.
     "sec-websocket-protocol",
+    // The cluster's shared secret between nodes.
+    "x-piko-cluster-token",
 ];
 
 /// `access_log.*` as written in a configuration file or given as flags.

@@ -44,6 +44,9 @@ fn join_ws(base: &str, prefix: &str, endpoint: &str) -> String {
     format!("{base}{prefix}{endpoint}")
 }
 
+/// Header carrying the cluster's shared token on node-to-node calls (`cluster.token`).
+pub const CLUSTER_TOKEN_HEADER: &str = "x-piko-cluster-token";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,6 +236,9 @@ pub struct ClusterFile {
     pub node_lease: Dur,
     /// TLS between nodes.
     pub tls: ClusterTlsFile,
+    /// A secret every node sends on the cluster port; calls without it are refused (empty:
+    /// none required).
+    pub token: SecretString,
 }
 
 /// `cluster.tls.*`: the cluster port's certificate (also presented to other nodes as a
@@ -320,6 +323,7 @@ impl Default for ClusterFile {
             data_dir: String::new(),
             node_lease: Dur(Duration::from_secs(10)),
             tls: ClusterTlsFile::default(),
+            token: SecretString::default(),
         }
     }
 }
@@ -370,6 +374,8 @@ pub struct Config {
     pub cluster_tls: Option<TlsFiles>,
     /// TLS for calls to other nodes (set with `cluster_tls`).
     pub cluster_client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The cluster's shared token (`None`: not required).
+    pub cluster_token: Option<SecretString>,
     /// Logging settings.
     pub log: LogFile,
     /// Shutdown grace period.
@@ -709,6 +715,22 @@ impl FileConfig {
                 d => d,
             },
             cluster_client_tls: cluster_client_tls(&self.cluster.tls)?,
+            cluster_token: match self.cluster.token.0.trim() {
+                "" => None,
+                t if t.len() < 16 => {
+                    return Err(err(
+                        "cluster.token",
+                        "too short; use at least 16 random characters",
+                    ))
+                }
+                t if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err(err(
+                        "cluster.token",
+                        "use printable characters without spaces",
+                    ))
+                }
+                t => Some(SecretString(t.to_string())),
+            },
             cluster_tls: tls_files(
                 "cluster.tls",
                 &TlsFile {
@@ -1138,7 +1160,19 @@ mod tests {
             cfg.cluster_client_tls.is_some(),
             "calls to other nodes use TLS too"
         );
+        let with_token = load(&src(
+            None,
+            &[("PIKO_CLUSTER_TOKEN", "0123456789abcdef-secret")],
+            &[],
+        ))
+        .unwrap();
+        let shown = format!("{:?}", with_token.cluster_token);
+        assert!(
+            with_token.cluster_token.is_some() && !shown.contains("secret"),
+            "{shown}"
+        );
         let plain = load(&src(None, &[], &[])).unwrap();
+        assert!(plain.cluster_token.is_none());
         assert!(plain.cluster_tls.is_none() && plain.cluster_client_tls.is_none());
         assert!(plain.node_id_generated && plain.node_id.starts_with("piko-"));
         assert_eq!(plain.node_lease, Duration::from_secs(10));
@@ -1146,7 +1180,7 @@ mod tests {
 
     #[test]
     fn auth_and_tls_errors_name_the_key() {
-        let cases: [(Sources, &str); 12] = [
+        let cases: [(Sources, &str); 13] = [
             (
                 src(None, &[], &[("proxy.auth.rsa_public_key", "nope")]),
                 "proxy.auth.rsa_public_key: invalid key",
@@ -1201,6 +1235,10 @@ mod tests {
             (
                 src(None, &[], &[("cluster.node_lease", "500ms")]),
                 "cluster.node_lease: must be at least 1s",
+            ),
+            (
+                src(None, &[("PIKO_CLUSTER_TOKEN", "short")], &[]),
+                "cluster.token: too short; use at least 16 random characters",
             ),
             (
                 src(Some("cluster:\n  tls:\n    ca: x\n"), &[], &[]),

@@ -164,9 +164,9 @@ pub async fn run(
         .cluster_tls
         .as_ref()
         .is_some_and(|t| t.client_cas.is_some());
-    if open_port && !mtls && !config.join.is_empty() {
+    if open_port && !mtls && config.cluster_token.is_none() && !config.join.is_empty() {
         tracing::warn!(
-            "the cluster port accepts any peer: keep it on a private network or set cluster.tls.client_cas (mutual TLS)"
+            "the cluster port accepts any peer: keep it on a private network, set cluster.token or cluster.tls.client_cas (mutual TLS)"
         );
     }
     if unspecified && !config.join.is_empty() {
@@ -187,6 +187,7 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         tls: config.cluster_client_tls.clone(),
         node_lease: config.node_lease,
+        token: config.cluster_token.clone(),
     })
     .await?;
     let registry = Arc::new(Registry::new(cluster.clone()));

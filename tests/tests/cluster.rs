@@ -290,7 +290,7 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
     let tls =
         piko_server::tls::client_config_with(Some(&ca_file), Some((&stranger.cert, &stranger.key)))
             .unwrap();
-    let peer = piko_server::cluster::PeerClient::new(Some(tls));
+    let peer = piko_server::cluster::PeerClient::new(Some(tls), None);
     let addr = cluster.nodes[1].cluster_addr.to_string();
     let err = peer
         .call::<(), serde_json::Value>(&addr, "/piko/cluster/v1/info", None, Duration::from_secs(5))
@@ -301,7 +301,7 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
 
     // The right CA but no client certificate: refused by the node (mTLS).
     let no_cert = piko_tests::tls::client_config(&ca.pem, None);
-    let peer = piko_server::cluster::PeerClient::new(Some(no_cert));
+    let peer = piko_server::cluster::PeerClient::new(Some(no_cert), None);
     assert!(peer
         .call::<(), serde_json::Value>(&addr, "/piko/cluster/v1/info", None, Duration::from_secs(5))
         .await
@@ -313,12 +313,87 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
         Some((&leaves[0].cert, &leaves[0].key)),
     )
     .unwrap();
-    let info: serde_json::Value = piko_server::cluster::PeerClient::new(Some(member))
+    let info: serde_json::Value = piko_server::cluster::PeerClient::new(Some(member), None)
         .call::<(), _>(&addr, "/piko/cluster/v1/info", None, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(info["member"]["name"], "node-1");
     assert_eq!(info["initialized"], true);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_cluster_token_keeps_strangers_out() {
+    const TOKEN: &str = "cluster-secret-0123456789";
+    let cluster = TestCluster::start_with(2, |_, config| {
+        config.cluster_token = Some(piko_server::config::SecretString(TOKEN.into()));
+    })
+    .await;
+    let echo = EchoUpstream::named("guarded").await;
+    let _conn = TestConnector::start(
+        &cluster.nodes[0].upstream_url(),
+        &[("guarded", &echo.addr.to_string(), Protocol::Http)],
+    );
+    cluster.wait_for_replicated("guarded", 1).await;
+    let r = cluster.nodes[1].get("guarded", "/headers").await;
+    assert_eq!(r.status(), 200, "forwarding carries the token");
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        seen["headers"].get("x-piko-cluster-token").is_none(),
+        "the token never reaches the service: {seen}"
+    );
+
+    let addr = cluster.nodes[1].cluster_addr.to_string();
+    let info = |token: Option<&'static str>| {
+        let addr = addr.clone();
+        async move {
+            piko_server::cluster::PeerClient::new(None, token)
+                .call::<(), serde_json::Value>(
+                    &addr,
+                    "/piko/cluster/v1/info",
+                    None,
+                    Duration::from_secs(5),
+                )
+                .await
+        }
+    };
+    for (token, want) in [
+        (None, "missing cluster token"),
+        (Some("wrong-token-0123456789"), "invalid cluster token"),
+    ] {
+        let e = info(token).await.expect_err("refused").to_string();
+        assert!(e.contains("401") && e.contains(want), "{e}");
+    }
+    assert_eq!(info(Some(TOKEN)).await.unwrap()["member"]["name"], "node-1");
+    // A request sent straight to the cluster port, as if forwarded, needs the token too.
+    let r = client()
+        .get(format!("http://{addr}/name"))
+        .header("x-piko-endpoint", "guarded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A node with the wrong token cannot join.
+    let seed = cluster.nodes[0].cluster_addr.to_string();
+    let outsider = piko_tests::TestServer::start_with(|config| {
+        config.node_id = "outsider".into();
+        config.node_id_generated = false;
+        config.join = vec![seed];
+        config.cluster_token = Some(piko_server::config::SecretString(
+            "not-the-token-0123456789".into(),
+        ));
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = client()
+        .get(format!("{}/ready", outsider.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "the outsider never gets in");
+    assert_eq!(cluster.nodes[0].cluster_nodes().await.len(), 2);
+    outsider.stop().await;
     cluster.stop().await;
 }
 

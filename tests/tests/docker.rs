@@ -41,7 +41,8 @@ impl Compose {
             .arg("-f")
             .arg(root().join("installers/compose/docker-compose.yml"))
             .env("PIKO_IMAGE", &self.image)
-            .env("PIKO_NODE_LEASE", "3s");
+            .env("PIKO_NODE_LEASE", "3s")
+            .env("PIKO_CLUSTER_TOKEN", "compose-test-token-0123456789");
         c
     }
 

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{Member, NodeId, TypeConfig};
+pub use piko_protocol::paths::CLUSTER_TOKEN_HEADER;
 
 /// Path prefix of the cluster port's own routes; everything else is a forwarded proxy request.
 pub const CLUSTER_PATH_PREFIX: &str = "/piko/cluster/v1/";
@@ -116,11 +117,19 @@ impl PeerError {
 pub struct PeerClient {
     http: Client<HttpsConnector<HttpConnector>, ClientBody>,
     scheme: &'static str,
+    token: Option<http::HeaderValue>,
 }
 
 impl PeerClient {
-    /// A client; with `tls`, every node is reached over TLS with that configuration.
-    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+    /// A client; with `tls`, every node is reached over TLS with that configuration; with
+    /// `token`, every call carries the cluster's shared token.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>, token: Option<&str>) -> Self {
+        let token = token
+            .and_then(|t| http::HeaderValue::from_str(t).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         crate::tls::install_crypto_provider();
         let mut connector = HttpConnector::new();
         connector.enforce_http(false);
@@ -140,7 +149,11 @@ impl PeerClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(https);
-        Self { http, scheme }
+        Self {
+            http,
+            scheme,
+            token,
+        }
     }
 
     /// The URI of `path` on the node whose cluster port is `addr`.
@@ -151,7 +164,14 @@ impl PeerClient {
     }
 
     /// Send `req` as is (a forwarded proxy request) and return the response head.
-    pub async fn send(&self, req: Request<ClientBody>) -> Result<Response<Incoming>, PeerError> {
+    pub async fn send(
+        &self,
+        mut req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, PeerError> {
+        match &self.token {
+            Some(t) => req.headers_mut().insert(CLUSTER_TOKEN_HEADER, t.clone()),
+            None => req.headers_mut().remove(CLUSTER_TOKEN_HEADER),
+        };
         let addr = req
             .uri()
             .authority()

@@ -46,6 +46,8 @@ pub struct ClusterSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// A node that has not answered the leader for this long loses its endpoint entries.
     pub node_lease: Duration,
+    /// The shared token every node sends and requires on the cluster port.
+    pub token: Option<crate::config::SecretString>,
 }
 
 /// The cluster could not be started or a change could not be made.
@@ -168,7 +170,10 @@ impl Cluster {
             None => (LogStore::memory(), StateMachine::memory()),
         };
         let state = sm.state();
-        let client = PeerClient::new(settings.tls.clone());
+        let client = PeerClient::new(
+            settings.tls.clone(),
+            settings.token.as_ref().map(|t| t.0.as_str()),
+        );
         let liveness = Arc::new(PeerLiveness::default());
         let network = NetworkFactory {
             client: client.clone(),
@@ -532,6 +537,21 @@ impl Cluster {
             }
         })
         .await;
+    }
+
+    /// Whether `given` (a request's cluster token header) is what this cluster requires.
+    pub fn token_accepted(&self, given: Option<&[u8]>) -> bool {
+        let Some(want) = &self.settings.token else {
+            return true;
+        };
+        let (want, given) = (want.0.as_bytes(), given.unwrap_or_default());
+        // Compared in time independent of where they differ.
+        want.len() == given.len()
+            && want
+                .iter()
+                .zip(given)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 
     /// Whether Raft runs (it stops for good on a storage failure).

@@ -11,8 +11,8 @@ use serde::Serialize;
 use tracing::debug;
 
 use super::network::{
-    APPEND_PATH, CLUSTER_PATH_PREFIX, INFO_PATH, JOIN_PATH, LEAVE_PATH, MAX_RPC_BYTES,
-    MAX_SMALL_BYTES, MAX_WRITE_BYTES, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
+    APPEND_PATH, CLUSTER_PATH_PREFIX, CLUSTER_TOKEN_HEADER, INFO_PATH, JOIN_PATH, LEAVE_PATH,
+    MAX_RPC_BYTES, MAX_SMALL_BYTES, MAX_WRITE_BYTES, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
 use super::node::{Cluster, ClusterError, JoinRequest};
 use super::types::Command;
@@ -80,7 +80,23 @@ impl ClusterPort {
     }
 
     /// Handle one request on the cluster port.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        let token = req.headers_mut().remove(CLUSTER_TOKEN_HEADER);
+        if !self
+            .cluster
+            .token_accepted(token.as_ref().map(|t| t.as_bytes()))
+        {
+            let msg = if token.is_some() {
+                "invalid cluster token"
+            } else {
+                "missing cluster token"
+            };
+            return json_error(StatusCode::UNAUTHORIZED, msg);
+        }
         let path = req.uri().path();
         if !path.starts_with(CLUSTER_PATH_PREFIX) {
             return self.proxy.clone().handle_forwarded(req, conn).await;
