@@ -292,6 +292,17 @@ async fn http2_cleartext_clients_are_served() {
         r.bytes().await.unwrap().as_ref(),
         pattern(1 << 20).as_slice()
     );
+    // Cookies split into several HTTP/2 fields reach the HTTP/1.1 service as one line.
+    let r = c
+        .get(format!("{}/headers", server.proxy_url()))
+        .header("x-piko-endpoint", "h2")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(seen["headers"]["cookie"], "a=1; b=2", "{seen}");
     // Host-based routing works from the :authority of an HTTP/2 request too (name pinned to loopback).
     let c = reqwest::Client::builder()
         .no_proxy()

@@ -375,6 +375,9 @@ fn rewrite_head(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     if let Some(host) = &host {
         parts.headers.insert(header::HOST, host.clone());
         if !parts.headers.contains_key("x-forwarded-host") {
@@ -410,4 +413,40 @@ fn rewrite_head(
         .parse::<Uri>()
         .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
     Ok(())
+}
+
+/// HTTP/2 clients may split `cookie` into one field per pair; HTTP/1.1 wants one line, the
+/// pairs joined with `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, vec![HeaderValue::from_static("a=1; b=2; c=3")]);
+        let mut one = http::HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("only=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "only=1");
+    }
 }
