@@ -664,16 +664,7 @@ impl FileConfig {
             format!("piko-{:08x}", rand_u32())
         } else {
             let id = self.cluster.node_id.clone();
-            if !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                || id.len() > 64
-            {
-                return Err(err(
-                    "cluster.node_id",
-                    "use up to 64 letters, digits, '-', '_' or '.'",
-                ));
-            }
+            crate::cluster::check_node_id(&id).map_err(|e| err("cluster.node_id", e))?;
             id
         };
         Ok(Config {
@@ -1180,7 +1171,7 @@ mod tests {
 
     #[test]
     fn auth_and_tls_errors_name_the_key() {
-        let cases: [(Sources, &str); 13] = [
+        let cases: [(Sources, &str); 14] = [
             (
                 src(None, &[], &[("proxy.auth.rsa_public_key", "nope")]),
                 "proxy.auth.rsa_public_key: invalid key",
@@ -1235,6 +1226,10 @@ mod tests {
             (
                 src(None, &[], &[("cluster.node_lease", "500ms")]),
                 "cluster.node_lease: must be at least 1s",
+            ),
+            (
+                src(None, &[], &[("cluster.node_id", "node 1")]),
+                "cluster.node_id: use up to 64 letters, digits, '-', '_' or '.'",
             ),
             (
                 src(None, &[("PIKO_CLUSTER_TOKEN", "short")], &[]),

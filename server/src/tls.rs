@@ -74,13 +74,7 @@ pub fn load(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> 
     let builder = ServerConfig::builder();
     let builder = match &files.client_cas {
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(path)? {
-                roots.add(c).map_err(|e| {
-                    TlsError(format!("invalid CA certificate in {}: {e}", path.display()))
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            let verifier = WebPkiClientVerifier::builder(Arc::new(ca_store(path)?))
                 .build()
                 .map_err(|e| TlsError(format!("client CAs {}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
@@ -175,22 +169,32 @@ impl ReloadingTls {
 
 /// A client configuration trusting the OS's roots, for fetching a JWKS over https.
 pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    install_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
+    client_config_with(None, None)
+}
+
+/// The CA certificates in the PEM file `path`.
+fn ca_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for c in read_certs(path)? {
+        store
+            .add(c)
+            .map_err(|e| TlsError(format!("invalid CA certificate in {}: {e}", path.display())))?;
     }
-    if roots.is_empty() {
+    Ok(store)
+}
+
+/// The OS's trusted roots; none at all is an error (every handshake would fail).
+fn native_store() -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = store.add(c);
+    }
+    if store.is_empty() {
         return Err(TlsError(
             "no trusted root certificates found on this system".into(),
         ));
     }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+    Ok(store)
 }
 
 /// A client configuration trusting the CAs in `roots` (or the OS's when `None`), presenting
@@ -201,22 +205,8 @@ pub fn client_config_with(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     install_crypto_provider();
     let store = match roots {
-        Some(path) => {
-            let mut store = RootCertStore::empty();
-            for c in read_certs(path)? {
-                store.add(c).map_err(|e| {
-                    TlsError(format!("invalid CA certificate in {}: {e}", path.display()))
-                })?;
-            }
-            store
-        }
-        None => {
-            let mut store = RootCertStore::empty();
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(c);
-            }
-            store
-        }
+        Some(path) => ca_store(path)?,
+        None => native_store()?,
     };
     let builder = rustls::ClientConfig::builder().with_root_certificates(store);
     let config = match identity {

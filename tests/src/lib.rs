@@ -153,11 +153,7 @@ impl TestServer {
 
     /// `GET` an admin path as JSON (`Null` when the node does not answer).
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        let url = format!("{}{path}", self.admin_url());
-        match client().get(url).send().await {
-            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-            Err(_) => serde_json::Value::Null,
-        }
+        get_json(format!("{}{path}", self.admin_url())).await
     }
 
     /// The nodes this node knows, from `/status/cluster/nodes`.
@@ -170,11 +166,7 @@ impl TestServer {
 
     /// Upstreams of `endpoint` on every node, as this node's replica says.
     pub async fn replicated_upstreams(&self, endpoint: &str) -> u64 {
-        self.cluster_nodes()
-            .await
-            .iter()
-            .filter_map(|n| n["endpoints"][endpoint].as_u64())
-            .sum()
+        replicated_count(&self.admin_json("/status/cluster/nodes").await, endpoint).unwrap_or(0)
     }
 
     /// Begin a graceful shutdown without waiting for it.
@@ -199,6 +191,38 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// `GET url` as JSON (`Null` when nothing answers or the body is not JSON).
+pub async fn get_json(url: String) -> serde_json::Value {
+    match client().get(url).send().await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Upstreams of `endpoint` summed over the nodes of a `/status/cluster/nodes` answer
+/// (`None` when the answer is not a list of nodes).
+pub fn replicated_count(nodes: &serde_json::Value, endpoint: &str) -> Option<u64> {
+    Some(
+        nodes
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["endpoints"][endpoint].as_u64())
+            .sum(),
+    )
+}
+
+/// `GET base+path` for `endpoint` (named by `x-piko-endpoint`): status and body, or `None`
+/// when nothing answers.
+pub async fn get_endpoint(base: &str, endpoint: &str, path: &str) -> Option<(u16, String)> {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .header("x-piko-endpoint", endpoint)
+        .send()
+        .await
+        .ok()?;
+    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
 }
 
 /// Several nodes forming one cluster in this process.

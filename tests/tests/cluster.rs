@@ -549,20 +549,12 @@ impl NodeProcess {
     }
 
     async fn json(&self, path: &str) -> serde_json::Value {
-        match client().get(format!("{}{path}", self.admin())).send().await {
-            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-            Err(_) => serde_json::Value::Null,
-        }
+        piko_tests::get_json(format!("{}{path}", self.admin())).await
     }
 
     async fn replicated(&self, endpoint: &str) -> u64 {
-        match self.json("/status/cluster/nodes").await {
-            serde_json::Value::Array(nodes) => nodes
-                .iter()
-                .filter_map(|n| n["endpoints"][endpoint].as_u64())
-                .sum(),
-            _ => u64::MAX,
-        }
+        piko_tests::replicated_count(&self.json("/status/cluster/nodes").await, endpoint)
+            .unwrap_or(u64::MAX)
     }
 
     async fn leader(&self) -> Option<String> {
@@ -572,13 +564,7 @@ impl NodeProcess {
     }
 
     async fn get(&self, endpoint: &str, path: &str) -> Option<(u16, String)> {
-        let r = client()
-            .get(format!("{}{path}", self.proxy()))
-            .header("x-piko-endpoint", endpoint)
-            .send()
-            .await
-            .ok()?;
-        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+        piko_tests::get_endpoint(&self.proxy(), endpoint, path).await
     }
 }
 

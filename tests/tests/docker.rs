@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use piko_connector_core::config::Protocol;
-use piko_tests::{client, wait_until, EchoUpstream, TestConnector};
+use piko_tests::{
+    get_endpoint, get_json as json, replicated_count, wait_until, EchoUpstream, TestConnector,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,35 +66,6 @@ impl Compose {
 impl Drop for Compose {
     fn drop(&mut self) {
         let _ = self.cmd().args(["down", "-v", "-t", "2"]).output();
-    }
-}
-
-async fn json(url: String) -> serde_json::Value {
-    match client().get(url).send().await {
-        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    }
-}
-
-async fn get(proxy: &str, endpoint: &str) -> Option<(u16, String)> {
-    let r = client()
-        .get(format!("{proxy}/name"))
-        .header("x-piko-endpoint", endpoint)
-        .send()
-        .await
-        .ok()?;
-    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
-}
-
-async fn replicated(admin: &str, endpoint: &str) -> Option<u64> {
-    match json(format!("{admin}/status/cluster/nodes")).await {
-        serde_json::Value::Array(nodes) => Some(
-            nodes
-                .iter()
-                .filter_map(|n| n["endpoints"][endpoint].as_u64())
-                .sum(),
-        ),
-        _ => None,
     }
 }
 
@@ -172,7 +145,7 @@ async fn a_three_container_cluster_of_the_real_image() {
         wait_until(
             "shop answers through every node",
             Duration::from_secs(20),
-            || async { get(p, "shop").await == Some((200, "in-docker".into())) },
+            || async { get_endpoint(p, "shop", "/name").await == Some((200, "in-docker".into())) },
         )
         .await;
     }
@@ -189,15 +162,20 @@ async fn a_three_container_cluster_of_the_real_image() {
     wait_until(
         "the majority drops node-2's endpoints",
         Duration::from_secs(30),
-        || async { replicated(&admin[0], "shop").await == Some(0) },
+        || async {
+            replicated_count(
+                &json(format!("{}/status/cluster/nodes", admin[0])).await,
+                "shop",
+            ) == Some(0)
+        },
     )
     .await;
     assert_eq!(
-        get(&proxy[1], "shop").await,
+        get_endpoint(&proxy[1], "shop", "/name").await,
         Some((200, "in-docker".into())),
         "the minority serves its own upstream"
     );
-    let (status, body) = get(&proxy[0], "shop").await.unwrap();
+    let (status, body) = get_endpoint(&proxy[0], "shop", "/name").await.unwrap();
     assert_eq!(status, 502, "{body}");
     let late = EchoUpstream::named("late").await;
     let _late = TestConnector::start(
@@ -207,11 +185,14 @@ async fn a_three_container_cluster_of_the_real_image() {
     wait_until(
         "late serves locally on node-2",
         Duration::from_secs(20),
-        || async { get(&proxy[1], "late").await == Some((200, "late".into())) },
+        || async { get_endpoint(&proxy[1], "late", "/name").await == Some((200, "late".into())) },
     )
     .await;
     assert_eq!(
-        replicated(&admin[0], "late").await,
+        replicated_count(
+            &json(format!("{}/status/cluster/nodes", admin[0])).await,
+            "late"
+        ),
         Some(0),
         "the minority cannot change the registry"
     );
@@ -229,7 +210,7 @@ async fn a_three_container_cluster_of_the_real_image() {
         wait_until(
             "node-1 routes to node-2 again",
             Duration::from_secs(40),
-            || async { get(&proxy[0], ep).await.map(|r| r.0) == Some(200) },
+            || async { get_endpoint(&proxy[0], ep, "/name").await.map(|r| r.0) == Some(200) },
         )
         .await;
     }
@@ -251,7 +232,9 @@ async fn a_three_container_cluster_of_the_real_image() {
     wait_until(
         "node-3 serves shop again",
         Duration::from_secs(20),
-        || async { get(&proxy3, "shop").await == Some((200, "in-docker".into())) },
+        || async {
+            get_endpoint(&proxy3, "shop", "/name").await == Some((200, "in-docker".into()))
+        },
     )
     .await;
 

@@ -36,16 +36,9 @@ pub fn stable_node_id(
     match std::fs::read_to_string(&path) {
         Ok(saved) => {
             let saved = saved.trim().to_string();
-            let check = Member {
-                name: saved.clone(),
-                proxy_addr: "h:1".into(),
-                upstream_addr: "h:1".into(),
-                admin_addr: "h:1".into(),
-                cluster_addr: "h:1".into(),
-            };
-            validate_member(&check).map_err(|e| {
+            check_node_id(&saved).map_err(|e| {
                 ClusterError::Store(format!(
-                    "{}: {e}; delete the file or set cluster.node_id",
+                    "{}: invalid node id {saved:?}: {e}; delete the file or set cluster.node_id",
                     path.display()
                 ))
             })?;
@@ -60,20 +53,23 @@ pub fn stable_node_id(
     }
 }
 
+/// Check a node id (`cluster.node_id`, or one another node sends): what is wrong, if anything.
+pub fn check_node_id(id: &str) -> Result<(), &'static str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("use up to 64 letters, digits, '-', '_' or '.'")
+    }
+}
+
 /// Check a member sent by another node: a valid name and `host:port` addresses.
 pub fn validate_member(m: &Member) -> Result<(), String> {
-    if m.name.is_empty()
-        || m.name.len() > 64
-        || !m
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "invalid node id {:?}: use up to 64 letters, digits, '-', '_' or '.'",
-            m.name
-        ));
-    }
+    check_node_id(&m.name).map_err(|e| format!("invalid node id {:?}: {e}", m.name))?;
     for (key, addr) in [
         ("proxy_addr", &m.proxy_addr),
         ("upstream_addr", &m.upstream_addr),

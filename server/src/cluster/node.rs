@@ -418,7 +418,7 @@ impl Cluster {
             self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await?;
         }
-        if self.leads() {
+        if self.is_leader() {
             self.raft
                 .client_write(Command::ExpireNode { node: id })
                 .await
@@ -559,12 +559,8 @@ impl Cluster {
         self.raft.metrics().borrow().running_state.is_ok()
     }
 
-    /// Whether this node believes it leads.
+    /// Whether this node leads (in its own view: a leader cut off from its quorum still does).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-
-    fn leads(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
@@ -811,7 +807,7 @@ impl Cluster {
             }
             // Written here only, never forwarded: a leader that lost its quorum must not
             // hand its stale view of who is alive to the new leader.
-            if !self.leads() {
+            if !self.is_leader() {
                 return;
             }
             let name = membership
