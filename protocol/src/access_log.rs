@@ -28,6 +28,22 @@ pub const SENSITIVE_HEADERS: &[&str] = &[
     "x-piko-cluster-token",
 ];
 
+/// Parts of header names that mark a credential (`X-Api-Key`, `X-Auth-Token`,
+/// `X-Session-Id`, ...): services invent such headers freely, so a fixed list of names cannot
+/// keep them out of the logs. Masking a harmless header costs a little detail; logging a key
+/// leaks it, so the match is wide on purpose. Names are lowercase in a `HeaderName`.
+pub const CREDENTIAL_WORDS: &[&str] = &[
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "session",
+    "auth",
+    "credential",
+    "signature",
+];
+
 /// `access_log.*` as written in a configuration file or given as flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -230,7 +246,8 @@ impl<S: RecordSink> Drop for PendingRecord<S> {
 
 /// Whether `name` carries credentials.
 pub fn is_sensitive(name: &HeaderName) -> bool {
-    SENSITIVE_HEADERS.contains(&name.as_str())
+    let name = name.as_str();
+    SENSITIVE_HEADERS.contains(&name) || CREDENTIAL_WORDS.iter().any(|w| name.contains(w))
 }
 
 impl AccessLog {
@@ -450,6 +467,38 @@ mod tests {
             assert!(out.contains(r#""authorization":["***"]"#), "{out}");
             assert!(out.contains(r#""x-piko-authorization":["***"]"#), "{out}");
         }
+    }
+
+    #[test]
+    fn credential_like_names_are_masked_by_default() {
+        let h = headers(&[
+            ("x-api-key", "secret-1"),
+            ("x-auth-token", "secret-2"),
+            ("x-amz-security-token", "secret-3"),
+            ("x-session-id", "secret-4"),
+            ("x-client-secret", "secret-5"),
+            ("x-db-password", "secret-6"),
+            ("x-goog-api-client-credential", "secret-7"),
+            ("x-hub-signature-256", "secret-8"),
+            ("accept", "text/plain"),
+            ("user-agent", "curl/8"),
+        ]);
+        let log = AccessLog::new(&config(&[], &[])).unwrap();
+        let out = log.request().render(Some(&h)).to_string();
+        assert!(!out.contains("secret-"), "{out}");
+        for name in [
+            "x-api-key",
+            "x-auth-token",
+            "x-session-id",
+            "x-hub-signature-256",
+        ] {
+            assert!(
+                out.contains(&format!(r#""{name}":["***"]"#)),
+                "{name}: {out}"
+            );
+        }
+        assert!(out.contains(r#""accept":["text/plain"]"#), "{out}");
+        assert!(out.contains(r#""user-agent":["curl/8"]"#), "{out}");
     }
 
     #[test]

@@ -289,3 +289,52 @@ async fn no_arguments_runs_a_working_node_on_the_default_ports() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn the_agent_prints_no_debug_lines_at_the_default_or_warn_level() {
+    let server = piko_tests::TestServer::start().await;
+    let echo = EchoUpstream::start().await;
+    for level in [None, Some("warn")] {
+        let mut cmd = Command::new(bin("piko"));
+        cmd.args(["agent", "http", "quiet"])
+            .arg(echo.addr.port().to_string())
+            .arg("--connect.url")
+            .arg(server.upstream_url());
+        if let Some(level) = level {
+            cmd.args(["--log.level", level]);
+        }
+        // Into a file, not a pipe: a chatty agent must not block on a full pipe here.
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut agent = cmd
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        wait_until(
+            "the endpoint answers through the agent",
+            Duration::from_secs(10),
+            || async { server.get("quiet", "/name").await.status() == 200 },
+        )
+        .await;
+        let pid = agent.id().unwrap().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        tokio::time::timeout(Duration::from_secs(20), agent.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(!text.is_empty(), "the agent printed nothing at all");
+        for line in text.lines() {
+            assert!(
+                !line.contains("DEBUG") && !line.contains("TRACE") && !line.contains("tungstenite"),
+                "level {level:?}: a debug line was printed: {line}"
+            );
+            if level == Some("warn") {
+                assert!(!line.contains(" INFO "), "level warn printed: {line}");
+            }
+        }
+    }
+}

@@ -30,23 +30,42 @@ pub const STORE_ENV: &str = "PIKO_CREDENTIALS_STORE";
 /// Environment variable holding a token; wins over a stored one.
 pub const TOKEN_ENV: &str = "PIKO_TOKEN";
 
-/// `tracing` filter directives every binary adds to its log filter: at trace level tungstenite
-/// logs the whole upgrade request (`Authorization` included) and every message it receives,
-/// which are the proxied requests with their own credentials.
-pub const LOG_REDACTION_DIRECTIVES: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+/// Modules whose trace output must never be shown: at trace level tungstenite logs the whole
+/// upgrade request (`Authorization` included) and every message it receives, which are the
+/// proxied requests with their own credentials.
+pub const LOG_REDACTED_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Levels from the quietest, as `EnvFilter` names them.
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
 /// A user's log filter (`info`, `debug,hyper=trace`, ...) made safe: directives of its own
 /// for tungstenite's modules are dropped, since a more specific one
-/// (`tungstenite::protocol=trace`) would win over [`LOG_REDACTION_DIRECTIVES`], which are
-/// then added.
+/// (`tungstenite::protocol=trace`) would win; then tungstenite gets the user's default level,
+/// but never more than `debug`. Capping rather than setting `debug` matters: a plain
+/// `tungstenite=debug` would *raise* it above a default of `info` and print its chatter.
 pub fn redacted_log_filter(user: &str) -> String {
     let mut parts: Vec<&str> = user
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .filter(|d| !(d.starts_with("tungstenite") || d.starts_with("tokio_tungstenite")))
+        .filter(|d| !LOG_REDACTED_TARGETS.iter().any(|t| d.starts_with(t)))
         .collect();
-    parts.extend_from_slice(LOG_REDACTION_DIRECTIVES);
+    // The default is the last directive that is a bare level; with none, EnvFilter shows
+    // errors only.
+    let default = parts
+        .iter()
+        .rev()
+        .find_map(|d| {
+            let d = d.to_ascii_lowercase();
+            LEVELS.iter().position(|l| *l == d)
+        })
+        .unwrap_or(1);
+    let level = LEVELS[default.min(4)];
+    let capped: Vec<String> = LOG_REDACTED_TARGETS
+        .iter()
+        .map(|t| format!("{t}={level}"))
+        .collect();
+    parts.extend(capped.iter().map(String::as_str));
     parts.join(",")
 }
 
@@ -376,8 +395,27 @@ mod tests {
             super::redacted_log_filter(
                 "info, tungstenite::protocol=trace,hyper=debug,tokio_tungstenite=trace"
             ),
-            "info,hyper=debug,tungstenite=debug,tokio_tungstenite=debug"
+            "info,hyper=debug,tungstenite=info,tokio_tungstenite=info"
         );
+    }
+
+    #[test]
+    fn log_filters_never_raise_tungstenite_above_the_default() {
+        for (user, want) in [
+            ("info", "info"),
+            ("warn", "warn"),
+            ("WARN", "warn"),
+            ("debug", "debug"),
+            ("off", "off"),
+            ("piko=trace", "error"),
+            ("trace,warn", "warn"),
+        ] {
+            let got = super::redacted_log_filter(user);
+            assert!(
+                got.ends_with(&format!("tungstenite={want},tokio_tungstenite={want}")),
+                "{user}: {got}"
+            );
+        }
     }
 
     use super::*;

@@ -63,7 +63,8 @@ impl Token {
 
 #[derive(Deserialize)]
 struct Claims {
-    exp: Option<u64>,
+    /// A NumericDate: RFC 7519 allows fractions of a second (`1700000000.5`).
+    exp: Option<serde_json::Number>,
     #[serde(default)]
     piko: PikoClaims,
 }
@@ -71,6 +72,17 @@ struct Claims {
 #[derive(Deserialize, Default)]
 struct PikoClaims {
     endpoints: Option<Vec<String>>,
+}
+
+/// The instant a NumericDate names; `None` past what the clock can hold (which for a token
+/// means it never expires within this process's life: `jsonwebtoken` already refused one
+/// that has passed or is not a number).
+fn expiry_time(exp: &serde_json::Number) -> Option<SystemTime> {
+    let since_epoch = match exp.as_u64() {
+        Some(secs) => Duration::from_secs(secs),
+        None => Duration::try_from_secs_f64(exp.as_f64()?).ok()?,
+    };
+    UNIX_EPOCH.checked_add(since_epoch)
 }
 
 /// What a verifier checks, from configuration.
@@ -221,8 +233,8 @@ impl Verifier {
         if self.require_endpoints && claims.piko.endpoints.is_none() {
             return Err(AuthError::NotPermitted);
         }
-        let expiry = match claims.exp {
-            Some(exp) if self.disconnect_on_expiry => Some(UNIX_EPOCH + Duration::from_secs(exp)),
+        let expiry = match &claims.exp {
+            Some(exp) if self.disconnect_on_expiry => expiry_time(exp),
             _ => None,
         };
         Ok(Token {

@@ -249,6 +249,38 @@ fn endpoint_claims_and_expiry() {
     assert_eq!(t.expiry, None, "disconnect on expiry disabled");
 }
 
+#[test]
+fn fractional_and_huge_expiry_times_are_numeric_dates() {
+    let key = EncodingKey::from_secret(b"k");
+    let exp = now_secs() as f64 + 60.5;
+    let t = hmac("k")
+        .verify(&sign(Algorithm::HS256, &key, json!({ "exp": exp })))
+        .expect("a fractional exp is a valid NumericDate");
+    let at = t.expiry.expect("an expiry");
+    let want = UNIX_EPOCH + Duration::from_secs_f64(exp);
+    assert!(
+        at.duration_since(want).unwrap_or_else(|e| e.duration()) < Duration::from_millis(1),
+        "{at:?} vs {want:?}"
+    );
+    let past = now_secs() as f64 - 10.5;
+    assert_eq!(
+        hmac("k")
+            .verify(&sign(Algorithm::HS256, &key, json!({ "exp": past })))
+            .unwrap_err(),
+        AuthError::Expired
+    );
+    // Past what SystemTime holds: accepted as never expiring, not a panic.
+    for exp in [json!(u64::MAX - 1), json!(1.0e19)] {
+        let t = hmac("k")
+            .verify(&sign(Algorithm::HS256, &key, json!({ "exp": exp })))
+            .unwrap();
+        assert!(
+            t.expiry.is_none() || t.expiry > Some(SystemTime::now()),
+            "{exp}"
+        );
+    }
+}
+
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     pairs
         .iter()
