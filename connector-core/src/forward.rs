@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use piko_protocol::paths::tcp_url;
+use piko_protocol::paths::{tcp_url, HALF_CLOSE_HEADER};
 use piko_protocol::{EndpointId, WsStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,6 +22,9 @@ pub const DEFAULT_PROXY_URL: &str = "http://localhost:8000";
 
 /// Time allowed to open each connection's WebSocket to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time the close handshake may take once both directions have ended.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why forwarding cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,11 @@ pub async fn forward_tcp_via(
             url: url.clone(),
             reason: e.to_string(),
         })?;
+    // Ask for half-close (docs/protocol.md); a server that answers without it (the original
+    // Go server) gets a Close when the local client stops sending, as before.
+    request
+        .headers_mut()
+        .insert(HALF_CLOSE_HEADER, HeaderValue::from_static("1"));
     if let Some(t) = token {
         let mut v = HeaderValue::try_from(format!("Bearer {}", t.expose()))
             .map_err(|_| ForwardError::InvalidToken)?;
@@ -121,8 +129,11 @@ pub async fn forward_tcp_via(
 
 async fn relay(mut tcp: TcpStream, request: Request, connector: &Connector) {
     let _ = tcp.set_nodelay(true);
-    let ws = match connector.websocket(request, CONNECT_TIMEOUT).await {
-        Ok(ws) => ws,
+    let (ws, resp) = match connector
+        .websocket_with_response(request, CONNECT_TIMEOUT)
+        .await
+    {
+        Ok(pair) => pair,
         Err(DialError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             let body = resp
                 .body()
@@ -137,9 +148,24 @@ async fn relay(mut tcp: TcpStream, request: Request, connector: &Connector) {
             return;
         }
     };
-    let mut ws = WsStream::new(ws);
+    let half_close = resp
+        .headers()
+        .get(HALF_CLOSE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let mut ws = if half_close {
+        WsStream::with_half_close(ws)
+    } else {
+        WsStream::new(ws)
+    };
+    // Each direction ends on its own: the local client's shutdown(Write) reaches the service
+    // as EOF while its answer still comes back, and the reverse.
     match piko_protocol::relay(&mut tcp, &mut ws).await {
-        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "connection done"),
+        Ok((up, down)) => {
+            debug!(bytes_up = up, bytes_down = down, "connection done");
+            if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, ws.close()).await {
+                debug!(error = %e, "close handshake failed");
+            }
+        }
         Err(e) => debug!(error = %e, "connection ended"),
     }
 }

@@ -29,6 +29,11 @@ pub const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Copy bytes both ways between `a` and `b` until both directions end; returns the byte
 /// counts (a→b, b→a). Used for TCP endpoints and TCP over WebSocket.
+///
+/// Each direction ends on its own: at its reader's end of stream the writer is shut down (a
+/// half-close: FIN on a yamux stream or TCP socket, the agreed empty message or a Close on a
+/// [`WsStream`]) and the other direction carries on. An error in either direction ends both
+/// and is returned; the caller then drops both sides.
 pub async fn relay<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,

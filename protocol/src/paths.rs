@@ -18,6 +18,10 @@ pub const FORWARD_HEADER: &str = "x-piko-forward";
 /// Header carrying a Piko token that wins over `Authorization`.
 pub const AUTHORIZATION_HEADER: &str = "x-piko-authorization";
 
+/// Header by which a client of the TCP route and the server agree, request and answer, to
+/// carry half-close: an empty binary message then ends one direction (docs/protocol.md).
+pub const HALF_CLOSE_HEADER: &str = "x-piko-half-close";
+
 /// Header selecting the tenant whose keys verify an upstream's token.
 pub const TENANT_HEADER: &str = "x-piko-tenant-id";
 

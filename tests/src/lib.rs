@@ -3,10 +3,12 @@
 //! - [`TestServer`]: a `piko-server` node running in-process on ephemeral ports.
 //! - [`TestConnector`]: a connector agent (connector-core) for one or more endpoints.
 //! - [`EchoUpstream`]: the local service behind the tunnel, with routes for every test.
+//! - [`original::OriginalServer`]: a double of the original Go server's upstream port.
 //! - [`wait_until`]: poll a condition instead of sleeping.
 //! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
 
 pub mod echo;
+pub mod original;
 pub mod tls;
 
 use std::future::Future;
@@ -482,4 +484,55 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A TCP service on loopback that reads each connection to EOF, then writes back everything
+/// it read and closes: a request/response protocol that needs the client's half-close.
+pub async fn tcp_answer_after_eof() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = loopback_listener().await;
+    let addr = l.local_addr().expect("service addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s.write_all(&got).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP service on loopback that half-closes first: it sends `greeting`, shuts down its write
+/// side, then reads the connection to EOF and reports what it read (or the read error).
+pub async fn tcp_half_closing_first(
+    greeting: &'static [u8],
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = loopback_listener().await;
+    let addr = l.local_addr().expect("service addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    s.write_all(greeting).await?;
+                    s.shutdown().await?;
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await?;
+                    Ok(got)
+                }
+                .await;
+                let _ = tx.send(result);
+            });
+        }
+    });
+    (addr, rx)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use piko_connector_core::config::Protocol;
 use piko_connector_core::status::TunnelState;
 use piko_server::{Config, Listeners};
+use piko_tests::original::{original_request, OriginalServer};
 use piko_tests::{bin, EchoUpstream, TestConnector, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -229,4 +230,56 @@ async fn stopping_an_agent_with_idle_keepalive_streams_does_not_wait_for_the_gra
         started.elapsed()
     );
     server.wait_for_upstreams("idle-ka", 0).await;
+}
+
+/// Split an HTTP/1.1 response into (status code, lower-cased head, body).
+fn parse_response(raw: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head}"));
+    (status, head, raw[end + 4..].to_vec())
+}
+
+/// The original Go server opens one stream per request, sends it with `Connection: close`,
+/// reads the response and closes: an RST from the connector before that close makes its
+/// yamux fail the read (`connection reset`, then 502). Every answer must end with FIN only.
+#[tokio::test]
+async fn http_endpoint_answers_the_original_servers_one_request_streams_and_ends_them_with_fin() {
+    let server = OriginalServer::start().await;
+    let echo = EchoUpstream::start().await;
+    let _conn = TestConnector::start(
+        &server.upstream_url(),
+        &[("legacy", &echo.target(), Protocol::Http)],
+    );
+    let (mut session, endpoint) = server.accept().await;
+    assert_eq!(endpoint, "legacy");
+    let cases: [(&str, &[u8]); 2] = [("/name", b"echo"), ("/bytes/600000", &[])];
+    let mut served = 0;
+    for round in 0..10 {
+        for (path, want) in cases {
+            let req = original_request("GET", path, "legacy.example.com");
+            let out = session.round_trip(req.as_bytes()).await;
+            assert!(
+                !out.reset_before_close,
+                "round {round} {path}: the connector reset the stream before the server read it"
+            );
+            assert!(out.fin, "round {round} {path}: the answer ends with FIN");
+            let (status, head, body) = parse_response(&out.response);
+            assert_eq!(status, 200, "round {round} {path}: {head}");
+            if path == "/name" {
+                assert_eq!(body, want, "round {round}");
+            } else {
+                assert_eq!(body, piko_tests::echo::pattern(600_000), "round {round}");
+            }
+            served += 1;
+        }
+    }
+    assert_eq!(served, 20);
 }

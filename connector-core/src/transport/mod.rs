@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::{tungstenite, WebSocketStream};
 use tracing::debug;
 
@@ -65,6 +65,16 @@ impl Connector {
         request: Request,
         timeout: Duration,
     ) -> Result<WebSocketStream<ServerStream>, DialError> {
+        Ok(self.websocket_with_response(request, timeout).await?.0)
+    }
+
+    /// [`Connector::websocket`], also returning the server's `101` answer (its headers say
+    /// which options the server agreed to).
+    pub async fn websocket_with_response(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<(WebSocketStream<ServerStream>, Response), DialError> {
         match tokio::time::timeout(timeout, self.websocket_inner(request, timeout)).await {
             Ok(r) => r,
             Err(_) => Err(DialError::Timeout(timeout)),
@@ -75,7 +85,7 @@ impl Connector {
         &self,
         request: Request,
         timeout: Duration,
-    ) -> Result<WebSocketStream<ServerStream>, DialError> {
+    ) -> Result<(WebSocketStream<ServerStream>, Response), DialError> {
         let uri = request.uri();
         let invalid = |reason: &str| DialError::InvalidUrl {
             url: uri.to_string(),
@@ -142,7 +152,7 @@ impl Connector {
         )
         .await
         {
-            Ok((ws, _)) => Ok(ws),
+            Ok(pair) => Ok(pair),
             // With TLS 1.3 a refused client certificate shows after the handshake, on the
             // first read: still a TLS verdict.
             Err(tungstenite::Error::Io(e)) => Err(match tls::fatal_tls_error(&e, &host) {

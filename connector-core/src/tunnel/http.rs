@@ -279,19 +279,14 @@ mod tests {
     async fn roundtrip(server: &Session, request: &str) -> String {
         let mut s = server.open().unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
-        // The forwarder closes its side after `Connection: close` and drops the stream; as we
-        // never half-close ours, the stream ends with a reset after the response's bytes.
+        // The forwarder ends its side with FIN after `Connection: close`: the response is
+        // read to end of stream, then this side closes too (as the original server does).
         let read_all = async {
             let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                    Err(e) => panic!("read: {e}"),
-                }
-            }
+            s.read_to_end(&mut out)
+                .await
+                .expect("the response, then FIN");
+            s.shutdown().await.expect("close");
             out
         };
         let out = tokio::time::timeout(Duration::from_secs(5), read_all)

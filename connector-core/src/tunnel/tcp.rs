@@ -7,7 +7,9 @@ use piko_protocol::mux;
 use tokio::net::TcpStream;
 use tracing::{warn, Level};
 
-/// Connect to `addr` and relay bytes both ways until either side closes. If the target cannot
+/// Connect to `addr` and relay bytes both ways until both sides are done: the stream's FIN
+/// shuts down the local connection's write side, and the local service's own shutdown becomes
+/// FIN, so either side may half-close and still read the other's answer. If the target cannot
 /// be reached the stream is dropped, which resets it: the client sees its connection close.
 /// The access log records each connection at `access` (`None`: at debug only).
 pub(super) async fn serve(

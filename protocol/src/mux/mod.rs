@@ -485,7 +485,7 @@ impl Shared {
                 }
             }
         };
-        let remove = st.on_frame(hdr, body)?;
+        let remove = st.on_frame(self, hdr, body)?;
         if remove {
             self.remove_stream(id);
         }

@@ -29,6 +29,9 @@ struct StreamState {
     local_fin: bool,
     remote_fin: bool,
     reset: bool,
+    /// The handle was dropped after this side's FIN: the stream waits for the peer's FIN
+    /// with nobody reading (see [`Stream`]'s `Drop`).
+    detached: bool,
     session_closed: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
@@ -46,6 +49,7 @@ impl StreamShared {
                 local_fin: false,
                 remote_fin: false,
                 reset: false,
+                detached: false,
                 session_closed: false,
                 read_waker: None,
                 write_waker: None,
@@ -54,7 +58,12 @@ impl StreamShared {
     }
 
     /// Apply a Data or WindowUpdate frame; returns whether the stream is finished.
-    pub(crate) fn on_frame(&self, hdr: Header, body: Bytes) -> Result<bool, MuxError> {
+    pub(crate) fn on_frame(
+        &self,
+        session: &Shared,
+        hdr: Header,
+        body: Bytes,
+    ) -> Result<bool, MuxError> {
         let mut st = lock(&self.state);
         match hdr.ty {
             FrameType::WindowUpdate => {
@@ -72,7 +81,17 @@ impl StreamShared {
                     )));
                 }
                 st.recv_window -= len;
-                if !body.is_empty() && !st.reset {
+                if st.detached && !st.reset {
+                    // Nobody will read it: dropped, and no window is granted back. A peer
+                    // that spends the whole window on a stream we closed is not going to
+                    // finish: reset it rather than hold it.
+                    if st.recv_window == 0 && !st.remote_fin && hdr.flags & frame::FLAG_FIN == 0 {
+                        st.reset = true;
+                        drop(st);
+                        session.queue_control(FrameType::WindowUpdate, frame::FLAG_RST, self.id, 0);
+                        return Ok(true);
+                    }
+                } else if !body.is_empty() && !st.reset {
                     st.recv.push_back(body);
                     if let Some(w) = st.read_waker.take() {
                         w.wake();
@@ -114,7 +133,13 @@ impl StreamState {
 
 /// A stream of a [`Session`](super::Session): an ordered, flow-controlled byte stream.
 ///
-/// Dropping a stream that is not closed both ways resets it.
+/// `shutdown` sends FIN (a half-close: reading goes on). Dropping a stream closes it as
+/// dropping a TCP socket does: if this side had not shut down, it is reset (RST: the peer
+/// learns the exchange was cut short); if it had, it stays open for the peer's FIN, with what
+/// the peer still sends discarded, as hashicorp/yamux keeps a closed stream. A reset there
+/// would lose data: hashicorp/yamux (the original Piko's) fails every read after RST, even
+/// of bytes it already holds, so the original server answered 502 to every HTTP request
+/// whose stream was reset right behind the response's FIN.
 pub struct Stream {
     inner: Arc<StreamShared>,
     session: Arc<Shared>,
@@ -274,13 +299,136 @@ impl AsyncWrite for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let st = lock(&self.inner.state);
+        let mut st = lock(&self.inner.state);
         let finished = st.reset || st.session_closed || (st.local_fin && st.remote_fin);
+        if !finished && st.local_fin {
+            // Closed this way already: wait for the peer's FIN (or RST, or the session's
+            // end), which removes the stream; hold none of its data meanwhile.
+            st.detached = true;
+            st.recv.clear();
+            st.read_waker = None;
+            st.write_waker = None;
+            return;
+        }
         drop(st);
         if !finished {
             self.session
                 .queue_control(FrameType::WindowUpdate, frame::FLAG_RST, self.inner.id, 0);
         }
         self.session.remove_stream(self.inner.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::timeout;
+
+    use super::super::frame::*;
+    use super::super::{Config, Mode, Session};
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A client session (the connector's side) whose peer end speaks raw frames.
+    fn client(stream_window: u32) -> (Session, DuplexStream) {
+        let (a, peer) = tokio::io::duplex(1 << 20);
+        let config = Config {
+            keepalive_interval: None,
+            stream_window,
+            ..Config::default()
+        };
+        let (session, driver) = Session::new(a, Mode::Client, config);
+        tokio::spawn(driver);
+        (session, peer)
+    }
+
+    async fn read_header(peer: &mut DuplexStream) -> Header {
+        let mut h = [0u8; HEADER_LEN];
+        timeout(T, peer.read_exact(&mut h))
+            .await
+            .expect("frame in time")
+            .expect("read header");
+        let header = Header::decode(&h).expect("valid header");
+        if header.ty == FrameType::Data {
+            let mut body = vec![0u8; header.length as usize];
+            peer.read_exact(&mut body).await.expect("read body");
+        }
+        header
+    }
+
+    /// Ping the session and return the stream frames it sent before the answer: all it had
+    /// queued when the ping arrived.
+    async fn frames_before_pong(peer: &mut DuplexStream, value: u32) -> Vec<Header> {
+        peer.write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, value, &[]))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let h = read_header(peer).await;
+            if h.ty == FrameType::Ping && h.flags == FLAG_ACK && h.length == value {
+                return seen;
+            }
+            seen.push(h);
+        }
+    }
+
+    /// The peer opens stream 2 and the application answers, shuts down and drops it.
+    async fn answered_and_dropped(session: &Session, peer: &mut DuplexStream) {
+        peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0, &[]))
+            .await
+            .unwrap();
+        let mut stream = timeout(T, session.accept()).await.unwrap().expect("stream");
+        stream.write_all(b"answer").await.unwrap();
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let frames = frames_before_pong(peer, 1).await;
+        let flags: Vec<u16> = frames.iter().map(|h| h.flags).collect();
+        assert_eq!(flags, [FLAG_ACK, 0, FLAG_FIN], "ack, data, FIN: {frames:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_after_shutdown_waits_for_the_peers_fin_without_a_reset() {
+        let (session, mut peer) = client(super::super::STREAM_WINDOW);
+        answered_and_dropped(&session, &mut peer).await;
+        assert_eq!(session.num_streams(), 1, "open until the peer's FIN");
+        // The peer may still send (a request body it had under way): dropped, no reset.
+        peer.write_all(&raw_frame(TYPE_DATA, 0, 2, 4, b"late"))
+            .await
+            .unwrap();
+        assert_eq!(frames_before_pong(&mut peer, 2).await, []);
+        peer.write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 2, 0, &[]))
+            .await
+            .unwrap();
+        timeout(T, session.idle())
+            .await
+            .expect("the peer's FIN removes it");
+        assert_eq!(frames_before_pong(&mut peer, 3).await, [], "no reset after");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_whose_peer_spends_its_whole_window_is_reset() {
+        let (session, mut peer) = client(INITIAL_WINDOW);
+        answered_and_dropped(&session, &mut peer).await;
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..(INITIAL_WINDOW as usize / chunk.len() - 1) {
+            peer.write_all(&raw_frame(TYPE_DATA, 0, 2, chunk.len() as u32, &chunk))
+                .await
+                .unwrap();
+        }
+        assert_eq!(frames_before_pong(&mut peer, 2).await, [], "window left");
+        peer.write_all(&raw_frame(TYPE_DATA, 0, 2, chunk.len() as u32, &chunk))
+            .await
+            .unwrap();
+        let frames = frames_before_pong(&mut peer, 3).await;
+        assert_eq!(
+            frames
+                .iter()
+                .map(|h| (h.flags, h.stream_id))
+                .collect::<Vec<_>>(),
+            [(FLAG_RST, 2)]
+        );
+        assert_eq!(session.num_streams(), 0);
     }
 }

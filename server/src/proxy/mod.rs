@@ -337,7 +337,21 @@ impl Proxy {
             }
             other => other?,
         };
-        let resp = websocket_accept(&req);
+        /// Time the close handshake may take once both directions have ended.
+        const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+        use piko_protocol::paths::HALF_CLOSE_HEADER;
+        // A client that asks for half-close (this project's `piko forward`) gets it: each
+        // direction ends on its own (docs/protocol.md). Others (the original Go forwarder)
+        // get what the original server does: a Close when the upstream's side ends.
+        let half_close = req
+            .headers()
+            .get(HALF_CLOSE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let mut resp = websocket_accept(&req);
+        if half_close {
+            resp.headers_mut()
+                .insert(HALF_CLOSE_HEADER, HeaderValue::from_static("1"));
+        }
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -350,9 +364,23 @@ impl Proxy {
                 Some(ws_config()),
             )
             .await;
-            let mut ws = WsStream::new(ws);
-            if let Err(e) = piko_protocol::relay(&mut ws, &mut stream).await {
-                debug!(error = %e, endpoint = %endpoint, "tcp connection ended with an error");
+            let mut ws = if half_close {
+                WsStream::with_half_close(ws)
+            } else {
+                WsStream::new(ws)
+            };
+            // The client's end becomes FIN on the stream and the upstream's FIN the client's
+            // end; the stream is closed both ways when this returns Ok. On an error it is
+            // dropped: a reset, unless FIN was sent (then the upstream's FIN ends it).
+            match piko_protocol::relay(&mut ws, &mut stream).await {
+                Ok(_) => {
+                    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, ws.close()).await {
+                        debug!(error = %e, endpoint = %endpoint, "tcp close handshake failed");
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, endpoint = %endpoint, "tcp connection ended with an error")
+                }
             }
         });
         Ok(resp)
