@@ -27,9 +27,15 @@ fn err(key: &str, msg: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {msg}"))
 }
 
-/// A duration written like `30s`, `1m30s` or `500ms`.
+/// A duration written like `30s`, `1m30s` or `500ms`, at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+/// The longest duration any key takes: one year (`1y`). More is a typo, and deadlines are
+/// `Instant::now() + d`, which panics on overflow (std's `Instant` holds i64 seconds:
+/// `10000000000000000000s` made every proxy and admin connection panic). A year is far below
+/// that on every platform and longer than any timeout, lease or grace period needs.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 impl Serialize for Dur {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -47,11 +53,18 @@ impl<'de> Deserialize<'de> for Dur {
         if s.trim() == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {s:?} ({e}); use a value like 30s, 1m or 500ms"
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is too long; the limit is {}",
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -91,6 +104,9 @@ pub struct ProxyFile {
     pub tls: TlsFile,
     /// One record per request (`proxy.access_log.*`, as in the original).
     pub access_log: AccessLogConfig,
+    /// Addresses or CIDR networks of proxies in front of this node (load balancers) whose
+    /// `X-Forwarded-*` headers are kept; every other client's are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `proxy.http.*`.
@@ -299,6 +315,7 @@ impl Default for ProxyFile {
             auth: AuthFile::default(),
             tls: TlsFile::default(),
             access_log: AccessLogConfig::default(),
+            trusted_proxies: vec![],
         }
     }
 }
@@ -359,6 +376,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Largest request head, bytes.
     pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-*` headers the proxy keeps.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// This node's id.
     pub node_id: String,
     /// Whether `node_id` was made up because none was configured (a node with a data dir
@@ -695,6 +714,7 @@ impl FileConfig {
                 d => d,
             },
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
+            trusted_proxies: trusted_proxies(&self.proxy.trusted_proxies)?,
             node_id_generated: self.cluster.node_id.is_empty(),
             node_id,
             join: self.cluster.join,
@@ -749,6 +769,23 @@ impl FileConfig {
             admin_tls: tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?,
         })
     }
+}
+
+/// `proxy.trusted_proxies`: each entry a network (`10.0.0.0/8`, `fd00::/8`) or one address.
+fn trusted_proxies(list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    err(
+                        "proxy.trusted_proxies",
+                        format!("invalid CIDR {s:?}; use a network such as 10.0.0.0/8 or fd00::/8, or one address"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -1055,6 +1092,96 @@ mod tests {
             let e = load(&s).unwrap_err().to_string();
             assert!(e.contains(want), "error {e:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn out_of_range_durations_and_bad_trusted_proxies_name_the_key() {
+        let absurd = "10000000000000000000s";
+        let too_long = "duration \"10000000000000000000s\" is too long; the limit is 1year";
+        let mut cases: Vec<(Sources, String)> = [
+            "proxy.timeout",
+            "proxy.http.read_header_timeout",
+            "proxy.http.idle_timeout",
+            "grace_period",
+            "cluster.node_lease",
+            "proxy.auth.jwks.cache_ttl",
+            "upstream.auth.jwks.timeout",
+            "admin.auth.jwks.timeout",
+        ]
+        .iter()
+        .map(|k| (src(None, &[], &[(k, absurd)]), format!("{k}: {too_long}")))
+        .collect();
+        cases.extend([
+            (
+                src(None, &[("PIKO_GRACE_PERIOD", "366d")], &[]),
+                "grace_period: duration \"366d\" is too long".to_string(),
+            ),
+            (
+                src(
+                    Some("upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: k\n        jwks:\n          cache_ttl: 2years\n"),
+                    &[],
+                    &[],
+                ),
+                "upstream.tenants[0].auth.jwks.cache_ttl: duration \"2years\" is too long".to_string(),
+            ),
+            (
+                src(None, &[], &[("proxy.trusted_proxies", "10.0.0.0/33")]),
+                "proxy.trusted_proxies: invalid CIDR \"10.0.0.0/33\"".to_string(),
+            ),
+            (
+                src(None, &[("PIKO_PROXY_TRUSTED_PROXIES", "10.0.0.0/8,lb.internal")], &[]),
+                "proxy.trusted_proxies: invalid CIDR \"lb.internal\"".to_string(),
+            ),
+            (
+                src(Some("proxy:\n  trusted_proxies: 10.0.0.0/8\n"), &[], &[]),
+                "proxy.trusted_proxies: invalid type".to_string(),
+            ),
+        ]);
+        assert_eq!(cases.len(), 13);
+        for (s, want) in cases {
+            let e = load(&s).unwrap_err().to_string();
+            assert!(e.contains(&want), "error {e:?} should contain {want:?}");
+        }
+        // The limit itself is accepted.
+        let c = load(&src(None, &[], &[("grace_period", "1y")])).unwrap();
+        assert_eq!(c.grace_period, MAX_DURATION);
+    }
+
+    #[test]
+    fn trusted_proxies_from_file_env_and_flags() {
+        let nets = |c: Config| -> Vec<String> {
+            c.trusted_proxies.iter().map(|n| n.to_string()).collect()
+        };
+        assert!(load(&src(None, &[], &[]))
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
+        let file = "proxy:\n  trusted_proxies: [10.0.0.0/8, 'fd00::/8', 192.0.2.1]\n";
+        assert_eq!(
+            nets(load(&src(Some(file), &[], &[])).unwrap()),
+            vec!["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]
+        );
+        assert_eq!(
+            nets(
+                load(&src(
+                    None,
+                    &[("PIKO_PROXY_TRUSTED_PROXIES", "10.1.0.0/16, 10.2.0.0/16")],
+                    &[]
+                ))
+                .unwrap()
+            ),
+            vec!["10.1.0.0/16", "10.2.0.0/16"]
+        );
+        // A repeated flag and a comma-separated one, flags over env.
+        let mut s = src(None, &[("PIKO_PROXY_TRUSTED_PROXIES", "10.9.0.0/16")], &[]);
+        s.flags.insert(
+            "proxy.trusted_proxies".into(),
+            vec!["10.3.0.0/16,10.4.0.0/16".into(), "::1".into()],
+        );
+        assert_eq!(
+            nets(load(&s).unwrap()),
+            vec!["10.3.0.0/16", "10.4.0.0/16", "::1/128"]
+        );
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub async fn run(
             config.proxy_access_log.clone(),
             metrics.clone(),
         )
+        .with_trusted_proxies(config.trusted_proxies.clone())
         .with_cluster(cluster.clone()),
     );
     // The cluster port serves Raft RPC until the very end, so this node can leave cleanly.

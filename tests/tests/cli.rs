@@ -111,6 +111,16 @@ async fn server_rejects_bad_configuration_with_exit_2() {
     let bad_value = dir.join("bad-value.yaml");
     std::fs::write(&bad_value, "proxy:\n  timeout: soon\n").unwrap();
     type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    // Rows whose value an older build accepted: on loopback port 0, so such a build runs
+    // (and the row fails on its exit timeout) without taking the default ports.
+    let loopback = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for port in ["proxy", "upstream", "admin", "cluster"] {
+            v.push(format!("--{port}.bind-addr"));
+            v.push("127.0.0.1:0".into());
+        }
+        v
+    };
     let cases: Vec<Case> = vec![
         (
             vec!["--config.path".into(), bad_key.display().to_string()],
@@ -141,6 +151,17 @@ async fn server_rejects_bad_configuration_with_exit_2() {
             vec!["--no-such-flag".into()],
             vec![],
             "unexpected argument '--no-such-flag'",
+        ),
+        (
+            // Once accepted, then every proxy and admin connection panicked.
+            loopback(&["--proxy.http.read-header-timeout", "10000000000000000000s"]),
+            vec![],
+            "proxy.http.read_header_timeout: duration \"10000000000000000000s\" is too long; the limit is 1year",
+        ),
+        (
+            loopback(&["--proxy.trusted-proxies", "10.0.0.0/8,10.0.0.0/40"]),
+            vec![],
+            "proxy.trusted_proxies: invalid CIDR \"10.0.0.0/40\"",
         ),
     ];
     for (args, env, want) in cases {

@@ -1,4 +1,5 @@
-//! The proxy data path on one node: routing, errors, bodies, upgrades, streaming, HTTP/2.
+//! The proxy data path on one node (and one forward between two): routing, errors, bodies,
+//! upgrades, streaming, HTTP/2, and what a client may claim in `X-Forwarded-*`.
 
 use std::time::Duration;
 
@@ -559,4 +560,223 @@ async fn metrics_count_requests_and_upstreams_with_the_original_names() {
     ] {
         assert!(text.contains(want), "{want:?} missing from\n{text}");
     }
+}
+
+/// Send `request` on a new connection to `addr` and read one whole response.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_response(&mut s).await
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
+    let (server, _echo, _conn) = setup("spoof").await;
+    let r = client()
+        .get(format!("{}/headers", server.proxy_url()))
+        .header("host", "spoof.piko.test")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "bank.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let (s, _, v) = json(r).await;
+    assert_eq!(s, 200);
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-proto"], "http", "{v}");
+    assert_eq!(h["x-forwarded-host"], "spoof.piko.test", "{v}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{v}");
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_refused_with_501() {
+    let (server, _echo, _conn) = setup("te").await;
+    let resp = exchange(
+        server.proxy_addr,
+        b"POST /upload HTTP/1.1\r\nhost: te.example.com\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 501"), "{resp:?}");
+    assert!(resp.contains("content-type: application/json"), "{resp:?}");
+    assert!(
+        resp.ends_with("{\"error\":\"unsupported transfer encoding; only chunked is accepted\"}\n"),
+        "{resp:?}"
+    );
+    // Plain chunked still reaches the service.
+    let resp = exchange(
+        server.proxy_addr,
+        b"POST /upload HTTP/1.1\r\nhost: te.example.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    assert!(resp.contains("\"len\":5"), "{resp:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_fault_400() {
+    let (server, _echo, _conn) = setup("chunks").await;
+    let resp = exchange(
+        server.proxy_addr,
+        b"POST /upload HTTP/1.1\r\nhost: chunks.example.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+    assert!(
+        resp.ends_with("{\"error\":\"malformed or incomplete request body\"}\n"),
+        "{resp:?}"
+    );
+    // The upstream is fine: the next request is served.
+    assert_eq!(server.get("chunks", "/name").await.status(), 200);
+}
+
+/// Log lines written while the guard lives, for the current thread (a `#[tokio::test]`
+/// runtime runs every task of the test on it).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let out = Captured::default();
+        let writer = out.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (out, tracing::subscriber::set_default(sub))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
+    }
+}
+
+/// A local service that answers `200 ok` to any request head (CONNECT included), as a
+/// permissive web server would.
+async fn always_ok() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = piko_tests::loopback_listener().await;
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405_and_logged_as_sent() {
+    let (logs, _guard) = Captured::start("piko_server::proxy::access=info");
+    let server = TestServer::start().await;
+    let ok = always_ok().await;
+    let _conn = TestConnector::http(&server, "conn", &ok.to_string());
+    server.wait_for_upstreams("conn", 1).await;
+    let resp = exchange(
+        server.proxy_addr,
+        b"CONNECT conn.example.com:443 HTTP/1.1\r\nhost: conn.example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp:?}");
+    assert!(resp.contains("content-type: application/json"), "{resp:?}");
+    assert!(resp.contains("allow: GET, HEAD, POST"), "{resp:?}");
+    assert!(
+        resp.ends_with("{\"error\":\"CONNECT is not supported\"}\n"),
+        "{resp:?}"
+    );
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("method=CONNECT"))
+        .unwrap_or_else(|| panic!("no access record for CONNECT in {text:?}"));
+    assert!(line.contains("status=405"), "{line}");
+    assert!(line.contains("CONNECT is not supported"), "{line}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_a_trusted_proxy_are_kept_and_extended() {
+    let server =
+        TestServer::start_with(|c| c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let echo = EchoUpstream::start().await;
+    let _conn = TestConnector::http(&server, "lb", &echo.target());
+    server.wait_for_upstreams("lb", 1).await;
+    let r = client()
+        .get(format!("{}/headers", server.proxy_url()))
+        .header("host", "lb.piko.test")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "www.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let (s, _, v) = json(r).await;
+    assert_eq!(s, 200);
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https", "{v}");
+    assert_eq!(h["x-forwarded-host"], "www.example.com", "{v}");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{v}");
+    // A trusted proxy that sets nothing still gets them set from the connection.
+    let r = server.get("lb", "/headers").await;
+    let (_, _, v) = json(r).await;
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1", "{v}");
+}
+
+#[tokio::test]
+async fn across_a_forward_the_first_node_decides_forwarded_headers_and_body_blame() {
+    let cluster = piko_tests::TestCluster::start(2).await;
+    let echo = EchoUpstream::start().await;
+    let _conn = TestConnector::http(&cluster.nodes[0], "far", &echo.target());
+    cluster.nodes[0].wait_for_upstreams("far", 1).await;
+    cluster.wait_for_replicated("far", 1).await;
+    // Node 1 has no upstream: it replaces the spoofed values and forwards; node 0 keeps them.
+    let r = client()
+        .get(format!("{}/headers", cluster.nodes[1].proxy_url()))
+        .header("host", "far.piko.test")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "bank.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let (s, _, v) = json(r).await;
+    assert_eq!(s, 200, "{v}");
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-proto"], "http", "{v}");
+    assert_eq!(h["x-forwarded-host"], "far.piko.test", "{v}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{v}");
+    // A broken chunked body through the forwarding node is still the client's fault.
+    let resp = exchange(
+        cluster.nodes[1].proxy_addr,
+        b"POST /upload HTTP/1.1\r\nhost: far.example.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+    assert!(
+        resp.ends_with("{\"error\":\"malformed or incomplete request body\"}\n"),
+        "{resp:?}"
+    );
 }

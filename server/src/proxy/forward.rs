@@ -38,7 +38,12 @@ impl Proxy {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        rewrite_head(&mut parts, conn, Hop::Client, upgrade)?;
+        rewrite_head(
+            &mut parts,
+            conn,
+            self.forwarding(Hop::Client, conn),
+            upgrade,
+        )?;
         parts
             .headers
             .insert(FORWARD_HEADER, HeaderValue::from_static("true"));
@@ -89,6 +94,10 @@ impl Proxy {
                 }
                 Err(e) if e.is_connect() && replayable && tried.len() < MAX_NODES => {
                     debug!(node = %member, error = %e, "node unreachable; trying another");
+                }
+                Err(e) if super::error::client_body_failed(&e) => {
+                    debug!(node = %member, error = %e, "client request body failed");
+                    return Err(ProxyError::ClientBody);
                 }
                 Err(e) => {
                     debug!(node = %member, error = %e, "forwarding failed");

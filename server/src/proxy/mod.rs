@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 pub use error::ProxyError;
-use pool::{CheckoutError, PooledBody};
+use pool::{CheckoutError, PooledBody, SendError};
 
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::cluster::Cluster;
@@ -44,6 +44,7 @@ pub struct Proxy {
     access: AccessLog,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Where a request comes from.
@@ -107,6 +108,24 @@ impl Proxy {
             access,
             metrics,
             cluster: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// Keep the `X-Forwarded-*` headers of clients whose address is in one of `nets` (load
+    /// balancers in front of this node); every other client's are replaced.
+    pub fn with_trusted_proxies(mut self, nets: Vec<ipnet::IpNet>) -> Self {
+        self.trusted_proxies = nets;
+        self
+    }
+
+    /// What a request from `conn` tells the next hop about its client.
+    fn forwarding(&self, hop: Hop, conn: ConnInfo) -> Forwarding {
+        match hop {
+            Hop::Client => Forwarding::Set {
+                trusted_peer: trusts(&self.trusted_proxies, conn.remote.ip()),
+            },
+            Hop::Forwarded => Forwarding::Keep,
         }
     }
 
@@ -149,7 +168,9 @@ impl Proxy {
                 };
                 PendingRecord::new(sink, r)
             });
-        let result = if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
+        let result = if let Err(e) = refuse_unsupported(&req) {
+            Err(e)
+        } else if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
             let rest = rest.to_string();
             self.tcp(req, &rest, conn, hop).await
         } else {
@@ -290,7 +311,7 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        rewrite_head(&mut parts, conn, hop, upgrade)?;
+        rewrite_head(&mut parts, conn, self.forwarding(hop, conn), upgrade)?;
         parts.headers.remove(FORWARD_HEADER);
         // Piko's own credential is for Piko; the service keeps its own `Authorization`.
         parts.headers.remove(AUTHORIZATION_HEADER);
@@ -305,9 +326,15 @@ impl Proxy {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
             }
         };
-        let (mut resp, sender) = resp.map_err(|e| {
-            debug!(error = %e, "upstream request failed");
-            ProxyError::UpstreamUnreachable
+        let (mut resp, sender) = resp.map_err(|e| match e {
+            SendError::Request(e) if error::client_body_failed(&e) => {
+                debug!(error = %e, "client request body failed");
+                ProxyError::ClientBody
+            }
+            e => {
+                debug!(error = %e, "upstream request failed");
+                ProxyError::UpstreamUnreachable
+            }
         })?;
 
         if relay_response_head(&mut resp, client_upgrade) {
@@ -387,13 +414,57 @@ impl Proxy {
     }
 }
 
+/// Whether the peer at `ip` is in one of `nets`. An IPv4 peer on a dual-stack socket shows
+/// as `::ffff:a.b.c.d` and is matched as IPv4.
+fn trusts(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Refuse what cannot be passed on faithfully, before anything else (the original's Go HTTP
+/// server does the same for transfer codings, before its handler runs).
+fn refuse_unsupported<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    // hyper reads `gzip, chunked` as chunked and hands over the still-gzipped bytes; the next
+    // hop would get them without the coding. Only plain `chunked` is accepted, as by Go's
+    // net/http (and so by the original agent behind the tunnel).
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::UnsupportedTransferEncoding),
+    }
+}
+
+/// What the next hop learns about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// This node took the client's connection: `X-Forwarded-*` describe it. A trusted peer
+    /// (a load balancer in `proxy.trusted_proxies`) keeps the values it sent and has its
+    /// address appended to `X-Forwarded-For`; any other peer's values are replaced, since a
+    /// plain-HTTP client could otherwise claim `https`, another host or another address.
+    Set {
+        /// The peer is a trusted proxy.
+        trusted_peer: bool,
+    },
+    /// Another node took the connection and set them already (a forwarded request).
+    Keep,
+}
+
 /// Make a client's request head fit for the next hop: origin-form target, HTTP/1.1, no
-/// hop-by-hop headers, `Host` kept, `X-Forwarded-*` set (once: a forwarded request has them
-/// from the node the client reached).
+/// hop-by-hop headers, `Host` kept, `X-Forwarded-*` set as `forwarding` says.
 fn rewrite_head(
     parts: &mut http::request::Parts,
     conn: ConnInfo,
-    hop: Hop,
+    forwarding: Forwarding,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -408,29 +479,9 @@ fn rewrite_head(
     }
     if let Some(host) = &host {
         parts.headers.insert(header::HOST, host.clone());
-        if !parts.headers.contains_key("x-forwarded-host") {
-            parts.headers.insert("x-forwarded-host", host.clone());
-        }
     }
-    if hop == Hop::Client {
-        let ip = conn.remote.ip().to_string();
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-        if !parts.headers.contains_key("x-forwarded-proto") {
-            let proto = if conn.tls { "https" } else { "http" };
-            parts
-                .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        }
+    if let Forwarding::Set { trusted_peer } = forwarding {
+        set_forwarded(&mut parts.headers, conn, host, trusted_peer);
     }
     parts.version = Version::HTTP_11;
     parts.uri = parts
@@ -441,6 +492,58 @@ fn rewrite_head(
         .parse::<Uri>()
         .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
     Ok(())
+}
+
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+
+/// Set `X-Forwarded-For`/`-Host`/`-Proto` for a request this node took from `conn`.
+///
+/// An untrusted peer's `X-Forwarded-For` is replaced by its address, not appended to: services
+/// commonly take the leftmost entry as the client, and nothing an untrusted peer says about
+/// earlier hops can be checked, so the peer's address is the only true entry. Its `Forwarded`
+/// (RFC 7239, the same claims in one header) is removed for the same reason.
+fn set_forwarded(
+    headers: &mut http::HeaderMap,
+    conn: ConnInfo,
+    host: Option<HeaderValue>,
+    trusted_peer: bool,
+) {
+    let ip = conn.remote.ip().to_canonical().to_string();
+    let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
+    if !trusted_peer {
+        headers.remove(header::FORWARDED);
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        headers.insert(X_FORWARDED_PROTO, proto);
+        return;
+    }
+    // Several fields of one list are one list (RFC 9110 §5.3).
+    let mut xff = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    xff.push_str(&ip);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(host) = host {
+        headers.entry(X_FORWARDED_HOST).or_insert(host);
+    }
+    headers.entry(X_FORWARDED_PROTO).or_insert(proto);
 }
 
 /// HTTP/2 clients may split `cookie` into one field per pair; HTTP/1.1 wants one line, the
@@ -462,6 +565,97 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn only_plain_chunked_and_no_connect_pass() {
+        let cases: [(&str, &[&str], Option<StatusCode>); 9] = [
+            ("POST", &[], None),
+            ("POST", &["chunked"], None),
+            ("POST", &["Chunked "], None),
+            (
+                "POST",
+                &["gzip, chunked"],
+                Some(StatusCode::NOT_IMPLEMENTED),
+            ),
+            (
+                "POST",
+                &["gzip", "chunked"],
+                Some(StatusCode::NOT_IMPLEMENTED),
+            ),
+            (
+                "POST",
+                &["chunked, chunked"],
+                Some(StatusCode::NOT_IMPLEMENTED),
+            ),
+            ("POST", &["identity"], Some(StatusCode::NOT_IMPLEMENTED)),
+            ("CONNECT", &[], Some(StatusCode::METHOD_NOT_ALLOWED)),
+            ("GET", &[], None),
+        ];
+        for (method, te, want) in cases {
+            let mut req = Request::builder().method(method).uri("/");
+            for v in te {
+                req = req.header(header::TRANSFER_ENCODING, *v);
+            }
+            let req = req.body(()).unwrap();
+            let got = refuse_unsupported(&req).err().map(|e| e.status());
+            assert_eq!(got, want, "{method} {te:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_by_trust() {
+        let conn = ConnInfo {
+            remote: "[::ffff:192.0.2.9]:4000".parse().unwrap(),
+            tls: true,
+        };
+        let sent = || {
+            let mut h = http::HeaderMap::new();
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h.insert(
+                X_FORWARDED_HOST,
+                HeaderValue::from_static("claimed.example"),
+            );
+            h.insert(
+                header::FORWARDED,
+                HeaderValue::from_static("for=203.0.113.1"),
+            );
+            h
+        };
+        let host = Some(HeaderValue::from_static("shop.example.com"));
+        let mut untrusted = sent();
+        set_forwarded(&mut untrusted, conn, host.clone(), false);
+        assert_eq!(untrusted[&X_FORWARDED_FOR], "192.0.2.9");
+        assert_eq!(untrusted[&X_FORWARDED_PROTO], "https");
+        assert_eq!(untrusted[&X_FORWARDED_HOST], "shop.example.com");
+        assert!(!untrusted.contains_key(header::FORWARDED));
+        let mut trusted = sent();
+        set_forwarded(&mut trusted, conn, host, true);
+        assert_eq!(
+            trusted.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            vec!["203.0.113.1, 198.51.100.2, 192.0.2.9"]
+        );
+        assert_eq!(trusted[&X_FORWARDED_PROTO], "http");
+        assert_eq!(trusted[&X_FORWARDED_HOST], "claimed.example");
+        assert!(trusted.contains_key(header::FORWARDED));
+    }
+
+    #[test]
+    fn trusted_proxies_match_mapped_ipv4_peers() {
+        let nets: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        for (ip, want) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("fd12::1", true),
+            ("11.0.0.1", false),
+            ("::1", false),
+        ] {
+            assert_eq!(trusts(&nets, ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 
     #[test]
     fn split_cookies_are_joined() {
