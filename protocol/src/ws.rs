@@ -6,6 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -24,20 +25,87 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// afford; 16 KiB reads still move a large body at full speed.
 pub const READ_BUFFER_SIZE: usize = 16 * 1024;
 
-/// The WebSocket settings both sides use: bounded message and frame sizes, small buffers.
+/// Largest WebSocket message this side sends. Longer writes are split (boundaries mean
+/// nothing to the receiver), so that one message never needs more than this much room in the
+/// write buffer.
+pub const MAX_WRITE_MESSAGE: usize = 256 * 1024;
+
+/// Bytes buffered before tungstenite writes them to the socket (its default).
+pub const WRITE_BUFFER_SIZE: usize = 128 * 1024;
+
+/// Most bytes a connection may hold for a peer that does not read: the write buffer plus one
+/// message, and room for the pongs of a peer that reads slowly. tungstenite answers every
+/// ping with a pong in this buffer, so without a bound a peer that sends pings and never
+/// reads grew the server by gigabytes (4.7 GB in 15 s); at the bound, further pongs replace
+/// each other (one is kept) and a data write that does not fit fails.
+pub const MAX_WRITE_BUFFER_SIZE: usize = WRITE_BUFFER_SIZE + MAX_WRITE_MESSAGE + 128 * 1024;
+
+/// Pong bytes a peer may be owed (pings received since this side last flushed) before a
+/// write insists on flushing them first and, when the peer does not take them, fails with
+/// [`not_reading`]. A peer that pings and never reads is so cut off at its next write
+/// instead of holding the connection (and what it relays) for ever; a peer that reads is
+/// never owed this much (a legitimate one pings every few seconds).
+pub const MAX_PONG_DEBT: usize = 64 * 1024;
+
+/// Pongs owed to the peer: the size of the pings received since this side last flushed.
+#[derive(Debug, Default)]
+pub(crate) struct PongDebt(AtomicUsize);
+
+impl PongDebt {
+    /// A ping with `payload` bytes arrived: tungstenite has queued (or replaced) a pong.
+    pub(crate) fn ping(&self, payload: usize) {
+        // Two header bytes: a server's pong is unmasked and its payload at most 125 bytes.
+        self.0.fetch_add(payload + 2, Ordering::Relaxed);
+    }
+
+    /// Everything queued, pongs included, has been written.
+    pub(crate) fn flushed(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Before a write: when the peer is owed more than [`MAX_PONG_DEBT`], flush first; if
+    /// that cannot complete at once, the peer is not reading and the write fails.
+    pub(crate) fn check<K>(&self, ws: Pin<&mut K>, cx: &mut Context<'_>) -> io::Result<()>
+    where
+        K: Sink<Message, Error = tungstenite::Error> + ?Sized,
+    {
+        if self.0.load(Ordering::Relaxed) <= MAX_PONG_DEBT {
+            return Ok(());
+        }
+        match ws.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.flushed();
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(to_io(e)),
+            Poll::Pending => Err(not_reading()),
+        }
+    }
+}
+
+/// The error of a write to a peer that lets its pongs (or data) pile up unread.
+pub fn not_reading() -> io::Error {
+    io::Error::other("websocket peer is not reading")
+}
+
+/// The WebSocket settings both sides use: bounded message and frame sizes, small buffers, a
+/// bounded write buffer.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_MESSAGE_SIZE))
         .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_SIZE)
 }
 
 /// A [`WebSocketStream`] read and written as a byte stream of binary messages.
 ///
 /// Reads return the payloads of binary messages in order; a close message or the end of the
 /// connection (with or without a close handshake) is end-of-file; a text message is an
-/// `InvalidData` error (the protocol is binary). Each write becomes one binary message. Pings
-/// are answered by tungstenite.
+/// `InvalidData` error (the protocol is binary). Each write becomes one binary message of at
+/// most [`MAX_WRITE_MESSAGE`] bytes. Pings are answered by tungstenite; a write to a peer that
+/// is owed more than [`MAX_PONG_DEBT`] of pongs and does not take them fails ([`not_reading`]).
 ///
 /// Shutting down the write side sends a Close frame, unless both ends agreed on half-close
 /// ([`WsStream::with_half_close`], docs/protocol.md): then an empty binary message ends this
@@ -49,6 +117,7 @@ pub struct WsStream<S> {
     eof: bool,
     half_close: bool,
     write_done: bool,
+    pongs: PongDebt,
 }
 
 impl<S> WsStream<S> {
@@ -60,6 +129,7 @@ impl<S> WsStream<S> {
             eof: false,
             half_close: false,
             write_done: false,
+            pongs: PongDebt::default(),
         }
     }
 
@@ -105,6 +175,8 @@ pub(crate) fn to_io(e: tungstenite::Error) -> io::Error {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
             io::Error::new(io::ErrorKind::BrokenPipe, "websocket closed")
         }
+        // The peer has not read what was already sent (a bounded buffer is full of it).
+        tungstenite::Error::WriteBufferFull(_) => not_reading(),
         other => io::Error::new(io::ErrorKind::InvalidData, other),
     }
 }
@@ -131,7 +203,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 Some(Ok(Message::Binary(data))) if data.is_empty() => self.eof = self.half_close,
                 Some(Ok(Message::Binary(data))) => self.read_buf = data,
                 Some(Ok(Message::Close(_))) | None => self.eof = true,
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Ping(p))) => self.pongs.ping(p.len()),
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -168,16 +241,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
                 "websocket closed for writing",
             )));
         }
-        let mut sink = Pin::new(&mut self.inner);
+        let this = &mut *self;
+        let mut sink = Pin::new(&mut this.inner);
+        this.pongs.check(sink.as_mut(), cx)?;
         ready!(sink.as_mut().poll_ready(cx)).map_err(to_io)?;
-        let n = buf.len().min(MAX_MESSAGE_SIZE);
+        let n = buf.len().min(MAX_WRITE_MESSAGE);
         sink.start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(to_io)?;
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(to_io)
+        ready!(Pin::new(&mut self.inner).poll_flush(cx)).map_err(to_io)?;
+        self.pongs.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -203,6 +280,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
@@ -303,6 +382,81 @@ mod tests {
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"last words");
+    }
+
+    #[tokio::test]
+    async fn long_writes_are_split_into_bounded_messages_and_arrive_whole() {
+        let (a, mut b) = pair().await;
+        let mut a = WsStream::new(a);
+        let data: Vec<u8> = (0..(3 * MAX_WRITE_MESSAGE + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                a.write_all(&data).await.unwrap();
+                a.shutdown().await.unwrap();
+            })
+        };
+        let mut got = Vec::new();
+        while let Some(msg) = b.next().await {
+            match msg.unwrap() {
+                Message::Binary(m) => {
+                    assert!(m.len() <= MAX_WRITE_MESSAGE, "a {} byte message", m.len());
+                    got.extend_from_slice(&m);
+                }
+                Message::Close(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the bytes arrive in order");
+    }
+
+    /// A client ping frame with a 125-byte payload, masked with the all-zero key.
+    fn raw_ping() -> Vec<u8> {
+        let mut f = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+        f.extend_from_slice(&[b'p'; 125]);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_floods_pings_and_never_reads_fails_the_next_write() {
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let server =
+            WebSocketStream::from_raw_socket(server, Role::Server, Some(ws_config())).await;
+        let (mut rd, mut wr) = tokio::io::split(WsStream::new(server));
+        // The server keeps reading, and so answers every ping with a pong.
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let res = rd.read_to_end(&mut out).await;
+            (res, out.len())
+        });
+        // The client never reads: its half for reading is only kept open.
+        let (_client_rd, mut client_wr) = tokio::io::split(client);
+        let flood = raw_ping().repeat(8 * MAX_WRITE_BUFFER_SIZE / raw_ping().len());
+        tokio::time::timeout(Duration::from_secs(5), client_wr.write_all(&flood))
+            .await
+            .expect("the server keeps reading pings")
+            .unwrap();
+        // Pongs for a quarter of them fill the bounded buffer: the next write is refused
+        // instead of being queued behind megabytes of pongs the client will never read.
+        let write = tokio::time::timeout(Duration::from_secs(5), async {
+            wr.write_all(b"data").await?;
+            wr.flush().await
+        })
+        .await
+        .expect("the write ends instead of waiting for the peer for ever");
+        let err = write.unwrap_err();
+        assert_eq!(err.to_string(), not_reading().to_string());
+        assert!(!reader.is_finished(), "reading goes on");
+        client_wr.shutdown().await.unwrap();
+        let (_, n) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the reader sees the end (an error: no close handshake)")
+            .unwrap();
+        assert_eq!(n, 0, "pings carry no data");
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ mod transport;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::ws::MAX_WRITE_MESSAGE;
 use frame::{FrameType, Header, HEADER_LEN, INITIAL_WINDOW};
 pub use stream::Stream;
 
@@ -62,6 +64,10 @@ pub struct Config {
     pub max_streams: usize,
     /// Queued outgoing bytes above which stream writes wait.
     pub write_queue_limit: usize,
+    /// Queued bytes of answers to the peer (ping acks, replies to its SYNs) above which the
+    /// session stops reading from the peer until they are written: a peer that sends pings
+    /// or SYNs and never reads cannot grow the queue (it grew by 1.9 GB in 10 s).
+    pub reply_queue_limit: usize,
 }
 
 impl Default for Config {
@@ -72,6 +78,7 @@ impl Default for Config {
             accept_backlog: 256,
             max_streams: 65_536,
             write_queue_limit: 1 << 20,
+            reply_queue_limit: 64 * 1024,
         }
     }
 }
@@ -131,6 +138,10 @@ pub(crate) struct Shared {
     wq: Mutex<WriteQueue>,
     writer_notify: Notify,
     state_notify: Notify,
+    /// Set when the queued answers reach `reply_queue_limit`; the read loop then waits for
+    /// `replies_drained`, which the writer signals when it takes the queue.
+    replies_full: AtomicBool,
+    replies_drained: Notify,
 }
 
 struct Table {
@@ -148,6 +159,8 @@ struct Table {
 
 struct WriteQueue {
     buf: BytesMut,
+    /// Bytes of `buf` that answer the peer's frames (see `Config::reply_queue_limit`).
+    replies: usize,
     blocked: Vec<Waker>,
     close_requested: bool,
     closed: bool,
@@ -235,12 +248,15 @@ impl Session {
             }),
             wq: Mutex::new(WriteQueue {
                 buf: BytesMut::new(),
+                replies: 0,
                 blocked: Vec::new(),
                 close_requested: false,
                 closed: false,
             }),
             writer_notify: Notify::new(),
             state_notify: Notify::new(),
+            replies_full: AtomicBool::new(false),
+            replies_drained: Notify::new(),
         });
         let driver = run(shared.clone(), reader, writer);
         (Self { shared }, driver)
@@ -384,6 +400,36 @@ impl Shared {
         self.writer_notify.notify_one();
     }
 
+    /// Queue a frame that answers one of the peer's: counted against `reply_queue_limit`,
+    /// which makes the read loop wait (see [`read_loop`]).
+    fn queue_reply(&self, ty: FrameType, flags: u16, id: u32, length: u32) {
+        {
+            let mut wq = lock(&self.wq);
+            if wq.closed {
+                return;
+            }
+            wq.push(ty, flags, id, length, &[]);
+            wq.replies += HEADER_LEN;
+            if wq.replies >= self.config.reply_queue_limit {
+                self.replies_full.store(true, Ordering::Release);
+            }
+        }
+        self.writer_notify.notify_one();
+    }
+
+    /// Wait until the writer has taken the queued answers.
+    async fn replies_written(&self) {
+        loop {
+            let drained = self.replies_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.replies_full.load(Ordering::Acquire) {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     pub(crate) fn remove_stream(&self, id: u32) {
         let mut t = lock(&self.table);
         t.streams.remove(&id);
@@ -398,7 +444,7 @@ impl Shared {
         match hdr.ty {
             FrameType::Ping => {
                 if hdr.flags & frame::FLAG_SYN != 0 {
-                    self.queue_control(FrameType::Ping, frame::FLAG_ACK, 0, hdr.length);
+                    self.queue_reply(FrameType::Ping, frame::FLAG_ACK, 0, hdr.length);
                 } else if hdr.flags & frame::FLAG_ACK != 0 {
                     let mut t = lock(&self.table);
                     if let Some((id, sent)) = t.ping_outstanding {
@@ -448,13 +494,13 @@ impl Shared {
             {
                 drop(t);
                 tracing::debug!(stream = id, "refusing stream from peer");
-                self.queue_control(FrameType::WindowUpdate, frame::FLAG_RST, id, 0);
+                self.queue_reply(FrameType::WindowUpdate, frame::FLAG_RST, id, 0);
                 return Ok(());
             }
             let st = Arc::new(stream::StreamShared::new(id, self.config.stream_window));
             t.streams.insert(id, st.clone());
             let delta = self.config.stream_window.saturating_sub(INITIAL_WINDOW);
-            self.queue_control(FrameType::WindowUpdate, frame::FLAG_ACK, id, delta);
+            self.queue_reply(FrameType::WindowUpdate, frame::FLAG_ACK, id, delta);
             t.accept_queue
                 .push_back(Stream::new(st.clone(), self.clone()));
             drop(t);
@@ -536,6 +582,13 @@ where
 
 /// Where the next frame's bytes stand: whole in the current chunk (sliced without a copy) or
 /// assembled in `partial` when a frame straddles chunks.
+///
+/// Backpressure: once the answers to the peer's frames queued since the writer last took the
+/// queue reach `reply_queue_limit`, reading waits for the writer. A peer that pings (or
+/// opens streams) and never reads so stops being read (and its keepalive times out), and at
+/// most twice the limit of answers is held (one batch being written, one queued). Only
+/// answers count, not this side's own frames or data: a pair of sessions both busy writing
+/// can then never both stop reading.
 async fn read_loop<R>(shared: &Arc<Shared>, mut reader: R) -> Result<(), MuxError>
 where
     R: futures_util::Stream<Item = io::Result<Bytes>> + Unpin,
@@ -562,6 +615,9 @@ where
                 }
                 let frame = data.split_to(need);
                 dispatch(shared, &frame[..HEADER_LEN], frame.slice(HEADER_LEN..))?;
+                if shared.replies_full.load(Ordering::Acquire) {
+                    shared.replies_written().await;
+                }
             }
             if !data.is_empty() {
                 partial.extend_from_slice(&data);
@@ -575,6 +631,9 @@ where
                 }
                 let frame = partial.split_to(need).freeze();
                 dispatch(shared, &frame[..HEADER_LEN], frame.slice(HEADER_LEN..))?;
+                if shared.replies_full.load(Ordering::Acquire) {
+                    shared.replies_written().await;
+                }
             }
         }
     }
@@ -615,17 +674,27 @@ where
         let notified = shared.writer_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (chunk, close) = {
+        let (chunk, close, drained) = {
             let mut wq = lock(&shared.wq);
             let chunk = std::mem::take(&mut wq.buf);
+            wq.replies = 0;
             for w in wq.blocked.drain(..) {
                 w.wake();
             }
-            (chunk, wq.close_requested)
+            let drained = shared.replies_full.swap(false, Ordering::AcqRel);
+            (chunk, wq.close_requested, drained)
         };
+        if drained {
+            shared.replies_drained.notify_waiters();
+        }
         if !chunk.is_empty() {
-            // One message (or write) per batch: frames of many streams travel together.
-            writer.send(chunk.freeze()).await?;
+            // Frames of many streams travel together, in messages (or writes) of at most
+            // `MAX_WRITE_MESSAGE` bytes: a WebSocket's bounded write buffer holds one more.
+            let mut chunk = chunk.freeze();
+            while chunk.len() > MAX_WRITE_MESSAGE {
+                writer.feed(chunk.split_to(MAX_WRITE_MESSAGE)).await?;
+            }
+            writer.send(chunk).await?;
             continue;
         }
         if close {

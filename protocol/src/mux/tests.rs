@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
 
 use super::frame::*;
@@ -31,7 +31,7 @@ fn start(mode: Mode) -> Harness {
     }
 }
 
-async fn read_frame(peer: &mut DuplexStream) -> (Header, Vec<u8>) {
+async fn read_frame<R: AsyncRead + Unpin>(peer: &mut R) -> (Header, Vec<u8>) {
     let mut h = [0u8; HEADER_LEN];
     timeout(T, peer.read_exact(&mut h))
         .await
@@ -78,6 +78,92 @@ async fn ping_syn_is_answered_with_ack() {
             length: 0xdead_beef
         }
     );
+}
+
+/// Send `count` frames made by `frame` from a peer that does not read, over a connection
+/// whose buffers hold 16 KiB each way; check that the session stops reading with a bounded
+/// queue, then read every answer and check it with `answer`.
+async fn flood_without_reading(
+    mode: Mode,
+    count: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+    answer: impl Fn(u32, Header),
+) {
+    let (a, peer) = tokio::io::duplex(16 * 1024);
+    let config = Config {
+        keepalive_interval: None,
+        ..Config::default()
+    };
+    let limit = config.reply_queue_limit;
+    let (session, driver) = Session::new(a, mode, config);
+    let driver = tokio::spawn(driver);
+    let (mut rd, mut wr) = tokio::io::split(peer);
+    let flood: Vec<u8> = (0..count).flat_map(frame).collect();
+    assert!(
+        flood.len() > 4 * limit,
+        "the flood is larger than what may be queued"
+    );
+    let writer = tokio::spawn(async move { wr.write_all(&flood).await.map(|()| wr) });
+    // Time is paused: this returns once every task waits, the session included.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !writer.is_finished(),
+        "the session read a flood of {count} frames while its answers went unread"
+    );
+    let queued = lock(&session.shared.wq).buf.len();
+    assert!(queued <= limit + HEADER_LEN, "{queued} bytes queued");
+    // Reading lets the session go on: every frame is answered, none lost.
+    for i in 0..count {
+        let (hdr, _) = read_frame(&mut rd).await;
+        answer(i, hdr);
+    }
+    let _wr = timeout(T, writer)
+        .await
+        .expect("the whole flood is taken")
+        .unwrap()
+        .unwrap();
+    assert!(!driver.is_finished(), "the session is still up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_pings_and_never_reads_stops_being_read() {
+    flood_without_reading(
+        Mode::Server,
+        50_000,
+        |i| raw_frame(TYPE_PING, FLAG_SYN, 0, i, &[]),
+        |i, hdr| {
+            assert_eq!(
+                hdr,
+                Header {
+                    ty: FrameType::Ping,
+                    flags: FLAG_ACK,
+                    stream_id: 0,
+                    length: i
+                }
+            )
+        },
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_opens_streams_and_never_reads_stops_being_read() {
+    // Nobody accepts the streams: the first 256 wait in the backlog (acknowledged), the
+    // others are refused (reset). Either way each SYN is answered once.
+    let backlog = Config::default().accept_backlog as u32;
+    flood_without_reading(
+        Mode::Server,
+        50_000,
+        |i| raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0, &[]),
+        |i, hdr| {
+            let flag = if i < backlog { FLAG_ACK } else { FLAG_RST };
+            assert_eq!(
+                (hdr.ty, hdr.flags, hdr.stream_id),
+                (FrameType::WindowUpdate, flag, 2 * i + 1)
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,13 +5,16 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{future, stream, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{future, stream, Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
+
+use crate::ws::{to_io, PongDebt};
 
 /// Bytes asked of a byte stream per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -90,7 +93,8 @@ impl<W: AsyncWrite + Unpin> Sink<Bytes> for WriteSink<W> {
 }
 
 /// The binary messages of `ws` as chunks, and a sink sending chunks as binary messages.
-/// A close message ends the stream; a text message is an `InvalidData` error.
+/// A close message ends the stream; a text message is an `InvalidData` error; a write to a
+/// peer that does not take its pongs fails (see [`crate::ws::MAX_PONG_DEBT`]).
 #[allow(clippy::type_complexity)]
 pub(crate) fn websocket<S>(
     ws: WebSocketStream<S>,
@@ -102,6 +106,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, messages) = ws.split();
+    let pongs = Arc::new(PongDebt::default());
+    let owed = pongs.clone();
     let chunks = messages
         .take_while(|m| {
             future::ready(!matches!(
@@ -109,22 +115,61 @@ where
                 Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed)
             ))
         })
-        .filter_map(|m| {
+        .filter_map(move |m| {
             future::ready(match m {
                 Ok(Message::Binary(b)) if !b.is_empty() => Some(Ok(b)),
-                Ok(
-                    Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
-                ) => None,
+                Ok(Message::Ping(p)) => {
+                    owed.ping(p.len());
+                    None
+                }
+                Ok(Message::Binary(_) | Message::Pong(_) | Message::Frame(_)) => None,
                 Ok(Message::Text(_)) => Some(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "text websocket message on a binary byte stream",
                 ))),
                 Ok(Message::Close(_)) => None,
-                Err(e) => Some(Err(crate::ws::to_io(e))),
+                Err(e) => Some(Err(to_io(e))),
             })
         });
-    let sink = sink
-        .sink_map_err(crate::ws::to_io)
-        .with(|b: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(b))));
-    (Box::pin(chunks), Box::pin(sink))
+    let sink = MessageSink { inner: sink, pongs };
+    (Box::pin(chunks), sink)
+}
+
+/// [`websocket`]'s sink: each chunk one binary message, written only while the peer takes
+/// its pongs ([`PongDebt`]).
+struct MessageSink<K> {
+    inner: K,
+    pongs: Arc<PongDebt>,
+}
+
+impl<K> Sink<Bytes> for MessageSink<K>
+where
+    K: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.pongs.check(Pin::new(&mut this.inner), cx)?;
+        Pin::new(&mut this.inner).poll_ready(cx).map_err(to_io)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
+        Pin::new(&mut self.get_mut().inner)
+            .start_send(Message::Binary(item))
+            .map_err(to_io)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_flush(cx)).map_err(to_io)?;
+        this.pongs.flushed();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner)
+            .poll_close(cx)
+            .map_err(to_io)
+    }
 }

@@ -17,9 +17,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::either::Either as EitherIo;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::proxy::pool::PooledBody;
@@ -45,12 +46,20 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
         .unwrap_or_else(|_| Response::new(Either::Right(Full::new(Bytes::new()))))
 }
 
+/// Time without a frame from an HTTP/2 client after which hyper pings it.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Time an HTTP/2 client has to answer a keepalive ping before its connection is closed.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Limits applied to client connections.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
-    /// Time to receive a request head (and the first one of a new connection).
+    /// Time to receive a request head (and the first one of a new connection), and an
+    /// HTTP/2 connection's preface and first SETTINGS frame.
     pub read_header_timeout: Duration,
-    /// Time a keep-alive connection may wait for its next request.
+    /// Time a keep-alive connection (or an HTTP/2 one with no request in flight) may wait
+    /// for its next request.
     pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
@@ -114,9 +123,14 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        // A peer that vanished (no FIN) during a long request is found out; an idle one is
+        // closed by `idle_timeout` below.
+        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Open connections, for the drain on shutdown (each one watches `shutdown` itself).
+    let conns = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(port = name, %addr, tls = tls.is_some(), "listening");
     }
@@ -140,58 +154,64 @@ where
         };
         let handler = handler.clone();
         let activity = timeouts::Activity::new();
-        let io_activity = activity.clone();
-        let svc = service_fn(move |req| {
-            let handler = handler.clone();
+        let svc = {
             let activity = activity.clone();
-            async move {
-                activity.request_started();
-                let resp = handler(req, info).await;
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    activity.upgraded();
-                }
-                Ok::<_, Infallible>(resp.map(|b| activity.track(b)))
-            }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let (timeout, idle) = (limits.read_header_timeout, limits.idle_timeout);
-        tokio::spawn(
-            async move {
-                let result = match acceptor {
-                    None => {
-                        let io = timeouts::ClientIo::new(stream, io_activity, timeout, idle);
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                                    .into_owned(),
-                            )
-                            .await
+            service_fn(move |req| {
+                let handler = handler.clone();
+                let activity = activity.clone();
+                async move {
+                    activity.request_started();
+                    let resp = handler(req, info).await;
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        activity.upgraded();
                     }
+                    Ok::<_, Infallible>(resp.map(|b| activity.track(b)))
+                }
+            })
+        };
+        let builder = builder.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(
+            async move {
+                let io = match acceptor {
+                    None => EitherIo::Left(stream),
                     Some(acceptor) => {
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(io)) => {
-                                watcher
-                                    .watch(
-                                        builder
-                                            .serve_connection_with_upgrades(
-                                                TokioIo::new(timeouts::ClientIo::new(
-                                                    io,
-                                                    io_activity,
-                                                    timeout,
-                                                    idle,
-                                                )),
-                                                svc,
-                                            )
-                                            .into_owned(),
-                                    )
-                                    .await
-                            }
+                        match tokio::time::timeout(
+                            limits.read_header_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(io)) => EitherIo::Right(io),
                             Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
                             Err(_) => return debug!("TLS handshake timed out"),
                         }
+                    }
+                };
+                let io = timeouts::ClientIo::new(
+                    io,
+                    activity.clone(),
+                    limits.read_header_timeout,
+                    limits.idle_timeout,
+                );
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = activity.http2_idle(limits.idle_timeout) => {
+                        debug!("idle HTTP/2 connection: going away");
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            // A request that raced the GOAWAY gets the drain's time.
+                            () = shutdown.cancelled() => conn.as_mut().await,
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
                     }
                 };
                 if let Err(e) = result {
@@ -202,8 +222,9 @@ where
         );
     }
     drop(listener);
+    conns.close();
     tokio::select! {
-        _ = graceful.shutdown() => debug!(port = name, "connections drained"),
+        _ = conns.wait() => debug!(port = name, "connections drained"),
         _ = tokio::time::sleep(grace) => warn!(port = name, "grace period over; closing open connections"),
     }
 }

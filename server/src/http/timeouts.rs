@@ -1,4 +1,4 @@
-//! Header and idle timeouts of HTTP/1.1 client connections.
+//! Header and idle timeouts of client connections, HTTP/1.1 and HTTP/2.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits for its next
 //! request, so with it an idle connection lives only as long as a request head may take to
@@ -9,7 +9,15 @@
 //!   of a connection gets `read_header_timeout`), then the connection ends quietly;
 //! - the next head has started: `read_header_timeout`, then `408 Request Timeout` (hyper would
 //!   only close the connection);
-//! - a request in flight, an upgraded connection, or HTTP/2: no timer here.
+//! - a request in flight or an upgraded connection: no timer here.
+//!
+//! HTTP/2 (h2c, or h2 after TLS) is told apart by its 24-byte preface, compared in full: an
+//! HTTP/1.1 head whose method happens to be `PRI` is still HTTP/1.1. Until the preface and the
+//! client's first SETTINGS frame are in, the connection has the header timer of a first
+//! request (without the 408); before this, a client that sent `PRI ` and nothing more was
+//! never closed. After that handshake hyper's keepalive pings apply, and
+//! [`Activity::http2_idle`] tells the connection when it has had no request in flight for
+//! `idle_timeout`, so that it goes away (GOAWAY, then close).
 
 use std::future::Future;
 use std::io;
@@ -21,15 +29,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// The answer to a request head that took too long.
 pub(crate) const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 35\r\n\r\n{\"error\":\"request header timeout\"}\n";
 
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 frame header's length.
+const H2_FRAME_HEADER: usize = 9;
+
 /// What the service knows about a connection's requests, shared with its reader.
 #[derive(Debug)]
 pub struct Activity {
     state: Mutex<State>,
+    /// Woken when an HTTP/2 connection's handshake ends or its last request does.
+    http2_changed: Notify,
 }
 
 #[derive(Debug)]
@@ -47,6 +64,8 @@ struct State {
     /// The reader, parked without a timer while a request was in flight: woken when the
     /// connection turns idle so that it arms the idle timer.
     reader: Option<Waker>,
+    /// The connection is HTTP/2 and its handshake is done.
+    http2: bool,
 }
 
 impl Activity {
@@ -60,7 +79,9 @@ impl Activity {
                 served: false,
                 head_started: None,
                 reader: None,
+                http2: false,
             }),
+            http2_changed: Notify::new(),
         })
     }
 
@@ -90,6 +111,45 @@ impl Activity {
             st.head_started = None;
             if let Some(w) = st.reader.take() {
                 w.wake();
+            }
+            if st.http2 {
+                drop(st);
+                self.http2_changed.notify_waiters();
+            }
+        }
+    }
+
+    /// The HTTP/2 preface and first SETTINGS frame are in: the idle timer starts.
+    fn http2_ready(&self) {
+        let mut st = self.lock();
+        st.http2 = true;
+        st.idle_since = Instant::now();
+        drop(st);
+        self.http2_changed.notify_waiters();
+    }
+
+    /// Completes once the connection is HTTP/2, past its handshake, and has had no request
+    /// in flight for `idle`; pending for ever on HTTP/1.1 connections.
+    pub async fn http2_idle(&self, idle: Duration) {
+        loop {
+            let changed = self.http2_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = {
+                let st = self.lock();
+                (st.http2 && st.in_flight == 0).then(|| st.idle_since + idle)
+            };
+            match deadline {
+                Some(at) if at <= Instant::now() => return,
+                // Woken early by a request ending (a new deadline) or at the deadline, when a
+                // request may have started since: check again either way.
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
             }
         }
     }
@@ -147,14 +207,80 @@ impl<B> Drop for TrackedBody<B> {
     }
 }
 
+/// What a connection's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// The bytes so far are the first `seen` bytes of the HTTP/2 preface (or none yet).
+    Unknown { seen: usize },
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2, preface in; `seen` bytes of the first frame (SETTINGS), whose header is
+    /// kept as it arrives.
+    Http2Handshake {
+        seen: usize,
+        header: [u8; H2_FRAME_HEADER],
+    },
+    /// HTTP/2 with its handshake done.
+    Http2,
+}
+
+impl Proto {
+    /// Take in the connection's next bytes; returns whether they finished an HTTP/2
+    /// handshake.
+    fn advance(&mut self, mut new: &[u8]) -> bool {
+        loop {
+            match self {
+                Proto::Unknown { seen } => {
+                    let want = &H2_PREFACE[*seen..];
+                    let n = want.len().min(new.len());
+                    if new[..n] != want[..n] {
+                        *self = Proto::Http1;
+                        return false;
+                    }
+                    *seen += n;
+                    new = &new[n..];
+                    if *seen < H2_PREFACE.len() {
+                        return false;
+                    }
+                    *self = Proto::Http2Handshake {
+                        seen: 0,
+                        header: [0; H2_FRAME_HEADER],
+                    };
+                }
+                Proto::Http2Handshake { seen, header } => {
+                    if *seen < H2_FRAME_HEADER {
+                        let n = (H2_FRAME_HEADER - *seen).min(new.len());
+                        header[*seen..*seen + n].copy_from_slice(&new[..n]);
+                        *seen += n;
+                        new = &new[n..];
+                        if *seen < H2_FRAME_HEADER {
+                            return false;
+                        }
+                    }
+                    // The payload length: 24 bits, big-endian. hyper checks the rest.
+                    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                    let end = H2_FRAME_HEADER + len;
+                    *seen += (end - *seen).min(new.len());
+                    if *seen < end {
+                        return false;
+                    }
+                    *self = Proto::Http2;
+                    return true;
+                }
+                Proto::Http1 | Proto::Http2 => return false,
+            }
+        }
+    }
+}
+
 /// A client connection's byte stream with the header and idle timers of this module.
 pub struct ClientIo<T> {
     inner: T,
     activity: Arc<Activity>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// `Some(true)` once the connection turned out to be HTTP/2 (its preface starts `PRI `).
-    http2: Option<bool>,
+    /// What the connection's first bytes say it is.
+    proto: Proto,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
 }
@@ -172,7 +298,7 @@ impl<T> ClientIo<T> {
             activity,
             header_timeout,
             idle_timeout,
-            http2: None,
+            proto: Proto::Unknown { seen: 0 },
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
         }
@@ -181,7 +307,7 @@ impl<T> ClientIo<T> {
     /// When the connection gives up, and whether a request head was under way; with no timer,
     /// the reader's waker is kept to be woken when the connection turns idle.
     fn deadline(&self, cx: &Context<'_>) -> Option<(Instant, bool)> {
-        if self.http2 == Some(true) {
+        if self.proto == Proto::Http2 {
             return None;
         }
         let mut st = self.activity.lock();
@@ -211,13 +337,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
-                if !new.is_empty() {
-                    if this.http2.is_none() {
-                        this.http2 = Some(new.starts_with(b"PRI "));
+                if !new.is_empty() && this.proto != Proto::Http2 {
+                    {
+                        let mut st = this.activity.lock();
+                        if st.in_flight == 0 && st.head_started.is_none() {
+                            st.head_started = Some(Instant::now());
+                        }
                     }
-                    let mut st = this.activity.lock();
-                    if st.in_flight == 0 && st.head_started.is_none() {
-                        st.head_started = Some(Instant::now());
+                    if this.proto.advance(new) {
+                        this.activity.http2_ready();
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -235,9 +363,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
                     return Poll::Pending;
                 }
                 if in_head {
-                    // Best effort: the connection is closing either way.
-                    let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    // Best effort: the connection is closing either way. An HTTP/2 client
+                    // gets no HTTP/1.1 answer; a partial preface may be an HTTP/1.1 head.
+                    if !matches!(this.proto, Proto::Http2Handshake { .. }) {
+                        let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    }
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request header timeout",
@@ -366,5 +497,133 @@ mod tests {
         drop(activity.track(()));
         let read = tokio::time::timeout(IDLE * 2, io.read(&mut buf)).await;
         assert!(read.is_err(), "an upgraded connection has no idle timer");
+    }
+
+    /// An empty SETTINGS frame: what completes an HTTP/2 handshake after the preface.
+    const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+    #[test]
+    fn the_preface_and_first_frame_are_told_apart_from_http1_byte_by_byte() {
+        let mut h2 = H2_PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        let cases: [(&str, &[u8], Proto); 6] = [
+            ("a GET", b"GET / HTTP/1.1\r\n", Proto::Http1),
+            ("a PRI method", b"PRI /x HTTP/1.1\r\n", Proto::Http1),
+            ("`PRI `", b"PRI ", Proto::Unknown { seen: 4 }),
+            (
+                "the preface",
+                H2_PREFACE,
+                Proto::Http2Handshake {
+                    seen: 0,
+                    header: [0; 9],
+                },
+            ),
+            (
+                "half a SETTINGS frame",
+                &h2[..h2.len() - 3],
+                Proto::Http2Handshake {
+                    seen: 12,
+                    header: [0, 0, 6, 4, 0, 0, 0, 0, 0],
+                },
+            ),
+            ("preface and SETTINGS", &h2, Proto::Http2),
+        ];
+        for (what, bytes, want) in cases {
+            // Whole, and one byte at a time: reads may cut anywhere.
+            let mut whole = Proto::Unknown { seen: 0 };
+            let done = whole.advance(bytes);
+            assert_eq!(whole, want, "{what}");
+            assert_eq!(done, want == Proto::Http2, "{what}");
+            let mut bytewise = Proto::Unknown { seen: 0 };
+            let finished = bytes.iter().filter(|b| bytewise.advance(&[**b])).count();
+            assert_eq!(bytewise, want, "{what}, byte by byte");
+            assert_eq!(
+                finished,
+                usize::from(want == Proto::Http2),
+                "{what}, byte by byte"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_preface_gets_the_header_timeout_and_408() {
+        let (mut io, mut peer, _) = pair();
+        peer.write_all(b"PRI ").await.unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), HEAD);
+        let mut answer = vec![0u8; REQUEST_TIMEOUT_RESPONSE.len()];
+        peer.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, REQUEST_TIMEOUT_RESPONSE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_handshake_must_end_within_the_header_timeout() {
+        let (mut io, mut peer, activity) = pair();
+        peer.write_all(H2_PREFACE).await.unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), H2_PREFACE.len());
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), HEAD);
+        drop(io);
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no HTTP/1.1 answer to an HTTP/2 client");
+        let idle = tokio::time::timeout(IDLE * 2, activity.http2_idle(IDLE)).await;
+        assert!(idle.is_err(), "never an HTTP/2 connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_http2_handshake_only_the_idle_timer_applies() {
+        let (mut io, mut peer, activity) = pair();
+        peer.write_all(H2_PREFACE).await.unwrap();
+        peer.write_all(&EMPTY_SETTINGS).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < H2_PREFACE.len() + EMPTY_SETTINGS.len() {
+            got += io.read(&mut buf).await.unwrap();
+        }
+        let ready = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            io.read(&mut buf).await
+        });
+        // Requests come and go; the connection is idle only after the last one.
+        tokio::time::sleep(IDLE / 2).await;
+        activity.request_started();
+        let body = activity.track(());
+        tokio::time::sleep(IDLE * 2).await;
+        let busy = Instant::now();
+        drop(body);
+        tokio::time::timeout(IDLE * 2, activity.http2_idle(IDLE))
+            .await
+            .expect("idle after the last request");
+        assert_eq!(busy.elapsed(), IDLE);
+        assert!(ready.elapsed() > IDLE * 2);
+        assert!(
+            !reader.is_finished(),
+            "no header or idle timer on the reader"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_with_no_request_is_idle_after_the_idle_timeout() {
+        let (mut io, mut peer, activity) = pair();
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend_from_slice(&EMPTY_SETTINGS);
+        peer.write_all(&hello).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < hello.len() {
+            got += io.read(&mut buf).await.unwrap();
+        }
+        let start = Instant::now();
+        activity.http2_idle(IDLE).await;
+        assert_eq!(start.elapsed(), IDLE);
     }
 }
