@@ -22,7 +22,9 @@ use super::network::{
     WRITE_PATH,
 };
 use super::store::{LogStore, StateMachine};
-use super::types::{raft_id, ClusterState, Command, Member, NodeId, TypeConfig};
+use super::types::{
+    raft_id, ClusterState, Command, EndpointEntry, EndpointTable, Member, NodeId, TypeConfig,
+};
 use crate::upstream::{Registry, RegistryObserver};
 
 /// How long a call to another node may take (a join waits for the new node to catch up).
@@ -137,6 +139,12 @@ pub struct Cluster {
 impl RegistryObserver for Cluster {
     fn local_count_changed(&self, _endpoint: &EndpointId, _count: usize) {
         self.local_changed.notify_one();
+    }
+
+    fn held_by_other_tenant(&self, endpoint: &EndpointId, tenant: Option<&str>) -> bool {
+        self.state
+            .borrow()
+            .held_by_other_tenant(endpoint.as_str(), tenant, self.id)
     }
 }
 
@@ -597,7 +605,7 @@ impl Cluster {
             .iter()
             .filter(|(n, _)| **n != self.id && !exclude.contains(n))
             .filter_map(|(n, table)| {
-                let count = *table.get(endpoint)?;
+                let count = table.get(endpoint)?.count;
                 Some((*n, count, membership.get_node(n)?))
             })
             .collect();
@@ -625,7 +633,7 @@ impl Cluster {
         membership
             .nodes()
             .map(|(id, m)| {
-                let endpoints = state.endpoints.get(id).cloned().unwrap_or_default();
+                let endpoints = state.counts(*id);
                 let reachable = *id == self.id
                     || metrics.current_leader != Some(self.id)
                     || self
@@ -701,42 +709,49 @@ impl Cluster {
 
     /// Keep this node's replicated endpoint entries equal to `registry`'s local upstreams,
     /// until `shutdown`.
+    ///
+    /// Local upstreams of an endpoint the replicated state gives to another tenant's upstreams
+    /// on another node are closed: their registration lost a race (the state machine keeps the
+    /// first tenant, see [`ClusterState::apply`]) or came in before this replica learnt of the
+    /// owner.
     pub async fn sync_endpoints(
         self: Arc<Self>,
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) {
+        let mut replica = self.state.clone();
         loop {
             tokio::select! {
                 // At shutdown `withdraw` clears this node's entries; no late write may undo it.
                 biased;
                 _ = shutdown.cancelled() => return,
                 _ = self.local_changed.notified() => {}
+                r = replica.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(TICK * 2) => {}
             }
             if shutdown.is_cancelled() {
                 return;
             }
-            let local: BTreeMap<String, u32> = registry
-                .endpoints()
-                .into_iter()
-                .map(|(e, c)| (e, u32::try_from(c).unwrap_or(u32::MAX)))
-                .collect();
-            let replicated = self
-                .state
-                .borrow()
-                .endpoints
-                .get(&self.id)
-                .cloned()
-                .unwrap_or_default();
-            let mut diff: BTreeMap<String, u32> = local
+            let state = replica.borrow_and_update().clone();
+            let mut local = EndpointTable::new();
+            for (endpoint, (count, tenant)) in registry.tenants() {
+                if state.held_by_other_tenant(endpoint.as_str(), tenant.as_deref(), self.id) {
+                    let closed = registry.evict(&endpoint, tenant.as_deref());
+                    warn!(endpoint = %endpoint, tenant = ?tenant, closed, "another node holds the endpoint for another tenant; closing its upstreams here");
+                    continue;
+                }
+                let count = u32::try_from(count).unwrap_or(u32::MAX);
+                local.insert(endpoint.to_string(), EndpointEntry { count, tenant });
+            }
+            let replicated = state.endpoints.get(&self.id).cloned().unwrap_or_default();
+            let mut diff: EndpointTable = local
                 .iter()
                 .filter(|(e, c)| replicated.get(*e) != Some(c))
-                .map(|(e, c)| (e.clone(), *c))
+                .map(|(e, c)| (e.clone(), c.clone()))
                 .collect();
             for e in replicated.keys() {
                 if !local.contains_key(e) {
-                    diff.insert(e.clone(), 0);
+                    diff.insert(e.clone(), EndpointEntry::default());
                 }
             }
             if diff.is_empty() {

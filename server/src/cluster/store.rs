@@ -863,7 +863,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::cluster::types::Command;
+    use crate::cluster::types::{Command, EndpointEntry};
 
     /// Fresh in-memory stores, counting how many the suite asked for.
     struct MemoryBuilder(Arc<AtomicUsize>);
@@ -919,7 +919,18 @@ mod tests {
     }
 
     fn set(term: u64, index: u64, node: NodeId, endpoint: &str, count: u32) -> Entry {
-        let counts = BTreeMap::from([(endpoint.to_string(), count)]);
+        set_for(term, index, node, endpoint, count, None)
+    }
+
+    fn set_for(
+        term: u64,
+        index: u64,
+        node: NodeId,
+        endpoint: &str,
+        count: u32,
+        tenant: Option<&str>,
+    ) -> Entry {
+        let counts = BTreeMap::from([(endpoint.to_string(), EndpointEntry::new(count, tenant))]);
         command(term, index, Command::SetEndpoints { node, counts })
     }
 
@@ -956,7 +967,10 @@ mod tests {
         let endpoints = tables
             .iter()
             .map(|(node, table)| {
-                let table = table.iter().map(|(e, c)| (e.to_string(), *c)).collect();
+                let table = table
+                    .iter()
+                    .map(|(e, c)| (e.to_string(), EndpointEntry::new(*c, None)))
+                    .collect();
                 (*node, table)
             })
             .collect();
@@ -1083,7 +1097,13 @@ mod tests {
     #[tokio::test]
     async fn snapshot_restores_state_after_reopen() {
         let dir = TempDir::new().unwrap();
-        let want_state = endpoints(&[(1, &[("api", 2), ("docs", 3)]), (2, &[("web", 1)])]);
+        let mut want_state = endpoints(&[(1, &[("api", 2), ("docs", 3)]), (2, &[("web", 1)])]);
+        // A named tenant's entry is kept with its tenant.
+        want_state
+            .endpoints
+            .get_mut(&1)
+            .unwrap()
+            .insert("docs".into(), EndpointEntry::new(3, Some("acme")));
         let want_membership = StoredMembership::new(Some(log_id(1, 1)), two_nodes());
         let built = {
             let mut sm = StateMachine::open(dir.path()).unwrap();
@@ -1093,7 +1113,7 @@ mod tests {
                     membership(1, 1),
                     set(1, 2, 1, "api", 2),
                     set(1, 3, 2, "web", 1),
-                    set(1, 4, 1, "docs", 3),
+                    set_for(1, 4, 1, "docs", 3, Some("acme")),
                     blank(1, 5),
                 ])
                 .await

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-pub use registry::{Registry, RegistryObserver, Standalone, Upstream};
+pub use registry::{Refusal, Registry, RegistryObserver, Standalone, Upstream};
 
 use crate::auth::PortAuth;
 use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body, ConnInfo};
@@ -96,28 +96,26 @@ impl UpstreamServer {
         if !is_websocket_upgrade(&req) {
             return json_error(StatusCode::BAD_REQUEST, "expected a websocket upgrade");
         }
-        if let Some(limit) = self.limits.max_per_endpoint {
-            if self.registry.count(&endpoint) >= limit {
-                warn!(endpoint = %endpoint, %remote, limit, "upstream refused: endpoint at its upstream limit");
-                return json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &format!("endpoint {endpoint} has its limit of {limit} upstreams on this node"),
-                );
-            }
+        let (expiry, tenant) = token.map_or((None, None), |t| (t.expiry, t.tenant));
+        if let Err(refusal) =
+            self.registry
+                .check(&endpoint, tenant.as_deref(), self.limits.max_per_endpoint)
+        {
+            warn!(endpoint = %endpoint, %remote, tenant = ?tenant, "upstream refused: {refusal}");
+            return json_error(refusal_status(&refusal), &refusal.to_string());
         }
-        let expiry = token.and_then(|t| t.expiry);
         if self.shutdown.is_cancelled() {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
         let resp = websocket_accept(&req);
         let on_upgrade = hyper::upgrade::on(req);
-        let span = tracing::info_span!("upstream", endpoint = %endpoint, %remote);
+        let span = tracing::info_span!("upstream", endpoint = %endpoint, %remote, tenant = ?tenant);
         let this = self.clone();
         self.tasks.spawn(
             async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        this.serve(TokioIo::new(upgraded), endpoint, remote, expiry)
+                        this.serve(TokioIo::new(upgraded), endpoint, tenant, remote, expiry)
                             .await
                     }
                     Err(e) => debug!(error = %e, "upstream upgrade failed"),
@@ -132,6 +130,7 @@ impl UpstreamServer {
         &self,
         io: T,
         endpoint: EndpointId,
+        tenant: Option<String>,
         remote: SocketAddr,
         expiry: Option<std::time::SystemTime>,
     ) where
@@ -149,16 +148,18 @@ impl UpstreamServer {
         let upstream = Arc::new(Upstream {
             id: self.registry.next_id(),
             endpoint: endpoint.clone(),
+            tenant,
             session: session.clone(),
             remote,
             pool: Default::default(),
         });
-        if !self
+        if let Err(refusal) = self
             .registry
             .try_add(upstream.clone(), self.limits.max_per_endpoint)
         {
-            // Another registration won the last place after this one was answered.
-            warn!("upstream refused after the upgrade: endpoint at its upstream limit");
+            // Another registration won the last place, or the endpoint for another tenant,
+            // after this one was answered.
+            warn!("upstream refused after the upgrade: {refusal}");
             session.close();
             let _ = driver.await;
             return;
@@ -229,5 +230,14 @@ impl UpstreamServer {
             Ok(()) => info!("upstream disconnected"),
             Err(e) => info!(error = %e, "upstream disconnected"),
         }
+    }
+}
+
+/// The status a refused registration is answered with.
+fn refusal_status(r: &Refusal) -> StatusCode {
+    match r {
+        // Not 401/403: the token is good, the id is taken; it frees up when the owner leaves.
+        Refusal::OtherTenant => StatusCode::CONFLICT,
+        Refusal::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
     }
 }
