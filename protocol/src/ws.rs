@@ -43,9 +43,10 @@ pub const MAX_WRITE_BUFFER_SIZE: usize = WRITE_BUFFER_SIZE + MAX_WRITE_MESSAGE +
 /// Pong bytes a peer may be owed (pings received since this side last flushed) before a
 /// write insists on flushing them first and, when the peer does not take them, fails with
 /// [`not_reading`]. A peer that pings and never reads is so cut off at its next write
-/// instead of holding the connection (and what it relays) for ever; a peer that reads is
-/// never owed this much (a legitimate one pings every few seconds).
-pub const MAX_PONG_DEBT: usize = 64 * 1024;
+/// instead of holding the connection (and what it relays) for ever. A peer that reads is
+/// never owed this much: this side flushes whenever it has nothing more to write at once,
+/// and 256 KiB is some 2,000 pings (hours of keepalive) between two such flushes.
+pub const MAX_PONG_DEBT: usize = 256 * 1024;
 
 /// Pongs owed to the peer: the size of the pings received since this side last flushed.
 #[derive(Debug, Default)]
