@@ -75,6 +75,11 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// The certificate chain a TLS client presented and the port verified (mutual TLS), added to
+/// each request's extensions: the cluster port checks which node a peer speaks for.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[rustls::pki_types::CertificateDer<'static>]>);
+
 /// How one port serves: its name for logs, limits, optional TLS, and its shutdown.
 pub struct ServeOptions {
     /// Port name for logs.
@@ -141,9 +146,15 @@ where
         let handler = handler.clone();
         let activity = timeouts::Activity::new();
         let io_activity = activity.clone();
-        let svc = service_fn(move |req| {
+        // Set once the TLS handshake is done, before the first request is read.
+        let peer_certs = Arc::new(std::sync::OnceLock::<PeerCertificates>::new());
+        let svc_certs = peer_certs.clone();
+        let svc = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             let activity = activity.clone();
+            if let Some(certs) = svc_certs.get() {
+                req.extensions_mut().insert(certs.clone());
+            }
             async move {
                 activity.request_started();
                 let resp = handler(req, info).await;
@@ -173,6 +184,9 @@ where
                     Some(acceptor) => {
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                             Ok(Ok(io)) => {
+                                if let Some(certs) = io.get_ref().1.peer_certificates() {
+                                    let _ = peer_certs.set(PeerCertificates(certs.into()));
+                                }
                                 watcher
                                     .watch(
                                         builder
