@@ -181,3 +181,110 @@ impl Admin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::cluster::node::testing;
+
+    /// Log lines written by the code under test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The node's readiness once its Raft core panics: the core is made to panic in-process
+    /// (see `testing::panic_raft_core`; the cluster port refuses the message that did it from
+    /// other nodes), and `/ready` and the log are what an operator sees.
+    // One thread: the test's log subscriber then sees the Raft and watcher tasks too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn ready_fails_and_an_error_is_logged_once_when_the_raft_core_panics() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::ERROR)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let cluster = testing::single_node().await;
+        let shutdown = CancellationToken::new();
+        let watcher = tokio::spawn(cluster.clone().watch_raft(shutdown.clone()));
+        let admin = Arc::new(
+            Admin::new(
+                Arc::new(Registry::new(cluster.clone())),
+                Arc::new(AtomicBool::new(true)),
+                NodeInfo {
+                    id: "solo".into(),
+                    proxy_addr: String::new(),
+                    upstream_addr: String::new(),
+                    admin_addr: String::new(),
+                    cluster_addr: String::new(),
+                },
+                PortAuth::default(),
+                Arc::new(Metrics::new()),
+            )
+            .with_cluster(cluster.clone()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ready", listener.local_addr().unwrap());
+        tokio::spawn(crate::http::serve(
+            listener,
+            crate::http::ServeOptions {
+                name: "admin",
+                limits: Default::default(),
+                tls: None,
+                shutdown: shutdown.clone(),
+                grace: Duration::from_secs(1),
+            },
+            move |req, conn| admin.clone().handle(req, conn),
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let ready = || async {
+            let resp = client.get(url.parse().unwrap()).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (status, body)
+        };
+        assert_eq!(ready().await.0, StatusCode::OK);
+
+        testing::panic_raft_core(&cluster).await;
+        tokio::time::timeout(Duration::from_secs(10), watcher)
+            .await
+            .expect("the watcher notices the core is gone")
+            .unwrap();
+        let (status, body) = ready().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "raft stopped; see the log");
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let errors: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("raft stopped"))
+            .collect();
+        assert_eq!(errors.len(), 1, "one error line: {logs}");
+        assert!(
+            errors[0].contains("ERROR") && errors[0].contains("restart it"),
+            "{logs}"
+        );
+        shutdown.cancel();
+    }
+}

@@ -255,6 +255,9 @@ pub struct ClusterFile {
     /// A secret every node sends on the cluster port; calls without it are refused (empty:
     /// none required).
     pub token: SecretString,
+    /// Accept cluster peers from any address without `token` or mutual TLS (a private
+    /// network only). Off: without either, the cluster port answers loopback peers only.
+    pub allow_unauthenticated_peers: bool,
 }
 
 /// `cluster.tls.*`: the cluster port's certificate (also presented to other nodes as a
@@ -341,6 +344,7 @@ impl Default for ClusterFile {
             node_lease: Dur(Duration::from_secs(10)),
             tls: ClusterTlsFile::default(),
             token: SecretString::default(),
+            allow_unauthenticated_peers: false,
         }
     }
 }
@@ -395,6 +399,9 @@ pub struct Config {
     pub cluster_client_tls: Option<Arc<rustls::ClientConfig>>,
     /// The cluster's shared token (`None`: not required).
     pub cluster_token: Option<SecretString>,
+    /// `cluster.allow_unauthenticated_peers`: without a token or mutual TLS, peers from any
+    /// address are accepted (otherwise loopback ones only).
+    pub cluster_allow_unauthenticated_peers: bool,
     /// Logging settings.
     pub log: LogFile,
     /// Shutdown grace period.
@@ -742,6 +749,7 @@ impl FileConfig {
                 }
                 t => Some(SecretString(t.to_string())),
             },
+            cluster_allow_unauthenticated_peers: self.cluster.allow_unauthenticated_peers,
             cluster_tls: tls_files(
                 "cluster.tls",
                 &TlsFile {
@@ -1292,6 +1300,29 @@ mod tests {
         let plain = load(&src(None, &[], &[])).unwrap();
         assert!(plain.cluster_token.is_none());
         assert!(plain.cluster_tls.is_none() && plain.cluster_client_tls.is_none());
+        assert!(
+            !plain.cluster_allow_unauthenticated_peers,
+            "peers must authenticate unless the operator opts out"
+        );
+        for opt_out in [
+            src(
+                None,
+                &[("PIKO_CLUSTER_ALLOW_UNAUTHENTICATED_PEERS", "true")],
+                &[],
+            ),
+            src(
+                None,
+                &[],
+                &[("cluster.allow_unauthenticated_peers", "true")],
+            ),
+            src(
+                Some("cluster:\n  allow_unauthenticated_peers: true\n"),
+                &[],
+                &[],
+            ),
+        ] {
+            assert!(load(&opt_out).unwrap().cluster_allow_unauthenticated_peers);
+        }
         assert!(plain.node_id_generated && plain.node_id.starts_with("piko-"));
         assert_eq!(plain.node_lease, Duration::from_secs(10));
     }

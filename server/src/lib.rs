@@ -160,14 +160,30 @@ pub async fn run(
         .cluster
         .local_addr()
         .is_ok_and(|a| !a.ip().is_loopback());
-    let mtls = config
-        .cluster_tls
-        .as_ref()
-        .is_some_and(|t| t.client_cas.is_some());
-    if open_port && !mtls && config.cluster_token.is_none() && !config.join.is_empty() {
-        tracing::warn!(
-            "the cluster port accepts any peer: keep it on a private network, set cluster.token or cluster.tls.client_cas (mutual TLS)"
-        );
+    let peers = cluster::PeerPolicy {
+        token: config.cluster_token.is_some(),
+        mutual_tls: config
+            .cluster_tls
+            .as_ref()
+            .is_some_and(|t| t.client_cas.is_some()),
+        allow_unauthenticated: config.cluster_allow_unauthenticated_peers,
+    };
+    if !peers.authenticated() {
+        if peers.allow_unauthenticated {
+            if open_port {
+                tracing::warn!(
+                    "cluster.allow_unauthenticated_peers is on: anyone who reaches the cluster port can join the cluster, take its traffic and stop it; keep the port on a private network, or set cluster.token or cluster.tls.client_cas (mutual TLS) instead"
+                );
+            }
+        } else if open_port {
+            // Said loudly when the node is meant to meet others; a node of its own is fine.
+            let msg = "the cluster port answers peers on loopback only: for a cluster across hosts set cluster.token (the same secret on every node) or cluster.tls.client_cas (mutual TLS)";
+            if config.join.is_empty() {
+                info!("{msg}");
+            } else {
+                tracing::warn!("{msg}");
+            }
+        }
     }
     if unspecified && !config.join.is_empty() {
         tracing::warn!(
@@ -188,8 +204,10 @@ pub async fn run(
         tls: config.cluster_client_tls.clone(),
         node_lease: config.node_lease,
         token: config.cluster_token.clone(),
+        peers,
     })
     .await?;
+    tasks.spawn(cluster.clone().watch_raft(shutdown.clone()));
     let registry = Arc::new(Registry::new(cluster.clone()));
 
     let proxy_tls = port_tls("proxy.tls", &config.proxy_tls, &[b"h2", b"http/1.1"])?;

@@ -373,6 +373,18 @@ async fn a_cluster_token_keeps_strangers_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // With the token, a path that is not a cluster route is not served as a forwarded
+    // request either: forwarded requests have a route of their own.
+    let r = client()
+        .get(format!("http://{addr}/name"))
+        .header("x-piko-endpoint", "guarded")
+        .header("x-piko-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not found", "{v}");
 
     // A node with the wrong token cannot join.
     let seed = cluster.nodes[0].cluster_addr.to_string();
@@ -860,4 +872,343 @@ async fn a_voter_that_lost_its_data_rejoins_as_a_learner_first() {
         },
     )
     .await;
+}
+
+/// A local service that answers every request with what reached it: method, path and query,
+/// and headers, as JSON.
+async fn request_mirror() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = piko_tests::loopback_listener().await;
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let headers: serde_json::Map<String, serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
+                    let seen = serde_json::json!({
+                        "method": req.method().as_str(),
+                        "path": req.uri().path_and_query().map_or("", |p| p.as_str()),
+                        "headers": headers,
+                    });
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        bytes::Bytes::from(seen.to_string()),
+                    )))
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn raft_id(name: &str) -> u64 {
+    piko_server::cluster::types::raft_id(name)
+}
+
+fn member_json(name: &str, cluster_addr: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "proxy_addr": "127.0.0.1:1",
+        "upstream_addr": "127.0.0.1:2",
+        "admin_addr": "127.0.0.1:3",
+        "cluster_addr": cluster_addr,
+    })
+}
+
+/// A Raft vote request from `candidate` in `term`, as openraft encodes it.
+fn vote_json(candidate: u64, term: u64) -> serde_json::Value {
+    serde_json::json!({
+        "vote": {"leader_id": {"term": term, "node_id": candidate}, "committed": false},
+        "last_log_id": {"leader_id": {"term": term, "node_id": candidate}, "index": 1_000_000},
+    })
+}
+
+/// A Raft heartbeat (AppendEntries without entries) from `leader` in `term`.
+fn append_json(leader: u64, term: u64) -> serde_json::Value {
+    serde_json::json!({
+        "vote": {"leader_id": {"term": term, "node_id": leader}, "committed": true},
+        "prev_log_id": null,
+        "entries": [],
+        "leader_commit": null,
+    })
+}
+
+/// The first chunk of a Raft snapshot from `leader` in `term`.
+fn snapshot_json(leader: u64, term: u64) -> serde_json::Value {
+    serde_json::json!({
+        "vote": {"leader_id": {"term": term, "node_id": leader}, "committed": true},
+        "meta": {
+            "last_log_id": {"leader_id": {"term": term, "node_id": leader}, "index": 1_000_000},
+            "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
+            "snapshot_id": "rogue",
+        },
+        "offset": 0,
+        "data": [],
+        "done": false,
+    })
+}
+
+#[tokio::test]
+async fn cluster_rpc_paths_sent_to_the_proxy_port_reach_the_service_never_raft() {
+    let cluster = TestCluster::start(2).await;
+    let (mirror, _mirror_task) = request_mirror().await;
+    let _conn = TestConnector::start(
+        &cluster.nodes[0].upstream_url(),
+        &[("svc", &mirror.to_string(), Protocol::Http)],
+    );
+    cluster.wait_for_replicated("svc", 1).await;
+    let term = cluster.nodes[0].admin_json("/status/cluster/raft").await["term"]
+        .as_u64()
+        .unwrap();
+    let rogue = raft_id("rogue");
+    let calls: Vec<(&str, &str, serde_json::Value)> = vec![
+        (
+            "GET",
+            "/piko/cluster/v1/info?probe=1",
+            serde_json::Value::Null,
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/write",
+            serde_json::json!({"SetEndpoints": {"node": raft_id("node-1"), "counts": {"stolen": 1}}}),
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/join",
+            serde_json::json!({"member": member_json("rogue", "127.0.0.1:9"), "fresh": true}),
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/raft/append",
+            append_json(rogue, term + 1),
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/raft/snapshot",
+            snapshot_json(rogue, term + 1),
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/leave",
+            serde_json::json!({"member": member_json("node-1", "127.0.0.1:9")}),
+        ),
+        (
+            "POST",
+            "/piko/cluster/v1/raft/vote",
+            vote_json(rogue, u64::MAX),
+        ),
+        // Whatever the client claims in the headers of the node-to-node hop.
+        ("POST", "/piko/cluster/v1/forward", serde_json::json!({})),
+    ];
+    for (method, path, body) in &calls {
+        let mut req = client()
+            .request(
+                method.parse().unwrap(),
+                format!("{}{path}", cluster.nodes[1].proxy_url()),
+            )
+            .header("x-piko-endpoint", "svc")
+            .header("x-piko-forward", "true")
+            .header("x-piko-cluster-token", "made-up-token-0123456789")
+            .header("x-piko-forward-target", "/piko/cluster/v1/join");
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        let seen: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not the service's answer: {text}"));
+        assert_eq!(
+            seen["path"], *path,
+            "the service sees the client's path: {seen}"
+        );
+        assert_eq!(seen["method"], *method, "{seen}");
+        for h in [
+            "x-piko-cluster-token",
+            "x-piko-forward-target",
+            "x-piko-forward",
+        ] {
+            assert!(
+                seen["headers"].get(h).is_none(),
+                "{h} reached the service: {seen}"
+            );
+        }
+    }
+
+    // Nothing ran as cluster RPC: same members, no stolen entry, no absurd term.
+    for node in &cluster.nodes {
+        let names: Vec<String> = node
+            .cluster_nodes()
+            .await
+            .iter()
+            .map(|n| n["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(names, ["node-0", "node-1"], "membership unchanged");
+        assert_eq!(node.replicated_upstreams("stolen").await, 0);
+        let raft = node.admin_json("/status/cluster/raft").await;
+        assert!(raft["term"].as_u64().unwrap() < 1000, "{raft}");
+        assert_eq!(raft["leader"], "node-0", "{raft}");
+        let ready = client()
+            .get(format!("{}/ready", node.admin_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    cluster.stop().await;
+}
+
+/// POST `body` to `path` on the cluster port at `addr`: status and JSON answer.
+async fn cluster_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(format!("http://{addr}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn raft_rpc_from_non_members_and_absurd_terms_are_refused() {
+    let cluster = TestCluster::start(2).await;
+    let term = cluster.nodes[1].admin_json("/status/cluster/raft").await["term"]
+        .as_u64()
+        .unwrap();
+    let (rogue, leader) = (raft_id("rogue"), raft_id("node-0"));
+    let addr = cluster.nodes[1].cluster_addr;
+    let cases: Vec<(&str, serde_json::Value, u16, &str)> = vec![
+        (
+            "/piko/cluster/v1/raft/vote",
+            vote_json(rogue, term + 1),
+            403,
+            "not a voter",
+        ),
+        (
+            "/piko/cluster/v1/raft/append",
+            append_json(rogue, term + 1),
+            403,
+            "not a member",
+        ),
+        (
+            "/piko/cluster/v1/raft/snapshot",
+            snapshot_json(rogue, term + 1),
+            403,
+            "not a member",
+        ),
+        (
+            "/piko/cluster/v1/raft/vote",
+            vote_json(leader, u64::MAX),
+            400,
+            "term",
+        ),
+        (
+            "/piko/cluster/v1/raft/append",
+            append_json(leader, 1 << 62),
+            400,
+            "term",
+        ),
+        (
+            "/piko/cluster/v1/raft/append",
+            append_json(leader, term + (1 << 33)),
+            400,
+            "term",
+        ),
+    ];
+    for (path, body, status, error) in &cases {
+        let (got, answer) = cluster_post(addr, path, body).await;
+        assert_eq!(got, *status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(error),
+            "{path}: {answer}"
+        );
+    }
+    // The node never saw them: its term is unchanged and the cluster still works.
+    for node in &cluster.nodes {
+        let raft = node.admin_json("/status/cluster/raft").await;
+        assert!(raft["term"].as_u64().unwrap() < term + 10, "{raft}");
+        assert_eq!(raft["leader"], "node-0", "{raft}");
+    }
+    let echo = EchoUpstream::named("still-works").await;
+    let _conn = TestConnector::start(
+        &cluster.nodes[1].upstream_url(),
+        &[("after", &echo.addr.to_string(), Protocol::Http)],
+    );
+    cluster.wait_for_replicated("after", 1).await;
+    let r = cluster.nodes[0].get("after", "/name").await;
+    assert_eq!(r.text().await.unwrap(), "still-works");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_whose_certificate_does_not_name_it_cannot_join() {
+    let dir = temp_dir("cluster-identity");
+    let ca = TestCa::new("piko cluster ca");
+    let ca_file = ca.write(&dir, "ca.pem");
+    let leaf = ca.issue(&dir, "node-0", &["localhost", "127.0.0.1"]);
+    let cluster = TestCluster::start_with(1, |_, config| {
+        config.cluster_tls = Some(piko_server::tls::TlsFiles {
+            cert: leaf.cert.clone(),
+            key: leaf.key.clone(),
+            client_cas: Some(ca_file.clone()),
+        });
+        config.cluster_client_tls = Some(
+            piko_server::tls::client_config_with(Some(&ca_file), Some((&leaf.cert, &leaf.key)))
+                .unwrap(),
+        );
+    })
+    .await;
+    // A certificate of the cluster's CA, but for another host than the one it claims.
+    let rogue = ca.issue(&dir, "rogue", &["rogue.test"]);
+    let tls = piko_server::tls::client_config_with(Some(&ca_file), Some((&rogue.cert, &rogue.key)))
+        .unwrap();
+    let peer = piko_server::cluster::PeerClient::new(Some(tls), None);
+    let addr = format!("localhost:{}", cluster.nodes[0].cluster_addr.port());
+    let join = serde_json::json!({"member": member_json("rogue", "127.0.0.1:9"), "fresh": true});
+    let err = peer
+        .call::<_, serde_json::Value>(
+            &addr,
+            "/piko/cluster/v1/join",
+            Some(&join),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect_err("the join is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("403") && msg.contains("certificate"), "{msg}");
+    // Nor may it speak for a member.
+    let write =
+        serde_json::json!({"SetEndpoints": {"node": raft_id("node-0"), "counts": {"stolen": 1}}});
+    let err = peer
+        .call::<_, serde_json::Value>(
+            &addr,
+            "/piko/cluster/v1/write",
+            Some(&write),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("the write is refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    assert_eq!(cluster.nodes[0].cluster_nodes().await.len(), 1);
+    assert_eq!(cluster.nodes[0].replicated_upstreams("stolen").await, 0);
+    cluster.stop().await;
 }

@@ -7,6 +7,7 @@
 //! - [`node`]: bootstrap and join, writes through the leader, endpoint sync, the leader's lease
 //!   on nodes and voter promotion.
 //! - [`service`]: the cluster port's routes.
+//! - [`trust`]: what the cluster port trusts: peers, certificates naming nodes, Raft terms.
 //!
 //! Every `openraft::` path of the server stays inside this module.
 
@@ -14,11 +15,13 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod trust;
 pub mod types;
 
 pub use network::PeerClient;
 pub use node::{Cluster, ClusterError, ClusterSettings, NodeStatus};
 pub use service::ClusterPort;
+pub use trust::PeerPolicy;
 pub use types::{Member, NodeId};
 
 /// The node id to run with: a configured one as is; a generated one is kept in

@@ -1,6 +1,6 @@
 //! Node-to-node traffic on the cluster port: Raft RPC as JSON over HTTP/1.1, and forwarded
-//! proxy requests, both over one client that speaks TLS (and presents the node's certificate
-//! for mTLS) when `cluster.tls` is set.
+//! proxy requests on a route of their own ([`FORWARD_PATH`]), both over one client that
+//! speaks TLS (and presents the node's certificate for mTLS) when `cluster.tls` is set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,11 +26,15 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::trust::{RaftAnswer, MAX_TERM};
 use super::types::{Member, NodeId, TypeConfig};
 pub use piko_protocol::paths::CLUSTER_TOKEN_HEADER;
 
-/// Path prefix of the cluster port's own routes; everything else is a forwarded proxy request.
-pub const CLUSTER_PATH_PREFIX: &str = "/piko/cluster/v1/";
+/// A client request forwarded by another node's proxy. The client's own path and query travel
+/// as data in [`FORWARD_TARGET_HEADER`], so no client path can ever name a cluster route.
+pub const FORWARD_PATH: &str = "/piko/cluster/v1/forward";
+/// Header of a forwarded request carrying the client's path and query (origin form).
+pub const FORWARD_TARGET_HEADER: &str = "x-piko-forward-target";
 /// Raft AppendEntries.
 pub const APPEND_PATH: &str = "/piko/cluster/v1/raft/append";
 /// Raft RequestVote.
@@ -163,7 +167,8 @@ impl PeerClient {
             .map_err(|_| PeerError::BadAddress(addr.to_string()))
     }
 
-    /// Send `req` as is (a forwarded proxy request) and return the response head.
+    /// Send `req` (a forwarded proxy request, already addressed to [`FORWARD_PATH`]) and
+    /// return the response head.
     pub async fn send(
         &self,
         mut req: Request<ClientBody>,
@@ -302,7 +307,7 @@ impl PeerNetwork {
     ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + RaftAnswer,
         E: std::error::Error + DeserializeOwned,
     {
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError> = self
@@ -310,6 +315,16 @@ impl PeerNetwork {
             .call(&self.addr, path, Some(req), option.hard_ttl())
             .await;
         match answer {
+            // A term no cluster reaches would overflow openraft's arithmetic: the answer is
+            // dropped like a lost one.
+            Ok(Ok(resp)) if resp.max_term() >= MAX_TERM => {
+                let e = PeerError::BadAnswer {
+                    addr: self.addr.clone(),
+                    message: format!("raft term {} out of range", resp.max_term()),
+                };
+                tracing::warn!(error = %e, "refusing a raft answer");
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
             Ok(Ok(resp)) => {
                 self.liveness.record(self.target);
                 Ok(resp)

@@ -13,7 +13,7 @@ use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use piko_protocol::EndpointId;
 
@@ -22,6 +22,7 @@ use super::network::{
     WRITE_PATH,
 };
 use super::store::{LogStore, StateMachine};
+use super::trust::{KnownPeers, PeerPolicy};
 use super::types::{
     raft_id, ClusterState, Command, EndpointEntry, EndpointTable, Member, NodeId, TypeConfig,
 };
@@ -34,6 +35,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_STEP: Duration = Duration::from_secs(4);
 /// How often the background loops look again.
 const TICK: Duration = Duration::from_millis(500);
+/// How often at most this node asks other nodes who the members are (see
+/// [`Cluster::refresh_vouched`]).
+const VOUCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Most members taken from other nodes' answers: a membership is a handful of nodes.
+const MAX_VOUCHED: usize = 1024;
 
 /// What a node needs to take part in the cluster.
 #[derive(Debug, Clone)]
@@ -50,6 +56,8 @@ pub struct ClusterSettings {
     pub node_lease: Duration,
     /// The shared token every node sends and requires on the cluster port.
     pub token: Option<crate::config::SecretString>,
+    /// Which peers the cluster port admits.
+    pub peers: PeerPolicy,
 }
 
 /// The cluster could not be started or a change could not be made.
@@ -85,6 +93,30 @@ pub struct NodeAnswer {
     pub initialized: bool,
     /// The leader it knows, if any.
     pub leader: Option<String>,
+    /// The members it knows (empty from a node not in a cluster, or of an older version).
+    #[serde(default)]
+    pub members: Vec<Member>,
+    /// The names of the voters among them.
+    #[serde(default)]
+    pub voters: Vec<String>,
+}
+
+impl NodeAnswer {
+    /// The members this answer names: its list, and the answering node itself when it is in a
+    /// cluster.
+    fn known_peers(&self) -> KnownPeers {
+        let mut known = KnownPeers::default();
+        if !self.initialized {
+            return known;
+        }
+        for m in self.members.iter().chain([&self.member]) {
+            if super::validate_member(m).is_ok() {
+                known.members.insert(raft_id(&m.name), m.clone());
+            }
+        }
+        known.voters.extend(self.voters.iter().map(|v| raft_id(v)));
+        known
+    }
 }
 
 /// A request to join.
@@ -134,6 +166,11 @@ pub struct Cluster {
     local_changed: Notify,
     /// The term this node leads in and since when.
     leader_since: Mutex<Option<(u64, Instant)>>,
+    /// Members other trusted nodes named (the nodes behind `cluster.join`, and members): a
+    /// node joining, or one that missed membership changes, accepts Raft RPC from these too.
+    vouched: Mutex<KnownPeers>,
+    /// When this node last asked for [`Self::vouched`].
+    vouched_at: Mutex<Option<Instant>>,
 }
 
 impl RegistryObserver for Cluster {
@@ -203,6 +240,8 @@ impl Cluster {
             settings,
             local_changed: Notify::new(),
             leader_since: Mutex::new(None),
+            vouched: Mutex::new(KnownPeers::default()),
+            vouched_at: Mutex::new(None),
         }))
     }
 
@@ -305,6 +344,13 @@ impl Cluster {
                 Err(e) => last_error = Some(e),
             }
         }
+        // The leader's first appends reach this node before it has any membership of its
+        // own: it takes them from the members the nodes behind `cluster.join` named.
+        let mut vouched = KnownPeers::default();
+        for (_, a) in &peers {
+            vouched.extend(&a.known_peers());
+        }
+        self.set_vouched(vouched);
         if self.raft.is_initialized().await.unwrap_or(false) {
             return Ok(true);
         }
@@ -562,9 +608,122 @@ impl Cluster {
                 == 0
     }
 
-    /// Whether Raft runs (it stops for good on a storage failure).
+    /// Whether Raft runs. It stops for good on a storage failure (`running_state`), and its
+    /// task may end on a panic, which drops the metrics channel without saying why.
     pub fn is_healthy(&self) -> bool {
-        self.raft.metrics().borrow().running_state.is_ok()
+        let metrics = self.raft.metrics();
+        metrics.has_changed().is_ok() && metrics.borrow().running_state.is_ok()
+    }
+
+    /// Log an error, once, when Raft stops while the node runs (`/ready` fails from then on:
+    /// see [`Self::is_healthy`]); returns then, or at `shutdown`.
+    pub async fn watch_raft(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let stopped = match &metrics.borrow_and_update().running_state {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => None,
+            };
+            if let Some(reason) = stopped {
+                return error!(error = %reason, "raft stopped: this node no longer takes part in the cluster and is not ready; restart it");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() {
+                    if !shutdown.is_cancelled() {
+                        error!("raft stopped (its task ended, most likely on a panic: see above): this node no longer takes part in the cluster and is not ready; restart it");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// This node's current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Which peers the cluster port admits.
+    pub fn peer_policy(&self) -> PeerPolicy {
+        self.settings.peers
+    }
+
+    /// The members this node knows: from its Raft state (the committed membership and the
+    /// effective one, which may be newer and not committed yet: a leader that removes itself
+    /// replicates until the change commits), then from what trusted nodes named.
+    pub async fn known_peers(&self) -> Result<KnownPeers, ClusterError> {
+        let mut known = self
+            .raft
+            .with_raft_state(|st| {
+                let mut known = KnownPeers::default();
+                let ms = &st.membership_state;
+                for em in [ms.committed(), ms.effective()] {
+                    let m = em.membership();
+                    known.voters.extend(m.voter_ids());
+                    for (id, node) in m.nodes() {
+                        known.members.insert(*id, node.clone());
+                    }
+                }
+                known
+            })
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        known.extend(&self.vouched.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(known)
+    }
+
+    fn set_vouched(&self, mut vouched: KnownPeers) {
+        if vouched.members.len() > MAX_VOUCHED {
+            vouched.members = vouched.members.into_iter().take(MAX_VOUCHED).collect();
+        }
+        vouched.voters.retain(|v| vouched.members.contains_key(v));
+        *self.vouched.lock().unwrap_or_else(|e| e.into_inner()) = vouched;
+    }
+
+    /// Ask the members this node knows and the nodes behind `cluster.join` who the members
+    /// are, in the background and at most every [`VOUCH_INTERVAL`]: a node that missed
+    /// membership changes (it was away while a node joined and became leader) would refuse
+    /// that leader's appends forever otherwise. Called when a Raft call from an unknown node
+    /// is refused; the sender's retry gets in once a trusted node names it.
+    pub fn refresh_vouched(self: &Arc<Self>) {
+        {
+            let mut at = self.vouched_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < VOUCH_INTERVAL) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut addrs: BTreeSet<String> =
+                resolve(&me.settings.join).await.into_iter().collect();
+            let raft_members = me
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != me.id)
+                .map(|(_, m)| m.cluster_addr.clone())
+                .collect::<Vec<_>>();
+            addrs.extend(raft_members);
+            addrs.remove(&me.member.cluster_addr);
+            let mut vouched = KnownPeers::default();
+            for addr in addrs {
+                match me
+                    .client
+                    .call::<(), NodeAnswer>(&addr, INFO_PATH, None, Duration::from_secs(2))
+                    .await
+                {
+                    Ok(a) if a.member.name != me.member.name => vouched.extend(&a.known_peers()),
+                    Ok(_) => {}
+                    Err(e) => debug!(%addr, error = %e, "asking a node for the members failed"),
+                }
+            }
+            me.set_vouched(vouched);
+        });
     }
 
     /// Whether this node leads (in its own view: a leader cut off from its quorum still does).
@@ -585,11 +744,21 @@ impl Cluster {
 
     /// What this node answers on [`INFO_PATH`].
     pub async fn answer(&self) -> NodeAnswer {
-        let leader = self.raft.metrics().borrow().current_leader;
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
         NodeAnswer {
             member: self.member.clone(),
             initialized: self.raft.is_initialized().await.unwrap_or(false),
-            leader: leader.and_then(|l| self.member_of(l)).map(|m| m.name),
+            leader: metrics
+                .current_leader
+                .and_then(|l| membership.get_node(&l))
+                .map(|m| m.name.clone()),
+            members: membership.nodes().map(|(_, m)| m.clone()).collect(),
+            voters: membership
+                .voter_ids()
+                .filter_map(|v| membership.get_node(&v))
+                .map(|m| m.name.clone())
+                .collect(),
         }
     }
 
@@ -860,7 +1029,18 @@ impl Cluster {
             // voters are a quorum: without one no change can commit, and trying would leave
             // the group stuck in a joint configuration.
             let dead: Vec<NodeId> = voters.iter().copied().filter(|v| !alive(*v)).collect();
-            if dead.is_empty() || learners.is_empty() || live_voters * 2 <= voters.len() {
+            // Live here means heard from within half a lease: voters that died together
+            // run out of their leases a heartbeat or so apart, and the first to do so must
+            // not find the others still counted alive.
+            let recent = |id: NodeId| {
+                id == self.id
+                    || self
+                        .liveness
+                        .last_ok(id)
+                        .is_some_and(|t| t.elapsed() < self.settings.node_lease / 2)
+            };
+            let quorum_alive = voters.iter().filter(|v| recent(**v)).count() * 2 > voters.len();
+            if dead.is_empty() || learners.is_empty() || !quorum_alive {
                 return;
             }
             let mut next = voters.clone();
@@ -920,4 +1100,88 @@ async fn resolve(join: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Clusters for the server's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::Vote;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Cluster, ClusterSettings};
+    use crate::cluster::types::{raft_id, Member};
+
+    /// A cluster of one node, in memory, that leads.
+    pub async fn single_node() -> Arc<Cluster> {
+        let cluster = Cluster::new(ClusterSettings {
+            member: Member {
+                name: "solo".into(),
+                proxy_addr: "127.0.0.1:1".into(),
+                upstream_addr: "127.0.0.1:2".into(),
+                admin_addr: "127.0.0.1:3".into(),
+                cluster_addr: "127.0.0.1:4".into(),
+            },
+            join: vec![],
+            data_dir: None,
+            tls: None,
+            node_lease: Duration::from_secs(10),
+            token: None,
+            peers: Default::default(),
+        })
+        .await
+        .expect("cluster");
+        cluster
+            .start(&CancellationToken::new())
+            .await
+            .expect("bootstrap");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !cluster.is_leader() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the node leads");
+        cluster
+    }
+
+    /// Make the Raft core panic as a message with term `u64::MAX` did before the cluster port
+    /// refused such terms: the node takes the sender as its leader at that term, and openraft
+    /// (debug builds) overflows on the term of its next election.
+    pub async fn panic_raft_core(cluster: &Cluster) {
+        let other = raft_id("other");
+        let _ = cluster
+            .raft()
+            .append_entries(AppendEntriesRequest {
+                vote: Vote::new_committed(u64::MAX, other),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::testing;
+
+    #[tokio::test]
+    async fn a_raft_core_that_panicked_makes_the_node_unhealthy() {
+        let cluster = testing::single_node().await;
+        assert!(cluster.is_healthy());
+        testing::panic_raft_core(&cluster).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while cluster.is_healthy() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the node says it is unhealthy once its raft core is gone");
+    }
 }

@@ -84,6 +84,11 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// The certificate chain a TLS client presented and the port verified (mutual TLS), added to
+/// each request's extensions: the cluster port checks which node a peer speaks for.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[rustls::pki_types::CertificateDer<'static>]>);
+
 /// How one port serves: its name for logs, limits, optional TLS, and its shutdown.
 pub struct ServeOptions {
     /// Port name for logs.
@@ -154,11 +159,17 @@ where
         };
         let handler = handler.clone();
         let activity = timeouts::Activity::new();
+        // Set once the TLS handshake is done, before the first request is read.
+        let peer_certs = Arc::new(std::sync::OnceLock::<PeerCertificates>::new());
+        let svc_certs = peer_certs.clone();
         let svc = {
             let activity = activity.clone();
-            service_fn(move |req| {
+            service_fn(move |mut req: Request<Incoming>| {
                 let handler = handler.clone();
                 let activity = activity.clone();
+                if let Some(certs) = svc_certs.get() {
+                    req.extensions_mut().insert(certs.clone());
+                }
                 async move {
                     activity.request_started();
                     let resp = handler(req, info).await;
@@ -184,7 +195,12 @@ where
                         )
                         .await
                         {
-                            Ok(Ok(io)) => EitherIo::Right(io),
+                            Ok(Ok(io)) => {
+                                if let Some(certs) = io.get_ref().1.peer_certificates() {
+                                    let _ = peer_certs.set(PeerCertificates(certs.into()));
+                                }
+                                EitherIo::Right(io)
+                            }
                             Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
                             Err(_) => return debug!("TLS handshake timed out"),
                         }

@@ -1,5 +1,7 @@
 //! Forwarding: a request for an endpoint with no upstream on this node goes, once, to the
-//! cluster port of a node that has one (`x-piko-forward: true`), over the cluster's TLS.
+//! cluster port of a node that has one (`x-piko-forward: true`), over the cluster's TLS. It
+//! goes to the forwarding route, with the client's path and query as data in a header: a
+//! client's path never names a cluster route.
 
 use http::header::HeaderValue;
 use http::{Request, Response, Version};
@@ -12,7 +14,7 @@ use tracing::debug;
 
 use super::pool::PooledBody;
 use super::{rewrite_head, Hop, Proxy, ProxyError};
-use crate::cluster::network::{full, ClientBody};
+use crate::cluster::network::{full, ClientBody, FORWARD_PATH, FORWARD_TARGET_HEADER};
 use crate::cluster::NodeId;
 use crate::http::{Body, ConnInfo};
 
@@ -47,6 +49,11 @@ impl Proxy {
         parts
             .headers
             .insert(FORWARD_HEADER, HeaderValue::from_static("true"));
+        // Replaces any value the client sent.
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let target = HeaderValue::from_str(target)
+            .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
+        parts.headers.insert(FORWARD_TARGET_HEADER, target);
         let replayable = body.is_end_stream();
         let mut body = Some(body.boxed());
         let mut tried: Vec<NodeId> = Vec::new();
@@ -59,10 +66,9 @@ impl Proxy {
                 });
             };
             tried.push(node);
-            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let uri = cluster
                 .client()
-                .uri(&member.cluster_addr, target)
+                .uri(&member.cluster_addr, FORWARD_PATH)
                 .map_err(|_| ProxyError::UpstreamUnreachable)?;
             let mut out = Request::builder()
                 .method(parts.method.clone())
