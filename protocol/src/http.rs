@@ -65,8 +65,32 @@ pub fn relay_response_head<B>(
             return true;
         }
     }
+    // Transfer codings other than `chunked` (`gzip, chunked`) are part of the body's bytes,
+    // which pass through still coded: the next hop must be told of them, and re-chunks itself.
+    let codings = applied_transfer_codings(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), false);
+    if let Some(codings) = codings {
+        resp.headers_mut()
+            .insert(header::TRANSFER_ENCODING, codings);
+    }
     false
+}
+
+/// The transfer codings of a message other than `chunked` (hyper undoes only that one), as
+/// one header value, or `None` when there are none.
+fn applied_transfer_codings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("chunked"))
+        .collect();
+    if codings.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
 /// Once both sides of an upgrade (`101 Switching Protocols`) are ready, copy bytes between
@@ -118,6 +142,36 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["authorization", "x-end"]);
+    }
+
+    #[test]
+    fn a_response_keeps_its_transfer_codings_other_than_chunked() {
+        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+            (&[("transfer-encoding", "gzip, chunked")], Some("gzip")),
+            (
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Some("gzip"),
+            ),
+            (
+                &[("transfer-encoding", "x-custom, gzip, Chunked")],
+                Some("x-custom, gzip"),
+            ),
+            (&[("transfer-encoding", "chunked")], None),
+            (&[("content-length", "3")], None),
+        ];
+        for (head, want) in cases {
+            let mut resp = http::Response::new(());
+            *resp.headers_mut() = headers(head);
+            assert!(!relay_response_head(&mut resp, None));
+            let got = resp
+                .headers()
+                .get(header::TRANSFER_ENCODING)
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(got, *want, "for {head:?}");
+        }
     }
 
     #[test]

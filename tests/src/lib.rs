@@ -4,11 +4,13 @@
 //! - [`TestConnector`]: a connector agent (connector-core) for one or more endpoints.
 //! - [`EchoUpstream`]: the local service behind the tunnel, with routes for every test.
 //! - [`original::OriginalServer`]: a double of the original Go server's upstream port.
+//! - [`rawmux`]: yamux frames by hand over a WebSocket, for wire-format tests.
 //! - [`wait_until`]: poll a condition instead of sleeping.
 //! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
 
 pub mod echo;
 pub mod original;
+pub mod rawmux;
 pub mod tls;
 
 use std::future::Future;

@@ -16,31 +16,12 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-const DATA: u8 = 0;
-const WINDOW_UPDATE: u8 = 1;
-const PING: u8 = 2;
-const SYN: u16 = 1;
-const ACK: u16 = 2;
-const FIN: u16 = 4;
-const RST: u16 = 8;
+use crate::rawmux::{frame, Frame, RawMux, ACK, DATA, FIN, PING, RST, SYN, WINDOW_UPDATE};
+
 /// yamux's default stream window, which the original server keeps.
 const WINDOW: u32 = 256 * 1024;
-/// Time allowed for any one frame from the connector.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn frame(ty: u8, flags: u16, id: u32, len: u32, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8, ty];
-    f.extend_from_slice(&flags.to_be_bytes());
-    f.extend_from_slice(&id.to_be_bytes());
-    f.extend_from_slice(&len.to_be_bytes());
-    f.extend_from_slice(body);
-    f
-}
 
 /// The original server's upstream port, listening on loopback port 0.
 pub struct OriginalServer {
@@ -81,9 +62,10 @@ impl OriginalServer {
             .strip_prefix("/piko/v1/upstream/")
             .unwrap_or_else(|| panic!("registration path {path:?}"))
             .to_string();
+        let mut mux = RawMux::new(ws);
+        mux.answer_pings = true;
         let session = OriginalSession {
-            ws,
-            buf: Vec::new(),
+            mux,
             next_id: 2,
             ping_id: 0,
         };
@@ -93,8 +75,7 @@ impl OriginalServer {
 
 /// One registered upstream, seen as the original server's yamux session.
 pub struct OriginalSession {
-    ws: WebSocketStream<TcpStream>,
-    buf: Vec<u8>,
+    mux: RawMux<TcpStream>,
     next_id: u32,
     ping_id: u32,
 }
@@ -115,44 +96,19 @@ pub struct StreamOutcome {
 
 impl OriginalSession {
     async fn send(&mut self, bytes: Vec<u8>) {
-        self.ws
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send to the connector");
+        self.mux.send(bytes).await;
     }
 
     /// The next yamux frame (type, flags, stream id, length, body); pings are answered.
     async fn next_frame(&mut self) -> (u8, u16, u32, u32, Vec<u8>) {
-        loop {
-            if self.buf.len() >= 12 {
-                let h = &self.buf[..12];
-                assert_eq!(h[0], 0, "yamux version");
-                let ty = h[1];
-                let flags = u16::from_be_bytes([h[2], h[3]]);
-                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-                let body_len = if ty == DATA { len as usize } else { 0 };
-                if self.buf.len() >= 12 + body_len {
-                    let body = self.buf[12..12 + body_len].to_vec();
-                    self.buf.drain(..12 + body_len);
-                    if ty == PING && flags & SYN != 0 {
-                        self.send(frame(PING, ACK, 0, len, &[])).await;
-                        continue;
-                    }
-                    return (ty, flags, id, len, body);
-                }
-            }
-            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
-                .await
-                .expect("a frame from the connector in time")
-                .expect("the connection is open")
-                .expect("a websocket message");
-            match msg {
-                Message::Binary(b) => self.buf.extend_from_slice(&b),
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("unexpected websocket message {other:?}"),
-            }
-        }
+        let Frame {
+            ty,
+            flags,
+            id,
+            len,
+            body,
+        } = self.mux.next_frame().await;
+        (ty, flags, id, len, body)
     }
 
     /// Send a Ping and read frames until its ACK, noting frames for stream `id` on the way:

@@ -243,3 +243,22 @@ async fn a_three_container_cluster_of_the_real_image() {
         let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
     }
 }
+
+#[test]
+fn the_compose_file_refuses_to_start_a_cluster_without_a_cluster_token() {
+    // Without a token every node refuses peers that are not on its own loopback, so the cluster
+    // could never form; compose must say what to set instead of starting three lone nodes.
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(root().join("installers/compose/docker-compose.yml"))
+        .arg("config")
+        .env_remove("PIKO_CLUSTER_TOKEN")
+        .output()
+        .expect("run docker-compose");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "compose accepted a missing token");
+    assert!(
+        stderr.contains("set PIKO_CLUSTER_TOKEN to a shared secret of 16+ characters"),
+        "compose said: {stderr}"
+    );
+}

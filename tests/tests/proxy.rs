@@ -579,6 +579,7 @@ async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "bank.example.com")
         .header("x-forwarded-for", "203.0.113.7")
+        .header("x-real-ip", "203.0.113.7")
         .send()
         .await
         .unwrap();
@@ -588,6 +589,7 @@ async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
     assert_eq!(h["x-forwarded-proto"], "http", "{v}");
     assert_eq!(h["x-forwarded-host"], "spoof.piko.test", "{v}");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{v}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{v}");
 }
 
 #[tokio::test]
@@ -612,6 +614,57 @@ async fn a_transfer_coding_other_than_chunked_is_refused_with_501() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
     assert!(resp.contains("\"len\":5"), "{resp:?}");
+}
+
+/// A local service whose responses carry a transfer coding besides `chunked`: the body bytes
+/// below are "coded" (any bytes do: the proxy must not touch them), then chunked.
+async fn transfer_coded_service() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = piko_tests::loopback_listener().await;
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n6\r\ncoded!\r\n0\r\n\r\n";
+                let _ = s.write_all(resp).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_keeps_its_gzip_transfer_coding_through_the_tunnel() {
+    let server = TestServer::start().await;
+    let coded = transfer_coded_service().await;
+    let _conn = TestConnector::http(&server, "coded", &coded.to_string());
+    server.wait_for_upstreams("coded", 1).await;
+    let resp = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(server.proxy_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: coded.example.com\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("the whole response within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&got).to_string()
+    };
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    let head = resp.to_ascii_lowercase();
+    assert!(
+        head.contains("transfer-encoding: gzip, chunked\r\n"),
+        "the client was not told the body is gzip-coded: {resp:?}"
+    );
+    assert!(resp.contains("\r\ncoded!\r\n"), "{resp:?}");
 }
 
 #[tokio::test]
@@ -729,12 +782,14 @@ async fn forwarded_headers_from_a_trusted_proxy_are_kept_and_extended() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "www.example.com")
         .header("x-forwarded-for", "203.0.113.7")
+        .header("x-real-ip", "203.0.113.7")
         .send()
         .await
         .unwrap();
     let (s, _, v) = json(r).await;
     assert_eq!(s, 200);
     let h = &v["headers"];
+    assert_eq!(h["x-real-ip"], "203.0.113.7", "{v}");
     assert_eq!(h["x-forwarded-proto"], "https", "{v}");
     assert_eq!(h["x-forwarded-host"], "www.example.com", "{v}");
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{v}");
@@ -743,6 +798,7 @@ async fn forwarded_headers_from_a_trusted_proxy_are_kept_and_extended() {
     let (_, _, v) = json(r).await;
     assert_eq!(v["headers"]["x-forwarded-proto"], "http", "{v}");
     assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1", "{v}");
+    assert_eq!(v["headers"]["x-real-ip"], "127.0.0.1", "{v}");
 }
 
 #[tokio::test]

@@ -1,36 +1,14 @@
 //! Wire compatibility: an upstream written here from the yamux and WebSocket specifications
 //! alone (no project protocol code) registers and serves requests, as the original Go agent does.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
+use piko_tests::rawmux::{frame, Frame, RawMux, ACK, DATA, FIN, PING, RST, SYN, WINDOW_UPDATE};
 use piko_tests::{client, TestServer};
-use tokio_tungstenite::tungstenite::Message;
 
-const DATA: u8 = 0;
-const WINDOW_UPDATE: u8 = 1;
-const PING: u8 = 2;
-const SYN: u16 = 1;
-const ACK: u16 = 2;
-const FIN: u16 = 4;
-const RST: u16 = 8;
+type Ws = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>;
 
-fn frame(ty: u8, flags: u16, id: u32, len: u32, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8, ty];
-    f.extend_from_slice(&flags.to_be_bytes());
-    f.extend_from_slice(&id.to_be_bytes());
-    f.extend_from_slice(&len.to_be_bytes());
-    f.extend_from_slice(body);
-    f
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Reads whole yamux frames out of the WebSocket byte stream.
+/// A registered upstream, seen frame by frame.
 struct RawUpstream {
-    ws: Ws,
-    buf: Vec<u8>,
+    mux: RawMux<Ws>,
 }
 
 impl RawUpstream {
@@ -41,45 +19,23 @@ impl RawUpstream {
             .expect("register");
         assert_eq!(resp.status(), 101);
         Self {
-            ws,
-            buf: Vec::new(),
+            mux: RawMux::new(ws),
         }
     }
 
     async fn next_frame(&mut self) -> (u8, u16, u32, u32, Vec<u8>) {
-        loop {
-            if self.buf.len() >= 12 {
-                let h = &self.buf[..12];
-                assert_eq!(h[0], 0, "version");
-                let ty = h[1];
-                let flags = u16::from_be_bytes([h[2], h[3]]);
-                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                let len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-                let body_len = if ty == DATA { len as usize } else { 0 };
-                if self.buf.len() >= 12 + body_len {
-                    let body = self.buf[12..12 + body_len].to_vec();
-                    self.buf.drain(..12 + body_len);
-                    return (ty, flags, id, len, body);
-                }
-            }
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("frame in time")
-                .expect("open")
-                .expect("message");
-            match msg {
-                Message::Binary(b) => self.buf.extend_from_slice(&b),
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
+        let Frame {
+            ty,
+            flags,
+            id,
+            len,
+            body,
+        } = self.mux.next_frame().await;
+        (ty, flags, id, len, body)
     }
 
     async fn send(&mut self, bytes: Vec<u8>) {
-        self.ws
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send");
+        self.mux.send(bytes).await;
     }
 
     /// Wait for the server to open a stream; acknowledge it and read the request head.

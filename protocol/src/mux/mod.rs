@@ -68,6 +68,9 @@ pub struct Config {
     /// session stops reading from the peer until they are written: a peer that sends pings
     /// or SYNs and never reads cannot grow the queue (it grew by 1.9 GB in 10 s).
     pub reply_queue_limit: usize,
+    /// How long a stream this side has finished and dropped waits for the peer's FIN before
+    /// it is reset: a peer that never closes its side cannot hold streams for ever.
+    pub linger: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             max_streams: 65_536,
             write_queue_limit: 1 << 20,
             reply_queue_limit: 64 * 1024,
+            linger: Duration::from_secs(30),
         }
     }
 }
@@ -430,6 +434,39 @@ impl Shared {
         }
     }
 
+    /// Reset and remove the streams that have waited longer than `linger` for the peer's FIN.
+    fn reset_lingering(&self) {
+        let Some(cutoff) = Instant::now().checked_sub(self.config.linger) else {
+            return;
+        };
+        let lingering: Vec<u32> = {
+            let mut t = lock(&self.table);
+            let ids: Vec<u32> = t
+                .streams
+                .iter()
+                .filter(|(_, s)| s.reset_if_lingering(cutoff))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &ids {
+                t.streams.remove(id);
+            }
+            ids
+        };
+        if lingering.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            streams = lingering.len(),
+            "reset streams whose peer never finished them"
+        );
+        for id in lingering {
+            self.queue_control(FrameType::WindowUpdate, frame::FLAG_RST, id, 0);
+        }
+        if lock(&self.table).streams.is_empty() {
+            self.state_notify.notify_waiters();
+        }
+    }
+
     pub(crate) fn remove_stream(&self, id: u32) {
         let mut t = lock(&self.table);
         t.streams.remove(&id);
@@ -572,6 +609,7 @@ where
         r = read_loop(&shared, reader) => r,
         r = write_loop(&shared, writer) => r,
         r = keepalive_loop(&shared) => r,
+        r = linger_loop(&shared) => r,
     };
     shared.close_with(match &result {
         Ok(()) => MuxError::Closed,
@@ -702,6 +740,15 @@ where
             return Ok(());
         }
         notified.await;
+    }
+}
+
+/// Every half `linger`, reset the streams whose peer never finished them. Never returns.
+async fn linger_loop(shared: &Shared) -> Result<(), MuxError> {
+    let tick = (shared.config.linger / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(tick).await;
+        shared.reset_lingering();
     }
 }
 

@@ -32,6 +32,9 @@ struct StreamState {
     /// The handle was dropped after this side's FIN: the stream waits for the peer's FIN
     /// with nobody reading (see [`Stream`]'s `Drop`).
     detached: bool,
+    /// When it was detached: a peer that never sends its FIN gets a reset after
+    /// `Config::linger` (see `Shared::reset_lingering`).
+    detached_at: Option<tokio::time::Instant>,
     session_closed: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
@@ -50,6 +53,7 @@ impl StreamShared {
                 remote_fin: false,
                 reset: false,
                 detached: false,
+                detached_at: None,
                 session_closed: false,
                 read_waker: None,
                 write_waker: None,
@@ -111,6 +115,17 @@ impl StreamShared {
             st.wake_all();
         }
         Ok(st.reset || (st.local_fin && st.remote_fin))
+    }
+
+    /// Reset the stream if it has waited detached for the peer's FIN since before `cutoff`;
+    /// returns whether it did (the caller removes it and sends the RST).
+    pub(crate) fn reset_if_lingering(&self, cutoff: tokio::time::Instant) -> bool {
+        let mut st = lock(&self.state);
+        if st.reset || !st.detached || st.detached_at.is_none_or(|t| t > cutoff) {
+            return false;
+        }
+        st.reset = true;
+        true
     }
 
     pub(crate) fn on_session_closed(&self) {
@@ -305,6 +320,7 @@ impl Drop for Stream {
             // Closed this way already: wait for the peer's FIN (or RST, or the session's
             // end), which removes the stream; hold none of its data meanwhile.
             st.detached = true;
+            st.detached_at = Some(tokio::time::Instant::now());
             st.recv.clear();
             st.read_waker = None;
             st.write_waker = None;
@@ -430,5 +446,37 @@ mod tests {
             [(FLAG_RST, 2)]
         );
         assert_eq!(session.num_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_whose_peer_never_finishes_is_reset_after_the_linger_time() {
+        let (a, mut peer) = tokio::io::duplex(1 << 20);
+        let config = Config {
+            keepalive_interval: None,
+            linger: Duration::from_millis(400),
+            ..Config::default()
+        };
+        let (session, driver) = Session::new(a, Mode::Client, config);
+        tokio::spawn(driver);
+        answered_and_dropped(&session, &mut peer).await;
+        assert_eq!(session.num_streams(), 1, "waits for the peer's FIN");
+        let started = tokio::time::Instant::now();
+        timeout(T, session.idle())
+            .await
+            .expect("the stream is given up after the linger time");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "given up after {waited:?}, linger 400 ms"
+        );
+        let frames = frames_before_pong(&mut peer, 2).await;
+        assert_eq!(
+            frames
+                .iter()
+                .map(|h| (h.flags, h.stream_id))
+                .collect::<Vec<_>>(),
+            [(FLAG_RST, 2)],
+            "the peer is told with a reset"
+        );
     }
 }

@@ -497,13 +497,15 @@ fn rewrite_head(
 const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 
 /// Set `X-Forwarded-For`/`-Host`/`-Proto` for a request this node took from `conn`.
 ///
 /// An untrusted peer's `X-Forwarded-For` is replaced by its address, not appended to: services
 /// commonly take the leftmost entry as the client, and nothing an untrusted peer says about
 /// earlier hops can be checked, so the peer's address is the only true entry. Its `Forwarded`
-/// (RFC 7239, the same claims in one header) is removed for the same reason.
+/// (RFC 7239, the same claims in one header) is removed for the same reason, and its
+/// `X-Real-IP` (nginx's single-address form, which many services read) says its address.
 fn set_forwarded(
     headers: &mut http::HeaderMap,
     conn: ConnInfo,
@@ -515,7 +517,8 @@ fn set_forwarded(
     if !trusted_peer {
         headers.remove(header::FORWARDED);
         if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert(X_FORWARDED_FOR, v);
+            headers.insert(X_FORWARDED_FOR, v.clone());
+            headers.insert(X_REAL_IP, v);
         }
         match host {
             Some(host) => headers.insert(X_FORWARDED_HOST, host),
@@ -544,6 +547,9 @@ fn set_forwarded(
         headers.entry(X_FORWARDED_HOST).or_insert(host);
     }
     headers.entry(X_FORWARDED_PROTO).or_insert(proto);
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.entry(X_REAL_IP).or_insert(v);
+    }
 }
 
 /// HTTP/2 clients may split `cookie` into one field per pair; HTTP/1.1 wants one line, the
