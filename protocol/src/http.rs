@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn a_response_keeps_its_transfer_codings_other_than_chunked() {
-        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+        type Head<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Head, Option<&str>)] = &[
             (&[("transfer-encoding", "gzip, chunked")], Some("gzip")),
             (
                 &[
