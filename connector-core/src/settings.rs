@@ -816,3 +816,388 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"servers:
+  - name: piko.example.com
+    url: https://piko.example.com:8001
+    public_url: https://{endpoint}.piko.example.com
+  - name: local
+    url: http://127.0.0.1:8001
+    proxy_url: http://proxy.corp:3128
+    tls:
+      insecure_skip_verify: true
+endpoints:
+  - id: shop
+    server: piko.example.com
+    target: "3000"
+  - id: db
+    server: local
+    target: db.local:5432
+    protocol: tcp
+    enabled: false
+preferences:
+  theme: dark
+"#;
+
+    fn ep(id: &str, server: &str, target: &str) -> EndpointSettings {
+        EndpointSettings {
+            id: EndpointId::new(id).unwrap(),
+            server: server.into(),
+            target: target.into(),
+            protocol: Protocol::Http,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn parses_a_settings_file_and_writes_it_back_the_same() {
+        let s = Settings::from_yaml(GOOD).unwrap();
+        assert_eq!(s.servers.len(), 2);
+        assert_eq!(s.endpoints.len(), 2);
+        assert_eq!(s.endpoints[0].protocol, Protocol::Http);
+        assert!(s.endpoints[0].enabled);
+        assert_eq!(s.endpoints[1].protocol, Protocol::Tcp);
+        assert!(!s.endpoints[1].enabled);
+        assert!(s.servers[1].tls.insecure_skip_verify);
+        assert_eq!(s.preferences.theme, Theme::Dark);
+        assert!(
+            s.preferences.start_tunnels_on_launch,
+            "defaults fill the rest"
+        );
+        assert_eq!(
+            s.servers[0].public_url_of(&s.endpoints[0].id).as_deref(),
+            Some("https://shop.piko.example.com")
+        );
+        assert_eq!(Settings::from_yaml(&s.to_yaml()).unwrap(), s);
+        assert_eq!(Settings::from_yaml("").unwrap(), Settings::default());
+    }
+
+    /// Every mistake names the key and the line it is on.
+    #[test]
+    fn mistakes_name_the_key_and_the_line() {
+        let cases: &[(&str, &str, &str)] = &[
+            // (replace, with, expected error)
+            (
+                "    target: \"3000\"",
+                "    target: nope",
+                "line 13: endpoints[0].target: expected a port (3000), host:port (localhost:3000) or http://host:port",
+            ),
+            (
+                "  - id: shop",
+                "  - id: sh/op",
+                "line 11: endpoints[0].id: ",
+            ),
+            (
+                "    protocol: tcp",
+                "    protocol: udp",
+                "line 17: endpoints[1].protocol: unknown variant `udp`",
+            ),
+            (
+                "    enabled: false",
+                "    enabled: false\n    colour: red",
+                "line 19: endpoints[1].colour: unknown field `colour`",
+            ),
+            (
+                "    server: local",
+                "    server: nowhere",
+                "line 15: endpoints[1].server: no server is named \"nowhere\"",
+            ),
+            (
+                "  - id: db",
+                "  - id: shop",
+                "line 14: endpoints[1].id: endpoint shop is listed twice",
+            ),
+            (
+                "  - name: local",
+                "  - name: piko.example.com",
+                "line 5: servers[1].name: server \"piko.example.com\" is listed twice",
+            ),
+            (
+                "    url: http://127.0.0.1:8001",
+                "    url: 127.0.0.1:8001",
+                "line 6: servers[1].url: expected a URL",
+            ),
+            (
+                "    proxy_url: http://proxy.corp:3128",
+                "    proxy_url: socks5://proxy.corp:1080",
+                "line 7: servers[1].proxy_url: ",
+            ),
+            (
+                "    public_url: https://{endpoint}.piko.example.com",
+                "    public_url: piko.example.com",
+                "line 4: servers[0].public_url: not a valid URL",
+            ),
+            (
+                "      insecure_skip_verify: true",
+                "      insecure_skip_verify: maybe",
+                "line 9: servers[1].tls.insecure_skip_verify: invalid type",
+            ),
+            (
+                "    url: https://piko.example.com:8001",
+                "    url: https://piko.example.com:8001\n    token: eyJhbGciOi.x.y",
+                "line 4: servers[0].token: tokens are not kept in the settings file",
+            ),
+            (
+                "  theme: dark",
+                "  theme: blue",
+                "line 20: preferences.theme: unknown variant `blue`",
+            ),
+            (
+                "preferences:",
+                "preferences: [",
+                "line ",
+            ),
+        ];
+        assert!(!cases.is_empty());
+        for (from, to, want) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let text = GOOD.replacen(from, to, 1);
+            let err = Settings::from_yaml(&text).expect_err(to).to_string();
+            assert!(
+                err.starts_with(want),
+                "edit {to:?}\n got: {err}\nwant: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn forms_name_the_field_at_fault() {
+        let form = |id: &str, server: &str, target: &str, protocol| EndpointForm {
+            id: id.into(),
+            server: server.into(),
+            target: target.into(),
+            protocol,
+            enabled: true,
+        };
+        let ok = form(" shop ", "local", "localhost:3000", Protocol::Http)
+            .validate()
+            .unwrap();
+        assert_eq!(ok.id.as_str(), "shop");
+        assert_eq!(ok.target, "localhost:3000");
+        let cases = [
+            (form("", "local", "3000", Protocol::Http), "id"),
+            (form("a b", "local", "3000", Protocol::Http), "id"),
+            (form("shop", "", "3000", Protocol::Http), "server"),
+            (form("shop", "local", "", Protocol::Http), "target"),
+            (form("shop", "local", "abc", Protocol::Http), "target"),
+            (
+                form("shop", "local", "ftp://x:21", Protocol::Http),
+                "target",
+            ),
+            (form("shop", "local", "0", Protocol::Tcp), "target"),
+        ];
+        for (f, field) in cases {
+            let e = f.validate().expect_err(&f.target);
+            assert_eq!(e.field, field, "{f:?}: {e}");
+            assert!(!e.message.is_empty());
+        }
+        let server = |name: &str, url: &str| ServerSettings {
+            name: name.into(),
+            url: url.into(),
+            public_url: None,
+            tls: TlsConfig::default(),
+            proxy_url: None,
+        };
+        server("a", "https://a.example.com").validate().unwrap();
+        let with = |f: &dyn Fn(&mut ServerSettings)| {
+            let mut s = server("a", "https://a.example.com");
+            f(&mut s);
+            s.validate().unwrap_err().field
+        };
+        assert_eq!(with(&|s| s.name = String::new()), "name");
+        assert_eq!(with(&|s| s.name = " a".into()), "name");
+        assert_eq!(with(&|s| s.url = "a.example.com".into()), "url");
+        assert_eq!(with(&|s| s.url = "ftp://a.example.com".into()), "url");
+        assert_eq!(with(&|s| s.public_url = Some("nope".into())), "public_url");
+        assert_eq!(
+            with(&|s| s.public_url = Some("https://{endpoint}.{endpoint}.x".into())),
+            "public_url"
+        );
+        assert_eq!(
+            with(&|s| s.proxy_url = Some("socks5://p:1080".into())),
+            "proxy_url"
+        );
+        assert_eq!(with(&|s| s.tls.cert = Some("/c.pem".into())), "tls");
+    }
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn sample() -> Settings {
+        Settings::from_yaml(GOOD).unwrap()
+    }
+
+    #[test]
+    fn saves_atomically_and_loads_back() {
+        let d = dir();
+        let path = d.path().join("sub").join(FILE_NAME);
+        let (store, loaded) = SettingsStore::open(&path);
+        assert_eq!(
+            loaded.settings,
+            Settings::default(),
+            "a missing file is empty settings"
+        );
+        assert!(loaded.error.is_none());
+        store.save(&sample()).unwrap();
+        let (_, again) = SettingsStore::open(&path);
+        assert_eq!(again.settings, sample());
+        assert!(again.error.is_none());
+        let names: Vec<String> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains(".tmp.")),
+            "no temporary file is left: {names:?}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// A hand edit with a mistake: the error names key and line, the last good settings
+    /// run, and the next save keeps the rejected file aside instead of losing it.
+    #[test]
+    fn a_bad_hand_edit_loads_the_last_good_settings() {
+        let d = dir();
+        let path = d.path().join(FILE_NAME);
+        let (store, _) = SettingsStore::open(&path);
+        store.save(&sample()).unwrap();
+        let bad = GOOD.replace("target: db.local:5432", "target: db.local:99999");
+        fs::write(&path, &bad).unwrap();
+
+        let (store, loaded) = SettingsStore::open(&path);
+        assert_eq!(loaded.settings, sample(), "the last good settings");
+        let err = loaded.error.expect("the bad file is reported").to_string();
+        assert!(
+            err.contains("line 16: endpoints[1].target: expected a port"),
+            "{err}"
+        );
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            bad,
+            "the bad file is untouched"
+        );
+
+        let mut next = sample();
+        next.endpoints.remove(1);
+        store.save(&next).unwrap();
+        let rejected = fs::read_to_string(d.path().join("settings.yaml.rejected")).unwrap();
+        assert_eq!(rejected, bad, "the user's edit is kept aside");
+        let (_, loaded) = SettingsStore::open(&path);
+        assert_eq!(loaded.settings, next);
+        assert!(loaded.error.is_none());
+    }
+
+    #[test]
+    fn a_bad_file_without_a_good_copy_is_empty_settings_and_an_error() {
+        let d = dir();
+        let path = d.path().join(FILE_NAME);
+        fs::write(&path, "servers: 3\n").unwrap();
+        let (_, loaded) = SettingsStore::open(&path);
+        assert_eq!(loaded.settings, Settings::default());
+        let err = loaded.error.unwrap().to_string();
+        assert!(err.contains("line 1: servers: invalid type"), "{err}");
+    }
+
+    /// A crash mid-write leaves a partial temporary file: the settings are the previous
+    /// ones, and the leftover goes away once it is stale.
+    #[test]
+    fn a_partial_temporary_file_from_a_crash_is_ignored_and_cleaned_up() {
+        let d = dir();
+        let path = d.path().join(FILE_NAME);
+        let (store, _) = SettingsStore::open(&path);
+        store.save(&sample()).unwrap();
+        let partial = d.path().join(".settings.yaml.tmp.999999.0");
+        fs::write(&partial, &GOOD[..40]).unwrap();
+        let (_, loaded) = SettingsStore::open(&path);
+        assert_eq!(loaded.settings, sample());
+        assert!(loaded.error.is_none());
+        assert!(
+            partial.exists(),
+            "a fresh temporary file may be another save's"
+        );
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&partial)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let (store, _) = SettingsStore::open(&path);
+        assert!(!partial.exists(), "a stale leftover is removed");
+        store.save(&Settings::default()).unwrap();
+        assert_eq!(store.load().settings, Settings::default());
+    }
+
+    /// Set by [`a_process_killed_while_saving_never_loses_the_file`] in the child it starts.
+    const CRASH_CHILD_ENV: &str = "PIKO_SETTINGS_CRASH_CHILD";
+
+    /// Not a test of its own: the child process of the crash test, saving in a loop until
+    /// it is killed. Returns at once in a normal run.
+    #[test]
+    fn crash_child_saves_until_killed() {
+        let Some(path) = std::env::var_os(CRASH_CHILD_ENV) else {
+            return;
+        };
+        let (store, _) = SettingsStore::open(PathBuf::from(path));
+        let mut s = sample();
+        for i in 0u64.. {
+            // A long file, so that a kill often lands mid-write.
+            s.endpoints = (0..200)
+                .map(|n| ep(&format!("e{i}-{n}"), "local", "3000"))
+                .collect();
+            store.save(&s).unwrap();
+        }
+    }
+
+    /// Kill a process that saves in a loop, many times at random moments (mid-write,
+    /// between write and rename): the file always parses as one whole version.
+    #[test]
+    fn a_process_killed_while_saving_never_loses_the_file() {
+        let d = dir();
+        let path = d.path().join(FILE_NAME);
+        let (store, _) = SettingsStore::open(&path);
+        store.save(&sample()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut kills = 0;
+        for round in 0..20u64 {
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "settings::tests::crash_child_saves_until_killed",
+                    "--nocapture",
+                ])
+                .env(CRASH_CHILD_ENV, &path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Let it get into its loop, at a different moment each round.
+            std::thread::sleep(Duration::from_millis(30 + (round * 7) % 40));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            let text = fs::read_to_string(&path).unwrap();
+            let s = Settings::from_yaml(&text)
+                .unwrap_or_else(|e| panic!("round {round}: the file does not parse: {e}"));
+            assert!(
+                s.endpoints.len() == 2 || s.endpoints.len() == 200,
+                "round {round}: a whole version, got {} endpoints",
+                s.endpoints.len()
+            );
+        }
+        assert_eq!(kills, 20);
+        let (_, loaded) = SettingsStore::open(&path);
+        assert!(loaded.error.is_none());
+    }
+}

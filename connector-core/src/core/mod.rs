@@ -15,6 +15,8 @@
 mod error;
 mod event;
 mod live;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::collections::HashMap;

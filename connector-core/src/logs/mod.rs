@@ -181,3 +181,103 @@ pub fn init(options: &LogOptions) -> Result<Logs, LogError> {
         .map_err(|_| LogError::AlreadySet)?;
     Ok(logs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines reach the file and the tail (with their span), the live feed sees them, and
+    /// even at trace level tungstenite's dumps (which hold the Authorization header) are
+    /// kept out of both.
+    #[test]
+    fn lines_reach_the_file_and_the_tail_but_never_tungstenite_dumps() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            filter: "trace".into(),
+            tail_lines: 3,
+            ..LogOptions::new(dir.path().join("logs"))
+        };
+        let (layer, logs) = layers(&options).unwrap();
+        let mut feed = logs.tail().subscribe();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("tunnel", endpoint = "shop");
+            let _g = span.enter();
+            tracing::info!(delay = 3, "tunnel lost; reconnecting");
+            tracing::trace!(target: "tungstenite::protocol", "authorization: Bearer SECRET-TOKEN");
+            for i in 0..4 {
+                tracing::debug!(i, "filler");
+            }
+        });
+        let first = feed.try_recv().unwrap();
+        assert_eq!(first.level, "INFO");
+        assert_eq!(first.context, "tunnel{endpoint=shop}");
+        assert_eq!(first.message, "tunnel lost; reconnecting delay=3");
+        assert!(
+            first.to_string().contains("tunnel{endpoint=shop}: "),
+            "{first}"
+        );
+        let recent = logs.tail().recent();
+        assert_eq!(recent.len(), 3, "the tail keeps its bound");
+        assert_eq!(recent[2].message, "filler i=3");
+        let log_dir = logs.dir().to_path_buf();
+        drop(logs); // flushes the file writer
+        let files: Vec<_> = std::fs::read_dir(&log_dir).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "one file for today");
+        let name = files[0].file_name().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("piko-connector.") && name.ends_with(".log"),
+            "{name}"
+        );
+        let text = std::fs::read_to_string(files[0].path()).unwrap();
+        assert!(text.contains("tunnel lost; reconnecting"), "{text}");
+        assert!(!text.contains("SECRET-TOKEN"), "{text}");
+        while let Ok(line) = feed.try_recv() {
+            assert!(!line.message.contains("SECRET-TOKEN"), "{line}");
+        }
+    }
+
+    #[test]
+    fn old_log_files_beyond_the_bound_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for day in 1..=9 {
+            std::fs::write(
+                dir.path()
+                    .join(format!("piko-connector.2020-01-0{day}.log")),
+                "old\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), "not a log").unwrap();
+        let options = LogOptions {
+            max_files: 3,
+            ..LogOptions::new(dir.path().to_path_buf())
+        };
+        let (_layer, logs) = layers::<tracing_subscriber::Registry>(&options).unwrap();
+        drop(logs);
+        let logs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .collect();
+        assert_eq!(logs.len(), 3, "{logs:?}");
+        assert!(
+            dir.path().join("other.txt").exists(),
+            "other files are left alone"
+        );
+    }
+
+    #[test]
+    fn a_bad_filter_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            filter: "loud=[".into(),
+            ..LogOptions::new(dir.path().to_path_buf())
+        };
+        let err = layers::<tracing_subscriber::Registry>(&options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("invalid log filter \"loud=[\""), "{err}");
+    }
+}
