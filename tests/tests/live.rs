@@ -131,6 +131,31 @@ async fn an_untouched_endpoint_serves_every_request_while_others_change() {
         .await
         .unwrap();
     wait_for_answer(&proxy, "moving", (200, "a"), "the added endpoint serves a").await;
+    // The edited endpoint itself never stops answering either: its old tunnel serves until
+    // the new one is connected.
+    let edit_stop = CancellationToken::new();
+    let edit_traffic = tokio::spawn({
+        let (stop, url) = (edit_stop.clone(), format!("{proxy}/name"));
+        async move {
+            let (http, mut answers) = (client(), Vec::new());
+            while !stop.is_cancelled() {
+                let r = http
+                    .get(&url)
+                    .header("x-piko-endpoint", "moving")
+                    .send()
+                    .await;
+                answers.push(match r {
+                    Ok(r) => format!(
+                        "{} {}",
+                        r.status().as_u16(),
+                        r.text().await.unwrap_or_default()
+                    ),
+                    Err(e) => e.to_string(),
+                });
+            }
+            answers
+        }
+    });
     core.update_endpoint(
         &id("moving"),
         endpoint_settings("moving", "one", &b.target()),
@@ -138,6 +163,18 @@ async fn an_untouched_endpoint_serves_every_request_while_others_change() {
     .await
     .unwrap();
     wait_for_answer(&proxy, "moving", (200, "b"), "the edited endpoint serves b").await;
+    one.wait_for_upstreams("moving", 1).await;
+    edit_stop.cancel();
+    let answers = edit_traffic.await.unwrap();
+    let first_b = answers
+        .iter()
+        .position(|a| a == "200 b")
+        .expect("b answered");
+    assert!(
+        answers[..first_b].iter().all(|a| a == "200 a")
+            && answers[first_b..].iter().all(|a| a == "200 b"),
+        "a then b and nothing else across the edit: {answers:?}"
+    );
     core.set_enabled(&id("moving"), false).await.unwrap();
     wait_for_answer(
         &proxy,

@@ -50,6 +50,9 @@ pub(super) struct EndpointLive {
     last_error: Option<String>,
     retry_at: Option<Instant>,
     running: Option<Running>,
+    /// The previous tunnel of an edited endpoint, still serving until its successor is
+    /// connected (then it drains), so an edit leaves no moment without an upstream.
+    retiring: Option<CancellationToken>,
 }
 
 impl Default for EndpointLive {
@@ -59,6 +62,7 @@ impl Default for EndpointLive {
             last_error: None,
             retry_at: None,
             running: None,
+            retiring: None,
         }
     }
 }
@@ -72,13 +76,32 @@ struct Running {
 }
 
 impl EndpointLive {
+    /// Stop the tunnel now, and any predecessor.
+    fn stop_now(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop.cancel();
+        }
+        self.retire();
+    }
+
+    fn retire(&mut self) {
+        if let Some(old) = self.retiring.take() {
+            old.cancel();
+        }
+    }
+
     fn stopped(&mut self, reason: Option<String>) {
+        self.retire();
         self.last_error.clone_from(&reason);
         self.state = TunnelState::Stopped { reason };
         self.retry_at = None;
     }
 
     fn apply(&mut self, state: TunnelState) {
+        if !matches!(state, TunnelState::Connecting) {
+            // The successor is connected, or failed: either way the old one goes now.
+            self.retire();
+        }
         match &state {
             TunnelState::Connecting => self.retry_at = None,
             TunnelState::Connected { .. } => {
@@ -189,9 +212,7 @@ impl Table {
     /// Stop every tunnel (shutdown): they drain on their own.
     pub fn stop_all(&mut self) {
         for live in self.endpoints.values_mut() {
-            if let Some(r) = live.running.take() {
-                r.stop.cancel();
-            }
+            live.stop_now();
         }
     }
 }
@@ -210,9 +231,7 @@ impl Inner {
         endpoints.retain(|id, live| {
             let keep = settings.endpoint(id).is_some();
             if !keep {
-                if let Some(r) = live.running.take() {
-                    r.stop.cancel();
-                }
+                live.stop_now();
             }
             keep
         });
@@ -226,10 +245,19 @@ impl Inner {
                 if current && !closing {
                     continue;
                 }
-                r.stop.cancel();
-                live.running = None;
+                let serving = matches!(live.state, TunnelState::Connected { .. });
+                if let Some(r) = live.running.take() {
+                    if serving && ep.enabled && !closing {
+                        // Replaced: it serves on until the new tunnel is connected.
+                        live.retire();
+                        live.retiring = Some(r.stop);
+                    } else {
+                        r.stop.cancel();
+                    }
+                }
             }
             if !ep.enabled || closing {
+                live.stop_now();
                 live.stopped(None);
                 continue;
             }

@@ -73,6 +73,11 @@ impl Keepalive {
     }
 }
 
+/// Least and most time a draining session waits, after its GoAway, before closing idle
+/// keep-alive streams (twice the measured round trip in between).
+const DRAIN_SETTLE_MIN: Duration = Duration::from_millis(50);
+const DRAIN_SETTLE_MAX: Duration = Duration::from_millis(500);
+
 /// Where a tunnel reports its state changes: the agent's broadcast channel, or the live
 /// core's state table. Called synchronously, so the receiver sees every change in order.
 pub(crate) type Reporter = Arc<dyn Fn(StatusEvent) + Send + Sync>;
@@ -446,8 +451,7 @@ impl Tunnel {
         let end = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    draining.cancel();
-                    self.drain(&session, &streams).await;
+                    self.drain(&session, &streams, &draining).await;
                     // Let the driver flush the close; it ends when the connection does.
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut driver).await;
                     driver.abort();
@@ -491,8 +495,18 @@ impl Tunnel {
 
     /// Graceful leave: GoAway (the server opens no new stream), let open streams finish within
     /// the grace period, then close.
-    async fn drain(&self, session: &Session, streams: &TaskTracker) {
+    async fn drain(&self, session: &Session, streams: &TaskTracker, draining: &CancellationToken) {
         session.go_away();
+        // Requests the server sent on idle keep-alive streams before our GoAway reached it
+        // are still on their way: closing those streams at once would fail them (a 502 for
+        // the client). Give the GoAway a round trip to arrive first.
+        let settle = session
+            .rtt()
+            .map_or(DRAIN_SETTLE_MIN, |rtt| rtt * 2)
+            .clamp(DRAIN_SETTLE_MIN, DRAIN_SETTLE_MAX)
+            .min(self.connect.grace_period);
+        tokio::time::sleep(settle).await;
+        draining.cancel();
         streams.close();
         let open = session.num_streams();
         if open > 0 {
