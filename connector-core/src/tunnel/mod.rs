@@ -9,13 +9,14 @@ mod backoff;
 pub mod http;
 mod tcp;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use piko_protocol::mux::{self, Mode, Session};
 use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
 use piko_protocol::EndpointId;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -126,12 +127,50 @@ pub enum AgentError {
     Config(#[from] ConfigError),
 }
 
-/// Runs every configured endpoint's tunnel and reports their [`StatusEvent`]s.
+/// Runs every endpoint's tunnel and reports their [`StatusEvent`]s.
 pub struct Agent {
     config: AgentConfig,
     connector: Option<Connector>,
     events: broadcast::Sender<StatusEvent>,
+    updates: Option<mpsc::Receiver<AgentUpdate>>,
 }
+
+/// A new config for a running [`Agent`] (its config file changed).
+pub struct AgentUpdate {
+    /// The new config, token included.
+    pub config: AgentConfig,
+    /// A new connector when the TLS or proxy settings changed; every tunnel then restarts.
+    pub connector: Option<Connector>,
+}
+
+/// A tunnel task of the agent and what it runs.
+struct AgentTunnel {
+    config: EndpointConfig,
+    generation: u64,
+    stop: CancellationToken,
+}
+
+/// What every tunnel of the agent shares; a change restarts them all.
+#[derive(PartialEq)]
+struct ConnectKey {
+    url: String,
+    token: Option<Secret>,
+    timeout: Duration,
+    grace_period: Duration,
+}
+
+impl ConnectKey {
+    fn of(config: &AgentConfig) -> Self {
+        Self {
+            url: config.connect.url.clone(),
+            token: config.connect.token.clone(),
+            timeout: config.connect.timeout,
+            grace_period: config.grace_period,
+        }
+    }
+}
+
+type AgentTasks = JoinSet<(EndpointId, u64, Result<(), AgentError>)>;
 
 impl Agent {
     /// An agent for `config`; nothing runs until [`Agent::run`].
@@ -141,6 +180,7 @@ impl Agent {
             config,
             connector: None,
             events,
+            updates: None,
         }
     }
 
@@ -148,6 +188,14 @@ impl Agent {
     /// (OS trust store, proxy from the environment).
     pub fn with_connector(mut self, connector: Connector) -> Self {
         self.connector = Some(connector);
+        self
+    }
+
+    /// Apply each [`AgentUpdate`] received while running: only the tunnels of endpoints that
+    /// were added, changed or removed start or stop (all of them when the server, token or
+    /// transport changed). The agent then also runs with no endpoints, waiting for some.
+    pub fn with_updates(mut self, updates: mpsc::Receiver<AgentUpdate>) -> Self {
+        self.updates = Some(updates);
         self
     }
 
@@ -159,22 +207,21 @@ impl Agent {
     /// Runs every endpoint until `shutdown` is cancelled (returns `Ok`) or an endpoint is
     /// rejected (`Err(AgentError::Rejected{..})` after stopping the others).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
-        if self.config.endpoints.is_empty() {
+        let Agent {
+            config,
+            connector,
+            events,
+            mut updates,
+        } = self;
+        if config.endpoints.is_empty() && updates.is_none() {
             return Err(AgentError::NoEndpoints);
         }
-        let connector = match self.connector {
+        let mut connector = match connector {
             Some(c) => c,
             None => Connector::new(&TransportConfig::default())?,
         };
-        let connect = Arc::new(ConnectSettings::new(
-            connector,
-            &self.config.connect.url,
-            self.config.connect.token.as_ref(),
-            self.config.connect.timeout,
-            self.config.grace_period,
-            Keepalive::default(),
-        )?);
-        let events = self.events.clone();
+        let mut connect = connect_of(&config, &connector)?;
+        let mut key = ConnectKey::of(&config);
         let report: Reporter = Arc::new(move |ev| {
             // No subscriber is fine: events are for whoever listens.
             let _ = events.send(ev);
@@ -183,29 +230,123 @@ impl Agent {
         // Endpoints stop together: a rejection cancels `stop`, so do the caller's shutdown.
         let stop = shutdown.child_token();
         // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
-        let mut tasks = JoinSet::new();
-        for ep in self.config.endpoints {
-            let tunnel = Tunnel::new(ep, connect.clone(), report.clone())?;
+        let mut tasks: AgentTasks = JoinSet::new();
+        let mut running: HashMap<EndpointId, AgentTunnel> = HashMap::new();
+        let mut generation = 0u64;
+        let mut start = |ep: EndpointConfig,
+                         connect: &Arc<ConnectSettings>,
+                         tasks: &mut AgentTasks|
+         -> Result<AgentTunnel, AgentError> {
+            generation += 1;
+            let g = generation;
+            let tunnel = Tunnel::new(ep.clone(), connect.clone(), report.clone())?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
-            tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
+            let own = stop.child_token();
+            let (id, token) = (ep.id.clone(), own.clone());
+            tasks.spawn(async move { (id, g, tunnel.supervise(token).await) }.instrument(span));
+            Ok(AgentTunnel {
+                config: ep,
+                generation: g,
+                stop: own,
+            })
+        };
+        for ep in config.endpoints {
+            let t = start(ep, &connect, &mut tasks)?;
+            running.insert(t.config.id.clone(), t);
         }
         let mut result = Ok(());
-        while let Some(joined) = tasks.join_next().await {
-            let r = match joined {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(error = %e, "tunnel task failed");
-                    Ok(())
+        loop {
+            let watching = updates.is_some() && !stop.is_cancelled();
+            if tasks.is_empty() && !watching {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let (id, g, r) = match joined {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!(error = %e, "tunnel task failed");
+                            continue;
+                        }
+                    };
+                    let current = running.get(&id).is_some_and(|t| t.generation == g);
+                    if let Err(e) = r {
+                        if current && result.is_ok() {
+                            result = Err(e);
+                            stop.cancel();
+                        }
+                    }
                 }
-            };
-            if let Err(e) = r {
-                if result.is_ok() {
-                    result = Err(e);
+                update = recv_update(&mut updates), if watching => {
+                    let Some(update) = update else {
+                        updates = None;
+                        continue;
+                    };
+                    let new_key = ConnectKey::of(&update.config);
+                    let restart_all = update.connector.is_some() || new_key != key;
+                    if restart_all {
+                        let c = update.connector.unwrap_or_else(|| connector.clone());
+                        match connect_of(&update.config, &c) {
+                            Ok(n) => {
+                                connect = n;
+                                connector = c;
+                                key = new_key;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "new config not applied");
+                                continue;
+                            }
+                        }
+                    }
+                    let mut wanted: Vec<EndpointConfig> = update.config.endpoints;
+                    running.retain(|id, t| {
+                        let keep = !restart_all && wanted.iter().any(|w| w.id == *id && *w == t.config);
+                        if !keep {
+                            t.stop.cancel();
+                        }
+                        keep
+                    });
+                    let kept = running.len();
+                    wanted.retain(|w| !running.contains_key(&w.id));
+                    let started = wanted.len();
+                    for ep in wanted {
+                        let id = ep.id.clone();
+                        match start(ep, &connect, &mut tasks) {
+                            Ok(t) => {
+                                running.insert(id, t);
+                            }
+                            Err(e) => warn!(endpoint = %id, error = %e, "endpoint not started"),
+                        }
+                    }
+                    info!(kept, started, "config applied");
                 }
-                stop.cancel();
+                _ = stop.cancelled(), if watching => {}
             }
         }
         result
+    }
+}
+
+fn connect_of(
+    config: &AgentConfig,
+    connector: &Connector,
+) -> Result<Arc<ConnectSettings>, AgentError> {
+    ConnectSettings::new(
+        connector.clone(),
+        &config.connect.url,
+        config.connect.token.as_ref(),
+        config.connect.timeout,
+        config.grace_period,
+        Keepalive::default(),
+    )
+    .map(Arc::new)
+}
+
+/// The next update, or `None` once the sender is gone.
+async fn recv_update(updates: &mut Option<mpsc::Receiver<AgentUpdate>>) -> Option<AgentUpdate> {
+    match updates {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -739,6 +880,90 @@ mod tests {
         assert!(res.is_ok());
         let last = events.recv().await.unwrap();
         assert_eq!(last.to_string(), "stopped: shop");
+    }
+
+    /// The next status line that is not the retry of a refused dial.
+    async fn next(events: &mut broadcast::Receiver<StatusEvent>) -> String {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("an event")
+                .unwrap();
+            if !matches!(ev.state, TunnelState::Reconnecting { .. }) {
+                return ev.to_string();
+            }
+        }
+    }
+
+    /// Updates start and stop only the endpoints that changed; a new server restarts all.
+    #[tokio::test]
+    async fn updates_touch_only_the_endpoints_that_changed() {
+        let refused = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+        };
+        let ep = |id: &str, target: &str| {
+            EndpointConfig::parse(
+                id,
+                target,
+                crate::config::Protocol::Http,
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        let config = |url: &str, eps: Vec<EndpointConfig>| AgentConfig {
+            connect: ConnectConfig {
+                url: url.to_string(),
+                token: None,
+                timeout: Duration::from_secs(2),
+            },
+            endpoints: eps,
+            grace_period: Duration::from_millis(100),
+        };
+        let url = refused();
+        let (tx, rx) = mpsc::channel(4);
+        let agent = Agent::new(config(&url, vec![ep("shop", "3000")])).with_updates(rx);
+        let mut events = agent.subscribe();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(agent.run(shutdown.clone()));
+        assert_eq!(next(&mut events).await, "connecting… shop");
+        let send = |c| {
+            let tx = tx.clone();
+            async move {
+                tx.send(AgentUpdate {
+                    config: c,
+                    connector: None,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        send(config(&url, vec![ep("shop", "3000"), ep("api", "4000")])).await;
+        assert_eq!(
+            next(&mut events).await,
+            "connecting… api",
+            "shop is left alone"
+        );
+        send(config(&url, vec![ep("api", "4000")])).await;
+        assert_eq!(next(&mut events).await, "stopped: shop");
+        send(config(&url, vec![ep("api", "4001")])).await;
+        assert_eq!(next(&mut events).await, "stopped: api");
+        assert_eq!(next(&mut events).await, "connecting… api");
+        send(config(&refused(), vec![ep("api", "4001")])).await;
+        assert_eq!(
+            next(&mut events).await,
+            "stopped: api",
+            "a new server restarts every tunnel"
+        );
+        assert_eq!(next(&mut events).await, "connecting… api");
+        send(config(&url, vec![])).await;
+        assert_eq!(next(&mut events).await, "stopped: api");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(3), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     fn agent_config(url: String, target: &str, token: Option<&str>) -> AgentConfig {
