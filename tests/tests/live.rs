@@ -419,3 +419,115 @@ async fn a_token_never_reaches_the_settings_file_or_the_log_files() {
     }
     drop(dir);
 }
+
+/// `piko agent start` follows its config file: an added listener starts, a removed one
+/// stops, the untouched one is never reconnected, and a bad edit is reported while the
+/// running config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_start_applies_config_file_changes_and_leaves_the_rest_alone() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start().await;
+    let (alpha, beta) = (
+        EchoUpstream::named("alpha").await,
+        EchoUpstream::named("beta").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    let yaml = |listeners: &[(&str, &str)]| {
+        let mut y = format!("connect:\n  url: {}\nlisteners:\n", server.upstream_url());
+        for (id, addr) in listeners {
+            y.push_str(&format!("  - endpoint_id: {id}\n    addr: {addr}\n"));
+        }
+        y
+    };
+    // As an editor saves: a new file renamed over the old one.
+    let save = |text: String| {
+        let tmp = dir.path().join(".agent.yaml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    save(yaml(&[("alpha", &alpha.target())]));
+    let mut child = tokio::process::Command::new(piko_tests::bin("piko"))
+        .args(["agent", "start", "--config.path"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = Arc::new(std::sync::Mutex::new(String::new()));
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let (mut pipe, mut buf) = (pipe, [0u8; 4096]);
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let has = |needle: String| {
+        let output = output.clone();
+        async move { output.lock().unwrap().contains(&needle) }
+    };
+    server.wait_for_upstreams("alpha", 1).await;
+    wait_until("the agent follows its file", T, || {
+        has("following the config file".into())
+    })
+    .await;
+
+    save(yaml(&[
+        ("alpha", &alpha.target()),
+        ("beta", &beta.target()),
+    ]));
+    server.wait_for_upstreams("beta", 1).await;
+    wait_for_answer(
+        &server.proxy_url(),
+        "beta",
+        (200, "beta"),
+        "the added listener serves",
+    )
+    .await;
+
+    save("listeners: [\n".into());
+    wait_until("the bad edit is reported", T, || has("not applied".into())).await;
+    wait_for_answer(
+        &server.proxy_url(),
+        "beta",
+        (200, "beta"),
+        "beta still serves",
+    )
+    .await;
+
+    save(yaml(&[("alpha", &alpha.target())]));
+    wait_until("the removed listener is gone", T, || async {
+        server
+            .endpoints()
+            .await
+            .get("beta")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            == 0
+    })
+    .await;
+    wait_for_answer(&server.proxy_url(), "alpha", (200, "alpha"), "alpha serves").await;
+    wait_until("beta's tunnel has stopped", T, || {
+        has("stopped: beta".into())
+    })
+    .await;
+    let text = output.lock().unwrap().clone();
+    assert_eq!(
+        text.matches("connecting… alpha").count(),
+        1,
+        "alpha was never reconnected:\n{text}"
+    );
+    assert_eq!(server.endpoints().await["alpha"], 1);
+    child.kill().await.unwrap();
+}
