@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod login;
+mod reload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,7 +104,7 @@ struct TokenArg {
     token: Option<String>,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 struct TransportArgs {
     /// PEM file of CA certificates to trust besides the OS trust store.
     #[arg(long = "connect.tls.root-cas", value_name = "FILE")]
@@ -330,16 +331,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 e => Failure::Usage(e.to_string()),
             })?;
             let mut config = file.agent;
-            if let Some(url) = a.url {
+            if let Some(url) = a.url.clone() {
                 config.connect.url = url;
             }
             if let Some(g) = a.grace_period {
                 config.grace_period = g;
             }
+            let reload = reload::Spec {
+                path: a.config_path.clone(),
+                url: a.url.clone(),
+                grace_period: a.grace_period,
+                transport: a.transport.clone(),
+                token: a.token.token.clone(),
+            };
             let job = Job {
                 kind: JobKind::Agent(config),
                 transport: a.transport.over(file.transport),
                 token: a.token.token,
+                reload: Some(reload),
             };
             (job, file.log_level)
         }
@@ -360,6 +369,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 transport: a.transport.over(TransportConfig::default()),
                 token: a.token.token,
+                reload: None,
             };
             (job, None)
         }
@@ -395,7 +405,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         match job.kind {
             JobKind::Agent(mut config) => {
                 config.connect.token = token;
-                run_agent(Agent::new(config).with_connector(connector), shutdown).await
+                let mut agent = Agent::new(config).with_connector(connector);
+                if let Some(spec) = job.reload {
+                    agent =
+                        agent.with_updates(reload::watch(spec, job.transport, shutdown.clone()));
+                }
+                run_agent(agent, shutdown).await
             }
             JobKind::Forward {
                 local,
@@ -457,6 +472,8 @@ struct Job {
     transport: TransportConfig,
     /// `--connect.token`, if given.
     token: Option<String>,
+    /// For `agent start`: how to read the config file again when it changes.
+    reload: Option<reload::Spec>,
 }
 
 enum JobKind {
@@ -510,6 +527,7 @@ fn expose_job(a: ExposeArgs, protocol: Protocol) -> Result<Job, Failure> {
         kind: JobKind::Agent(config),
         transport: transport.over(TransportConfig::default()),
         token: token.token,
+        reload: None,
     })
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`TestServer`]: a `piko-server` node running in-process on ephemeral ports.
 //! - [`TestConnector`]: a connector agent (connector-core) for one or more endpoints.
+//! - [`live::TestCore`]: the live connector core on a temporary settings file;
+//!   [`live::Relay`] black-holes its link to the server.
 //! - [`EchoUpstream`]: the local service behind the tunnel, with routes for every test.
 //! - [`original::OriginalServer`]: a double of the original Go server's upstream port.
 //! - [`rawmux`]: yamux frames by hand over a WebSocket, for wire-format tests.
@@ -9,6 +11,7 @@
 //! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
 
 pub mod echo;
+pub mod live;
 pub mod original;
 pub mod rawmux;
 pub mod tls;

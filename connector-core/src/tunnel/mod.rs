@@ -9,13 +9,14 @@ mod backoff;
 pub mod http;
 mod tcp;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use piko_protocol::mux::{self, Mode, Session};
 use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
 use piko_protocol::EndpointId;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -29,11 +30,58 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
 pub use self::http::HttpForwarder;
 use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
+use crate::credentials::Secret;
 use crate::status::{StatusEvent, TunnelState};
 use crate::transport::{io_error, Connector, DialError, ServerStream};
 
 /// Capacity of the status channel; a subscriber that falls further behind skips events.
 const STATUS_CAPACITY: usize = 256;
+
+/// How often the connector pings the server. Together with [`KEEPALIVE_TIMEOUT`] this bounds
+/// how long a dead network (sleep/wake, a Wi-Fi change, a NAT that forgot the connection)
+/// goes unnoticed: the server's own pings come only every 15 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A session that receives nothing at all for this long is torn down and redialled: two
+/// unanswered pings and then some, so one slow answer is not taken for a dead link.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// The connector's keepalive policy: ping every `interval`, give up after `timeout` of
+/// silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// Silence after which the session counts as dead.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: KEEPALIVE_INTERVAL,
+            timeout: KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+impl Keepalive {
+    fn session_config(self) -> mux::Config {
+        mux::Config {
+            keepalive_interval: Some(self.interval),
+            keepalive_timeout: Some(self.timeout),
+            ..mux::Config::default()
+        }
+    }
+}
+
+/// Least and most time a draining session waits, after its GoAway, before closing idle
+/// keep-alive streams (twice the measured round trip in between).
+const DRAIN_SETTLE_MIN: Duration = Duration::from_millis(50);
+const DRAIN_SETTLE_MAX: Duration = Duration::from_millis(500);
+
+/// Where a tunnel reports its state changes: the agent's broadcast channel, or the live
+/// core's state table. Called synchronously, so the receiver sees every change in order.
+pub(crate) type Reporter = Arc<dyn Fn(StatusEvent) + Send + Sync>;
 
 /// Why an [`Agent`] stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +127,50 @@ pub enum AgentError {
     Config(#[from] ConfigError),
 }
 
-/// Runs every configured endpoint's tunnel and reports their [`StatusEvent`]s.
+/// Runs every endpoint's tunnel and reports their [`StatusEvent`]s.
 pub struct Agent {
     config: AgentConfig,
     connector: Option<Connector>,
     events: broadcast::Sender<StatusEvent>,
+    updates: Option<mpsc::Receiver<AgentUpdate>>,
 }
+
+/// A new config for a running [`Agent`] (its config file changed).
+pub struct AgentUpdate {
+    /// The new config, token included.
+    pub config: AgentConfig,
+    /// A new connector when the TLS or proxy settings changed; every tunnel then restarts.
+    pub connector: Option<Connector>,
+}
+
+/// A tunnel task of the agent and what it runs.
+struct AgentTunnel {
+    config: EndpointConfig,
+    generation: u64,
+    stop: CancellationToken,
+}
+
+/// What every tunnel of the agent shares; a change restarts them all.
+#[derive(PartialEq)]
+struct ConnectKey {
+    url: String,
+    token: Option<Secret>,
+    timeout: Duration,
+    grace_period: Duration,
+}
+
+impl ConnectKey {
+    fn of(config: &AgentConfig) -> Self {
+        Self {
+            url: config.connect.url.clone(),
+            token: config.connect.token.clone(),
+            timeout: config.connect.timeout,
+            grace_period: config.grace_period,
+        }
+    }
+}
+
+type AgentTasks = JoinSet<(EndpointId, u64, Result<(), AgentError>)>;
 
 impl Agent {
     /// An agent for `config`; nothing runs until [`Agent::run`].
@@ -94,6 +180,7 @@ impl Agent {
             config,
             connector: None,
             events,
+            updates: None,
         }
     }
 
@@ -101,6 +188,14 @@ impl Agent {
     /// (OS trust store, proxy from the environment).
     pub fn with_connector(mut self, connector: Connector) -> Self {
         self.connector = Some(connector);
+        self
+    }
+
+    /// Apply each [`AgentUpdate`] received while running: only the tunnels of endpoints that
+    /// were added, changed or removed start or stop (all of them when the server, token or
+    /// transport changed). The agent then also runs with no endpoints, waiting for some.
+    pub fn with_updates(mut self, updates: mpsc::Receiver<AgentUpdate>) -> Self {
+        self.updates = Some(updates);
         self
     }
 
@@ -112,59 +207,146 @@ impl Agent {
     /// Runs every endpoint until `shutdown` is cancelled (returns `Ok`) or an endpoint is
     /// rejected (`Err(AgentError::Rejected{..})` after stopping the others).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
-        if self.config.endpoints.is_empty() {
+        let Agent {
+            config,
+            connector,
+            events,
+            mut updates,
+        } = self;
+        if config.endpoints.is_empty() && updates.is_none() {
             return Err(AgentError::NoEndpoints);
         }
-        let auth = match &self.config.connect.token {
-            Some(t) => Some(
-                HeaderValue::try_from(format!("Bearer {}", t.expose()))
-                    .map(|mut v| {
-                        v.set_sensitive(true);
-                        v
-                    })
-                    .map_err(|_| AgentError::InvalidToken)?,
-            ),
-            None => None,
-        };
-        let connector = match self.connector {
+        let mut connector = match connector {
             Some(c) => c,
             None => Connector::new(&TransportConfig::default())?,
         };
-        let connect = Arc::new(ConnectSettings {
-            connector,
-            url: self.config.connect.url.clone(),
-            server: server_display(&self.config.connect.url),
-            auth,
-            timeout: self.config.connect.timeout,
-            grace_period: self.config.grace_period,
+        let mut connect = connect_of(&config, &connector)?;
+        let mut key = ConnectKey::of(&config);
+        let report: Reporter = Arc::new(move |ev| {
+            // No subscriber is fine: events are for whoever listens.
+            let _ = events.send(ev);
         });
 
         // Endpoints stop together: a rejection cancels `stop`, so do the caller's shutdown.
         let stop = shutdown.child_token();
         // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
-        let mut tasks = JoinSet::new();
-        for ep in self.config.endpoints {
-            let tunnel = Tunnel::new(ep, connect.clone(), self.events.clone())?;
+        let mut tasks: AgentTasks = JoinSet::new();
+        let mut running: HashMap<EndpointId, AgentTunnel> = HashMap::new();
+        let mut generation = 0u64;
+        let mut start = |ep: EndpointConfig,
+                         connect: &Arc<ConnectSettings>,
+                         tasks: &mut AgentTasks|
+         -> Result<AgentTunnel, AgentError> {
+            generation += 1;
+            let g = generation;
+            let tunnel = Tunnel::new(ep.clone(), connect.clone(), report.clone())?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
-            tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
+            let own = stop.child_token();
+            let (id, token) = (ep.id.clone(), own.clone());
+            tasks.spawn(async move { (id, g, tunnel.supervise(token).await) }.instrument(span));
+            Ok(AgentTunnel {
+                config: ep,
+                generation: g,
+                stop: own,
+            })
+        };
+        for ep in config.endpoints {
+            let t = start(ep, &connect, &mut tasks)?;
+            running.insert(t.config.id.clone(), t);
         }
         let mut result = Ok(());
-        while let Some(joined) = tasks.join_next().await {
-            let r = match joined {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(error = %e, "tunnel task failed");
-                    Ok(())
+        loop {
+            let watching = updates.is_some() && !stop.is_cancelled();
+            if tasks.is_empty() && !watching {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let (id, g, r) = match joined {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!(error = %e, "tunnel task failed");
+                            continue;
+                        }
+                    };
+                    let current = running.get(&id).is_some_and(|t| t.generation == g);
+                    if let Err(e) = r {
+                        if current && result.is_ok() {
+                            result = Err(e);
+                            stop.cancel();
+                        }
+                    }
                 }
-            };
-            if let Err(e) = r {
-                if result.is_ok() {
-                    result = Err(e);
+                update = recv_update(&mut updates), if watching => {
+                    let Some(update) = update else {
+                        updates = None;
+                        continue;
+                    };
+                    let new_key = ConnectKey::of(&update.config);
+                    let restart_all = update.connector.is_some() || new_key != key;
+                    if restart_all {
+                        let c = update.connector.unwrap_or_else(|| connector.clone());
+                        match connect_of(&update.config, &c) {
+                            Ok(n) => {
+                                connect = n;
+                                connector = c;
+                                key = new_key;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "new config not applied");
+                                continue;
+                            }
+                        }
+                    }
+                    let mut wanted: Vec<EndpointConfig> = update.config.endpoints;
+                    running.retain(|id, t| {
+                        let keep = !restart_all && wanted.iter().any(|w| w.id == *id && *w == t.config);
+                        if !keep {
+                            t.stop.cancel();
+                        }
+                        keep
+                    });
+                    let kept = running.len();
+                    wanted.retain(|w| !running.contains_key(&w.id));
+                    let started = wanted.len();
+                    for ep in wanted {
+                        let id = ep.id.clone();
+                        match start(ep, &connect, &mut tasks) {
+                            Ok(t) => {
+                                running.insert(id, t);
+                            }
+                            Err(e) => warn!(endpoint = %id, error = %e, "endpoint not started"),
+                        }
+                    }
+                    info!(kept, started, "config applied");
                 }
-                stop.cancel();
+                _ = stop.cancelled(), if watching => {}
             }
         }
         result
+    }
+}
+
+fn connect_of(
+    config: &AgentConfig,
+    connector: &Connector,
+) -> Result<Arc<ConnectSettings>, AgentError> {
+    ConnectSettings::new(
+        connector.clone(),
+        &config.connect.url,
+        config.connect.token.as_ref(),
+        config.connect.timeout,
+        config.grace_period,
+        Keepalive::default(),
+    )
+    .map(Arc::new)
+}
+
+/// The next update, or `None` once the sender is gone.
+async fn recv_update(updates: &mut Option<mpsc::Receiver<AgentUpdate>>) -> Option<AgentUpdate> {
+    match updates {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -176,13 +358,48 @@ fn server_display(url: &str) -> String {
         .to_string()
 }
 
-struct ConnectSettings {
+/// How a tunnel reaches its server; shared by the tunnels of one server.
+pub(crate) struct ConnectSettings {
     connector: Connector,
     url: String,
     server: String,
     auth: Option<HeaderValue>,
     timeout: Duration,
     grace_period: Duration,
+    session: mux::Config,
+}
+
+impl ConnectSettings {
+    /// Settings for the server at `url` (its upstream port), sending `token` if any.
+    pub(crate) fn new(
+        connector: Connector,
+        url: &str,
+        token: Option<&Secret>,
+        timeout: Duration,
+        grace_period: Duration,
+        keepalive: Keepalive,
+    ) -> Result<Self, AgentError> {
+        let auth = match token {
+            Some(t) => Some(
+                HeaderValue::try_from(format!("Bearer {}", t.expose()))
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    })
+                    .map_err(|_| AgentError::InvalidToken)?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            connector,
+            url: url.to_string(),
+            server: server_display(url),
+            auth,
+            timeout,
+            grace_period,
+            session: keepalive.session_config(),
+        })
+    }
 }
 
 /// How to serve the streams of one endpoint.
@@ -226,19 +443,21 @@ enum SessionEnd {
     Lost(String),
 }
 
-struct Tunnel {
+/// One endpoint's tunnel: dials, serves, reconnects, reports.
+pub(crate) struct Tunnel {
     endpoint: EndpointConfig,
     target: String,
     connect: Arc<ConnectSettings>,
-    events: broadcast::Sender<StatusEvent>,
+    report: Reporter,
     handler: Handler,
 }
 
 impl Tunnel {
-    fn new(
+    /// A tunnel for `endpoint` through `connect`; nothing runs until [`Tunnel::supervise`].
+    pub(crate) fn new(
         endpoint: EndpointConfig,
         connect: Arc<ConnectSettings>,
-        events: broadcast::Sender<StatusEvent>,
+        report: Reporter,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
             Target::Http(url) => Handler::Http(
@@ -259,14 +478,13 @@ impl Tunnel {
             target: endpoint.target.to_string(),
             endpoint,
             connect,
-            events,
+            report,
             handler,
         })
     }
 
     fn emit(&self, state: TunnelState) {
-        // No subscriber is fine: events are for whoever listens.
-        let _ = self.events.send(StatusEvent {
+        (self.report)(StatusEvent {
             endpoint: self.endpoint.id.clone(),
             target: self.target.clone(),
             state,
@@ -274,7 +492,7 @@ impl Tunnel {
     }
 
     /// Keep the endpoint registered until `stop`, reconnecting after every loss.
-    async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
+    pub(crate) async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::default();
         self.emit(TunnelState::Connecting);
         loop {
@@ -361,7 +579,8 @@ impl Tunnel {
         ws: WebSocketStream<ServerStream>,
         stop: &CancellationToken,
     ) -> SessionEnd {
-        let (session, driver) = Session::over_websocket(ws, Mode::Client, mux::Config::default());
+        let (session, driver) =
+            Session::over_websocket(ws, Mode::Client, self.connect.session.clone());
         let mut driver = tokio::spawn(driver);
         debug!(server = %self.connect.server, "connected");
         self.emit(TunnelState::Connected {
@@ -373,8 +592,7 @@ impl Tunnel {
         let end = loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    draining.cancel();
-                    self.drain(&session, &streams).await;
+                    self.drain(&session, &streams, &draining).await;
                     // Let the driver flush the close; it ends when the connection does.
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut driver).await;
                     driver.abort();
@@ -418,8 +636,18 @@ impl Tunnel {
 
     /// Graceful leave: GoAway (the server opens no new stream), let open streams finish within
     /// the grace period, then close.
-    async fn drain(&self, session: &Session, streams: &TaskTracker) {
+    async fn drain(&self, session: &Session, streams: &TaskTracker, draining: &CancellationToken) {
         session.go_away();
+        // Requests the server sent on idle keep-alive streams before our GoAway reached it
+        // are still on their way: closing those streams at once would fail them (a 502 for
+        // the client). Give the GoAway a round trip to arrive first.
+        let settle = session
+            .rtt()
+            .map_or(DRAIN_SETTLE_MIN, |rtt| rtt * 2)
+            .clamp(DRAIN_SETTLE_MIN, DRAIN_SETTLE_MAX)
+            .min(self.connect.grace_period);
+        tokio::time::sleep(settle).await;
+        draining.cancel();
         streams.close();
         let open = session.num_streams();
         if open > 0 {
@@ -509,7 +737,6 @@ fn classify(endpoint: &EndpointId, e: tungstenite::Error) -> ConnectFailure {
 mod tests {
     use super::*;
     use crate::config::ConnectConfig;
-    use crate::credentials::Secret;
 
     fn http_error(status: u16, body: Option<&str>) -> tungstenite::Error {
         let resp = tungstenite::http::Response::builder()
@@ -653,6 +880,90 @@ mod tests {
         assert!(res.is_ok());
         let last = events.recv().await.unwrap();
         assert_eq!(last.to_string(), "stopped: shop");
+    }
+
+    /// The next status line that is not the retry of a refused dial.
+    async fn next(events: &mut broadcast::Receiver<StatusEvent>) -> String {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("an event")
+                .unwrap();
+            if !matches!(ev.state, TunnelState::Reconnecting { .. }) {
+                return ev.to_string();
+            }
+        }
+    }
+
+    /// Updates start and stop only the endpoints that changed; a new server restarts all.
+    #[tokio::test]
+    async fn updates_touch_only_the_endpoints_that_changed() {
+        let refused = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+        };
+        let ep = |id: &str, target: &str| {
+            EndpointConfig::parse(
+                id,
+                target,
+                crate::config::Protocol::Http,
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        let config = |url: &str, eps: Vec<EndpointConfig>| AgentConfig {
+            connect: ConnectConfig {
+                url: url.to_string(),
+                token: None,
+                timeout: Duration::from_secs(2),
+            },
+            endpoints: eps,
+            grace_period: Duration::from_millis(100),
+        };
+        let url = refused();
+        let (tx, rx) = mpsc::channel(4);
+        let agent = Agent::new(config(&url, vec![ep("shop", "3000")])).with_updates(rx);
+        let mut events = agent.subscribe();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(agent.run(shutdown.clone()));
+        assert_eq!(next(&mut events).await, "connecting… shop");
+        let send = |c| {
+            let tx = tx.clone();
+            async move {
+                tx.send(AgentUpdate {
+                    config: c,
+                    connector: None,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        send(config(&url, vec![ep("shop", "3000"), ep("api", "4000")])).await;
+        assert_eq!(
+            next(&mut events).await,
+            "connecting… api",
+            "shop is left alone"
+        );
+        send(config(&url, vec![ep("api", "4000")])).await;
+        assert_eq!(next(&mut events).await, "stopped: shop");
+        send(config(&url, vec![ep("api", "4001")])).await;
+        assert_eq!(next(&mut events).await, "stopped: api");
+        assert_eq!(next(&mut events).await, "connecting… api");
+        send(config(&refused(), vec![ep("api", "4001")])).await;
+        assert_eq!(
+            next(&mut events).await,
+            "stopped: api",
+            "a new server restarts every tunnel"
+        );
+        assert_eq!(next(&mut events).await, "connecting… api");
+        send(config(&url, vec![])).await;
+        assert_eq!(next(&mut events).await, "stopped: api");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(3), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     fn agent_config(url: String, target: &str, token: Option<&str>) -> AgentConfig {
