@@ -13,6 +13,8 @@
 //! - [`tunnel`]: the [`Agent`] that keeps one supervised, reconnecting tunnel per endpoint and
 //!   forwards each proxied stream to the local HTTP or TCP target.
 //! - [`forward`]: the client side of TCP endpoints (`piko forward tcp`).
+//! - [`inspector`]: the request inspector (recent exchanges, redacted, replayable) and its
+//!   JSON API.
 
 // Tests unwrap freely: a panic there is a failed test with its message.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod credentials;
 pub mod forward;
+pub mod inspector;
 pub mod status;
 pub mod transport;
 pub mod tunnel;
@@ -30,6 +33,7 @@ pub use config::{
     TransportConfig,
 };
 pub use credentials::{CredentialStore, Secret};
+pub use inspector::{Inspector, InspectorConfig};
 pub use status::{StatusEvent, TunnelState};
 pub use transport::Connector;
 pub use tunnel::{Agent, AgentError};
