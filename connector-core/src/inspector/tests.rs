@@ -585,3 +585,254 @@ async fn subscribers_see_each_new_exchange() {
         assert_eq!(s.path, want);
     }
 }
+
+/// The JSON API of `inspector` on a loopback port.
+async fn api(inspector: &Inspector) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(api::serve(listener, inspector.clone(), stop.clone()));
+    (addr, stop)
+}
+
+/// One API call; the status and the JSON answer.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| *k == "host") {
+        req = req.header("host", addr.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_api_lists_shows_and_replays_exchanges() {
+    let svc = Service::start().await;
+    let inspector = Inspector::default();
+    let addr = front(&inspector, "shop", svc.addr).await;
+    send(
+        addr,
+        "POST",
+        "/echo",
+        &[("authorization", "Bearer secret")],
+        "hi",
+    )
+    .await;
+    let id = wait_for(&inspector, 1).await[0].id;
+    let (api, stop) = api(&inspector).await;
+
+    let (status, list) = call(api, "GET", "/api/requests", &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["requests"][0]["id"], id.0);
+    assert_eq!(list["requests"][0]["path"], "/echo");
+    let (_, other) = call(api, "GET", "/api/requests?endpoint=blog", &[], "").await;
+    assert_eq!(other["requests"], serde_json::json!([]));
+
+    let (status, x) = call(api, "GET", &format!("/api/requests/{id}"), &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(x["request"]["body"]["data"], "hi");
+    assert!(!x.to_string().contains("secret"), "{x}");
+
+    let (status, r) = call(api, "POST", &format!("/api/requests/{id}/replay"), &[], "").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["replay_of"], id.0);
+    assert_eq!(
+        header(&svc.last().headers, "authorization"),
+        Some("Bearer secret")
+    );
+    let (status, r) = call(
+        api,
+        "POST",
+        &format!("/api/requests/{id}/replay"),
+        &[("content-type", "application/json")],
+        r#"{"body": "edited", "path": "/echo?e=1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["response"]["body"]["data"], "edited");
+    assert_eq!(svc.last().path, "/echo?e=1");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn bad_api_calls_get_json_errors() {
+    let svc = Service::start().await;
+    let inspector = Inspector::default();
+    let addr = front(&inspector, "shop", svc.addr).await;
+    send(addr, "GET", "/", &[], "").await;
+    let id = wait_for(&inspector, 1).await[0].id;
+    let (api, _stop) = api(&inspector).await;
+    let replay = format!("/api/requests/{id}/replay");
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+        (
+            "GET",
+            "/api/requests/abc".into(),
+            vec![],
+            "",
+            400,
+            "invalid request id \"abc\"",
+        ),
+        (
+            "GET",
+            "/api/requests/424242".into(),
+            vec![],
+            "",
+            404,
+            "no request 424242 in the inspector",
+        ),
+        (
+            "POST",
+            "/api/requests/x/replay".into(),
+            vec![],
+            "",
+            400,
+            "invalid request id \"x\"",
+        ),
+        (
+            "POST",
+            "/api/requests/424242/replay".into(),
+            vec![],
+            "",
+            404,
+            "no request 424242",
+        ),
+        (
+            "POST",
+            replay.clone(),
+            vec![],
+            "{not json",
+            400,
+            "invalid replay edit: ",
+        ),
+        (
+            "POST",
+            replay.clone(),
+            vec![],
+            r#"{"methd":"GET"}"#,
+            400,
+            "invalid replay edit: unknown field `methd`",
+        ),
+        (
+            "POST",
+            replay.clone(),
+            vec![],
+            r#"{"path":"nope"}"#,
+            400,
+            "invalid edit: path \"nope\" must start with '/'",
+        ),
+        (
+            "GET",
+            "/api/requests?endpoint=bad%20id".into(),
+            vec![],
+            "",
+            400,
+            "invalid endpoint \"bad id\"",
+        ),
+        (
+            "GET",
+            "/api/requests?limit=0".into(),
+            vec![],
+            "",
+            400,
+            "invalid limit \"0\"",
+        ),
+        ("GET", "/nowhere".into(), vec![], "", 404, "no such route"),
+        (
+            "DELETE",
+            format!("/api/requests/{id}"),
+            vec![],
+            "",
+            405,
+            "method not allowed",
+        ),
+        (
+            "GET",
+            "/api/requests".into(),
+            vec![("host", "evil.example.com:4040")],
+            "",
+            403,
+            "the inspector answers only requests to localhost",
+        ),
+        (
+            "POST",
+            replay.clone(),
+            vec![("origin", "https://evil.example.com")],
+            "",
+            403,
+            "replays are not accepted from web pages of other origins",
+        ),
+    ];
+    assert!(!cases.is_empty());
+    for (method, path, headers, body, want_status, want) in cases {
+        let (status, v) = call(api, method, &path, &headers, body).await;
+        assert_eq!(status, want_status, "{method} {path}: {v}");
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.starts_with(want), "{method} {path}: {e}");
+    }
+    // A page of this machine may replay.
+    let (status, _) = call(
+        api,
+        "POST",
+        &replay,
+        &[("origin", "http://localhost:4040")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_api_streams_new_exchanges_as_ndjson() {
+    let svc = Service::start().await;
+    let inspector = Inspector::default();
+    let addr = front(&inspector, "shop", svc.addr).await;
+    let (api, stop) = api(&inspector).await;
+    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/api/requests/stream?endpoint=shop")
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut body = resp.into_body();
+    send(addr, "GET", "/streamed", &[], "").await;
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("a line within 5 s")
+        .unwrap()
+        .unwrap();
+    let line = frame.into_data().unwrap();
+    assert!(line.ends_with(b"\n"));
+    let s: ExchangeSummary = serde_json::from_slice(&line).unwrap();
+    assert_eq!(s.path, "/streamed");
+    // The stream ends when the agent stops.
+    stop.cancel();
+    let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the stream ends on shutdown");
+    assert!(end.is_none_or(|f| f.is_err()));
+}
