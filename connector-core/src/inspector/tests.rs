@@ -683,7 +683,16 @@ async fn bad_api_calls_get_json_errors() {
     let id = wait_for(&inspector, 1).await[0].id;
     let (api, _stop) = api(&inspector).await;
     let replay = format!("/api/requests/{id}/replay");
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    // (method, path, headers, body, status, error)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/requests/abc".into(),
