@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use piko_protocol::EndpointId;
@@ -49,7 +49,9 @@ impl Recorder {
             self.endpoint.clone(),
             None,
             req.method().clone(),
-            req.uri().clone(),
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path(), |pq| pq.as_str()),
             req.headers(),
         )))
     }
@@ -256,7 +258,7 @@ pub(crate) struct Pending {
     started: SystemTime,
     start: Instant,
     method: Method,
-    uri: Uri,
+    path: Box<str>,
     request_headers: Option<KeptHeaders>,
     state: Mutex<State>,
 }
@@ -267,7 +269,7 @@ impl Pending {
         endpoint: EndpointId,
         replay_of: Option<ExchangeId>,
         method: Method,
-        uri: Uri,
+        path: &str,
         headers: &HeaderMap,
     ) -> Self {
         let request_headers = Some(KeptHeaders::keep(&shared.store, headers));
@@ -278,7 +280,7 @@ impl Pending {
             started: SystemTime::now(),
             start: Instant::now(),
             method,
-            uri,
+            path: Box::from(path),
             request_headers,
             state: Mutex::new(State::default()),
         }
@@ -345,7 +347,7 @@ impl Pending {
                 .is_none()
                 .then(|| finished.duration_since(self.start)),
             method: self.method.clone(),
-            uri: self.uri.clone(),
+            path: std::mem::take(&mut self.path),
             status: state.status,
             error,
             request: Part {

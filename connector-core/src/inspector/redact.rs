@@ -2,41 +2,44 @@
 //! when read, so recording costs no formatting), bodies as text or base64, the list line.
 
 use base64::Engine;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderName};
 use piko_protocol::access_log::is_sensitive;
 
 use super::exchange::{Body, BodyEncoding, Exchange, ExchangeKind, ExchangeSummary, Recorded};
-use super::store::{Entry, Part};
+use super::store::{Entry, KeptHeaders, Part};
 
 /// What a credential's value is shown as.
 pub const MASK: &str = "***";
 
 /// `headers` in order, credential-like values (`authorization`, `cookie`, `x-api-key`, ...)
 /// replaced by `***`, other values as (lossy) text.
-pub(crate) fn headers(headers: &HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<(String, String)> {
     headers
-        .iter()
         .map(|(name, value)| {
-            let shown = if is_sensitive(name) {
+            let sensitive =
+                HeaderName::from_bytes(name.as_bytes()).map_or(true, |n| is_sensitive(&n));
+            let shown = if sensitive {
                 MASK.to_string()
             } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
+                String::from_utf8_lossy(value).into_owned()
             };
-            (name.as_str().to_string(), shown)
+            (name.to_string(), shown)
         })
         .collect()
 }
 
 /// Whether the headers say the body is not text: a compressed encoding or a binary type.
-fn binary_by_headers(headers: Option<&HeaderMap>) -> bool {
+fn binary_by_headers(headers: Option<&KeptHeaders>) -> bool {
     let Some(h) = headers else { return false };
-    let encoded = h
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-    let binary_type = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let text = |name: &HeaderName| {
+        h.get(name.as_str())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let encoded =
+        text(&header::CONTENT_ENCODING).is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    let binary_type = text(&header::CONTENT_TYPE)
         .map(|v| v.trim().to_ascii_lowercase())
         .is_some_and(|t| {
             ["image/", "audio/", "video/", "font/"]
@@ -79,7 +82,7 @@ fn is_text(data: &[u8], truncated: bool) -> bool {
 }
 
 /// The captured start of a body as shown.
-pub(crate) fn body(data: &[u8], size: u64, truncated: bool, headers: Option<&HeaderMap>) -> Body {
+pub(crate) fn body(data: &[u8], size: u64, truncated: bool, headers: Option<&KeptHeaders>) -> Body {
     let binary = !data.is_empty() && (binary_by_headers(headers) || !is_text(data, truncated));
     let (encoding, data_str) = if binary {
         (
@@ -118,10 +121,7 @@ pub(crate) fn summary(e: &Entry) -> ExchangeSummary {
         started_at: humantime::format_rfc3339_millis(e.started).to_string(),
         started_at_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
         method: e.method.as_str().to_string(),
-        path: e
-            .uri
-            .path_and_query()
-            .map_or_else(|| e.uri.path().to_string(), |pq| pq.as_str().to_string()),
+        path: e.path.to_string(),
         status: e.status,
         duration_ms: duration.map(|d| d.as_secs_f64() * 1000.0),
         request_size: e.request.body.size,
@@ -137,11 +137,15 @@ pub(crate) fn summary(e: &Entry) -> ExchangeSummary {
 }
 
 fn recorded(p: &Part) -> Recorded {
-    let h = p.headers.map.as_ref();
     Recorded {
-        headers: h.map(headers).unwrap_or_default(),
-        headers_dropped: h.is_none(),
-        body: body(&p.body.data, p.body.size, p.body.truncated, h),
+        headers: headers(p.headers.iter()),
+        headers_dropped: !p.headers.kept(),
+        body: body(
+            &p.body.data,
+            p.body.size,
+            p.body.truncated,
+            Some(&p.headers),
+        ),
     }
 }
 
@@ -158,7 +162,12 @@ pub(crate) fn exchange(e: &Entry) -> Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::inspector::store::Store;
+    use http::{HeaderMap, HeaderValue};
+
+    fn kept(h: &HeaderMap) -> KeptHeaders {
+        KeptHeaders::keep(&Store::new(10, 1 << 20), h)
+    }
 
     #[test]
     fn credential_like_headers_are_masked_and_others_kept_in_order() {
@@ -176,7 +185,8 @@ mod tests {
                 HeaderValue::from_static(v),
             );
         }
-        let shown = headers(&h);
+        let k = kept(&h);
+        let shown = headers(k.iter());
         let text = format!("{shown:?}");
         assert!(!text.contains("secret"), "{text}");
         assert_eq!(shown[0], ("authorization".into(), "***".into()));
@@ -201,11 +211,11 @@ mod tests {
         assert!(body(&[b'a', 0xc3], 2, false, None).binary);
         let mut png = HeaderMap::new();
         png.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
-        assert!(body(b"looks like text", 15, false, Some(&png)).binary);
+        assert!(body(b"looks like text", 15, false, Some(&kept(&png))).binary);
         let mut gz = HeaderMap::new();
         gz.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert!(body(b"abc", 3, false, Some(&gz)).binary);
-        let empty = body(b"", 0, false, Some(&png));
+        assert!(body(b"abc", 3, false, Some(&kept(&gz))).binary);
+        let empty = body(b"", 0, false, Some(&kept(&png)));
         assert!(!empty.binary && empty.data.is_empty());
     }
 }

@@ -176,20 +176,15 @@ pub(crate) async fn replay(
                 "path {p:?} must start with '/'"
             )))
         }
-        None => entry
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+        None => entry.path.to_string(),
     };
     let mut headers = headers(
         id,
-        entry.request.headers.map.as_ref(),
+        entry.request.headers.to_map().as_ref(),
         edit.and_then(|e| e.headers.as_deref()),
     )?;
     let body = body(id, shared, &entry.request.body, edit)?;
     let uri = target.uri(&path)?;
-    let shown_uri = Uri::try_from(path.as_str())
-        .map_err(|e| ReplayError::BadEdit(format!("path {path:?}: {e}")))?;
 
     // The body may have changed: its length is ours to state, and hop-by-hop headers were
     // about the original's connection.
@@ -206,7 +201,7 @@ pub(crate) async fn replay(
         endpoint,
         Some(id),
         method.clone(),
-        shown_uri,
+        &path,
         &headers,
     );
     let mut captured = Capture::new(&shared.store, shared.body_limit);

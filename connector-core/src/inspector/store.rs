@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method};
 use piko_protocol::EndpointId;
 
 use super::exchange::ExchangeId;
@@ -131,29 +131,84 @@ impl Capture {
     }
 }
 
-/// Approximate heap bytes of a header map: names, values and a per-entry overhead.
-pub(crate) fn header_bytes(h: &HeaderMap) -> usize {
-    h.iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 48)
-        .sum::<usize>()
-        + 64
-}
-
-/// Headers kept for an entry (and their reservation), or `None` when memory was full.
+/// Headers kept for an entry, packed into one exact-size buffer (`[name len: u16][value
+/// len: u32][name][value]` each): one allocation per map, and no `Bytes` slice of hyper's read
+/// buffer kept alive behind the budget's back. `None` when memory was full.
 pub(crate) struct KeptHeaders {
-    pub(crate) map: Option<HeaderMap>,
+    raw: Option<Box<[u8]>>,
     _reservation: Reservation,
 }
 
 impl KeptHeaders {
     /// Keep a copy of `h` if its bytes fit in the budget.
     pub(crate) fn keep(store: &Store, h: &HeaderMap) -> Self {
+        let fits =
+            |n: &str, v: &[u8]| n.len() <= usize::from(u16::MAX) && u32::try_from(v.len()).is_ok();
+        let size: usize = h
+            .iter()
+            .filter(|(k, v)| fits(k.as_str(), v.as_bytes()))
+            .map(|(k, v)| 6 + k.as_str().len() + v.len())
+            .sum();
         let mut reservation = Reservation::empty(store);
-        let map = reservation.grow(store, header_bytes(h)).then(|| h.clone());
+        let raw = reservation.grow(store, size).then(|| {
+            let mut raw = Vec::with_capacity(size);
+            for (k, v) in h {
+                let (k, v) = (k.as_str(), v.as_bytes());
+                if !fits(k, v) {
+                    continue;
+                }
+                raw.extend_from_slice(&(k.len() as u16).to_le_bytes());
+                raw.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                raw.extend_from_slice(k.as_bytes());
+                raw.extend_from_slice(v);
+            }
+            raw.into_boxed_slice()
+        });
         Self {
-            map,
+            raw,
             _reservation: reservation,
         }
+    }
+
+    /// Whether the headers were kept.
+    pub(crate) fn kept(&self) -> bool {
+        self.raw.is_some()
+    }
+
+    /// The headers in order, names lowercase (as `HeaderName`s are).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut rest: &[u8] = self.raw.as_deref().unwrap_or_default();
+        std::iter::from_fn(move || {
+            if rest.len() < 6 {
+                return None;
+            }
+            let n = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+            let v = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]) as usize;
+            let name = std::str::from_utf8(rest.get(6..6 + n)?).ok()?;
+            let value = rest.get(6 + n..6 + n + v)?;
+            rest = &rest[6 + n + v..];
+            Some((name, value))
+        })
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// The headers as a map again (for a replay), `None` if they were not kept.
+    pub(crate) fn to_map(&self) -> Option<HeaderMap> {
+        self.raw.as_ref()?;
+        let mut map = HeaderMap::new();
+        for (k, v) in self.iter() {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                map.append(k, v);
+            }
+        }
+        Some(map)
     }
 }
 
@@ -172,7 +227,8 @@ pub(crate) struct Entry {
     pub(crate) started: SystemTime,
     pub(crate) duration: Option<Duration>,
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    /// Path and query, copied (a `Uri` shares hyper's read buffer).
+    pub(crate) path: Box<str>,
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<String>,
     pub(crate) request: Part,
@@ -302,5 +358,51 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().by_endpoint.values().map(VecDeque::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_headers_round_trip_and_count_their_exact_bytes() {
+        let store = Store::new(10, 1 << 20);
+        let mut h = HeaderMap::new();
+        h.append("accept", "a/b".parse().unwrap());
+        h.append("x-multi", "1".parse().unwrap());
+        h.append("x-multi", "2".parse().unwrap());
+        let kept = KeptHeaders::keep(&store, &h);
+        let pairs: Vec<(&str, &[u8])> = kept.iter().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("accept", &b"a/b"[..]),
+                ("x-multi", &b"1"[..]),
+                ("x-multi", &b"2"[..])
+            ]
+        );
+        assert_eq!(kept.to_map().unwrap(), h);
+        assert_eq!(kept.get("x-multi"), Some(&b"1"[..]));
+        assert_eq!(store.budget.used(), (6 + 6 + 3) + 2 * (6 + 7 + 1));
+        drop(kept);
+        assert_eq!(store.budget.used(), 0, "given back on drop");
+    }
+
+    #[test]
+    fn a_full_budget_drops_headers_and_cuts_bodies_short() {
+        let store = Store::new(10, 100);
+        let mut big = HeaderMap::new();
+        big.insert("x-big", "v".repeat(200).parse().unwrap());
+        let kept = KeptHeaders::keep(&store, &big);
+        assert!(!kept.kept());
+        assert_eq!(kept.to_map(), None);
+        let mut c = Capture::new(&store, 64 * 1024);
+        c.observe(&store, &[b'a'; 60]);
+        c.observe(&store, &[b'b'; 60]);
+        assert_eq!((c.data.len(), c.size, c.truncated), (60, 120, true));
+        assert_eq!(store.budget.used(), 60);
+        c.observe(&store, &[b'c'; 10]);
+        assert_eq!(c.data.len(), 60, "no more capture once cut short");
     }
 }
