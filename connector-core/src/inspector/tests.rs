@@ -845,3 +845,27 @@ async fn the_api_streams_new_exchanges_as_ndjson() {
         .expect("the stream ends on shutdown");
     assert!(end.is_none_or(|f| f.is_err()));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_recorded_with_what_was_seen() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let svc = Service::start().await;
+    let inspector = Inspector::default();
+    let addr = front(&inspector, "shop", svc.addr).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /bytes/50000000 HTTP/1.1\r\nHost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    drop(tcp);
+    let s = &wait_for(&inspector, 1).await[0];
+    assert_eq!(s.status, Some(200));
+    assert_eq!(
+        s.error.as_deref(),
+        Some("client went away before the response ended")
+    );
+    assert!(s.response_size < 50_000_000, "{s:?}");
+    assert!(s.duration_ms.is_some());
+}
