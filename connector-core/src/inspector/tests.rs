@@ -869,3 +869,46 @@ async fn a_client_that_leaves_mid_body_is_recorded_with_what_was_seen() {
     assert!(s.response_size < 50_000_000, "{s:?}");
     assert!(s.duration_ms.is_some());
 }
+
+/// The recording cost of one small GET, without the network: `cargo test --release -p
+/// piko-connector-core recording_cost -- --ignored --nocapture` prints it.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn recording_cost_of_a_small_get() {
+    let inspector = Inspector::default();
+    let url = url::Url::parse("http://127.0.0.1:1").unwrap();
+    let rec = inspector.recorder(
+        &EndpointId::new("bench").unwrap(),
+        &url,
+        Duration::from_secs(1),
+    );
+    let req = Request::get("/")
+        .header("host", "127.0.0.1:8000")
+        .header("user-agent", "oha/1.4")
+        .header("accept", "*/*")
+        .header("x-piko-endpoint", "bench")
+        .header("x-forwarded-for", "127.0.0.1")
+        .header("x-forwarded-host", "127.0.0.1:8000")
+        .header("x-forwarded-proto", "http")
+        .body(())
+        .unwrap();
+    let resp_headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-length", "2".parse().unwrap());
+        h.insert("date", "Wed, 02 Dec 2026 01:45:55 GMT".parse().unwrap());
+        h
+    };
+    let n = 200_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let r = rec.begin(&req);
+        let _ = r.request_body(http_body_util::Empty::<Bytes>::new());
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *resp.headers_mut() = resp_headers.clone();
+        let mut body = r.respond(resp, None).into_body();
+        while body.frame().await.is_some() {}
+    }
+    let per = start.elapsed() / n;
+    println!("recording one small GET: {per:?}");
+    assert_eq!(inspector.list(None).len(), 200);
+}
