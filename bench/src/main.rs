@@ -64,7 +64,8 @@ struct RunArgs {
     /// Seconds per measurement (overrides the mode's).
     #[arg(long)]
     secs: Option<f64>,
-    /// Only these systems (comma-separated: direct,piko,rathole,nginx).
+    /// Only these systems (comma-separated: direct,piko,rathole,nginx; piko-noinspect is piko
+    /// with the agent's request inspector off, measured only when named here).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Only these scenarios, by id (comma-separated: small_get_keepalive, small_get_new_conn,
@@ -77,7 +78,9 @@ fn parse_system(s: &str) -> Result<System, String> {
     System::ALL
         .into_iter()
         .find(|x| x.name() == s)
-        .ok_or_else(|| format!("unknown system {s:?}; use direct, piko, rathole or nginx"))
+        .ok_or_else(|| {
+            format!("unknown system {s:?}; use direct, piko, piko-noinspect, rathole or nginx")
+        })
 }
 
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {

@@ -239,7 +239,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     let wanted: Vec<System> = match opts.mode {
         Mode::Smoke if opts.systems.is_empty() => vec![System::Direct, System::Piko],
-        _ if opts.systems.is_empty() => System::ALL.to_vec(),
+        _ if opts.systems.is_empty() => System::DEFAULT.to_vec(),
         _ => opts.systems.clone(),
     };
     let needs_tcp = opts.mode != Mode::Smoke;
@@ -255,7 +255,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
         let started = match sys {
             System::Direct => Ok(systems::direct(&service)),
-            System::Piko => systems::piko(&bins, &service, &tmp.0, needs_tcp).await,
+            System::Piko => systems::piko(&bins, &service, &tmp.0, needs_tcp, true).await,
+            // Only the HTTP scenarios compare the inspector on and off.
+            System::PikoNoInspect => systems::piko(&bins, &service, &tmp.0, false, false).await,
             System::Rathole => match procfs::tool_version("rathole", "-V") {
                 Some(v) => {
                     tools.insert("rathole".into(), v);

@@ -27,11 +27,24 @@ pub enum System {
     Rathole,
     /// Client → nginx (L7 reverse proxy, keep-alive upstream) → local service.
     Nginx,
+    /// Piko with the agent's request inspector off (`--inspect.addr ""`), to measure the
+    /// inspector's cost against `piko` (inspector on, the default). Only on request.
+    #[serde(rename = "piko-noinspect")]
+    PikoNoInspect,
 }
 
 impl System {
     /// All systems, in the order each round runs them.
-    pub const ALL: [System; 4] = [System::Direct, System::Piko, System::Rathole, System::Nginx];
+    pub const ALL: [System; 5] = [
+        System::Direct,
+        System::Piko,
+        System::PikoNoInspect,
+        System::Rathole,
+        System::Nginx,
+    ];
+
+    /// The systems a run measures unless `--systems` says otherwise.
+    pub const DEFAULT: [System; 4] = [System::Direct, System::Piko, System::Rathole, System::Nginx];
 
     /// Lowercase name.
     pub fn name(self) -> &'static str {
@@ -40,6 +53,7 @@ impl System {
             System::Piko => "piko",
             System::Rathole => "rathole",
             System::Nginx => "nginx",
+            System::PikoNoInspect => "piko-noinspect",
         }
     }
 }
@@ -345,12 +359,26 @@ pub async fn piko_server(
     Ok((proc, proxy, PikoPorts { upstream, admin }))
 }
 
-/// Piko: server, an HTTP agent, and (with `tcp`) a TCP agent and `piko forward`.
-pub async fn piko(bins: &Bins, svc: &Service, dir: &Path, tcp: bool) -> anyhow::Result<Running> {
-    let (server, proxy, ports) = piko_server(bins, dir, "piko-server").await?;
+/// Piko: server, an HTTP agent, and (with `tcp`) a TCP agent and `piko forward`. With
+/// `inspect` the agent records every request in its inspector (the default, served on a
+/// free loopback port); without, `--inspect.addr ""` turns it off.
+pub async fn piko(
+    bins: &Bins,
+    svc: &Service,
+    dir: &Path,
+    tcp: bool,
+    inspect: bool,
+) -> anyhow::Result<Running> {
+    // Distinct process names: each names its log file.
+    let (system, suffix) = if inspect {
+        (System::Piko, "")
+    } else {
+        (System::PikoNoInspect, " noinspect")
+    };
+    let (server, proxy, ports) = piko_server(bins, dir, &format!("piko-server{suffix}")).await?;
     let PikoPorts { upstream, admin } = ports;
     let mut running = Running {
-        system: System::Piko,
+        system,
         http: proxy,
         tcp: None,
         procs: vec![server],
@@ -361,8 +389,12 @@ pub async fn piko(bins: &Bins, svc: &Service, dir: &Path, tcp: bool) -> anyhow::
     agent
         .args(["agent", "http", "bench"])
         .arg(svc.http.port().to_string())
-        .args(["--connect.url", &connect, "--log.level", "warn"]);
-    running.procs.push(Proc::spawn("piko agent", agent, dir)?);
+        .args(["--connect.url", &connect, "--log.level", "warn"])
+        .arg("--inspect.addr")
+        .arg(if inspect { "127.0.0.1:0" } else { "" });
+    running
+        .procs
+        .push(Proc::spawn(&format!("piko agent{suffix}"), agent, dir)?);
     if tcp {
         let mut agent = Command::new(&bins.piko);
         agent

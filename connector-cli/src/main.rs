@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod inspect;
 mod login;
 mod reload;
 
@@ -23,7 +24,7 @@ use piko_connector_core::credentials::{
     self, default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
 };
 use piko_connector_core::forward::{forward_tcp_via, DEFAULT_PROXY_URL};
-use piko_connector_core::{Agent, AgentError, Connector, Secret};
+use piko_connector_core::{Agent, AgentError, Connector, Inspector, Secret};
 use piko_protocol::access_log::{AccessLog, AccessLogConfig, HeaderListConfig};
 use piko_protocol::EndpointId;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,8 @@ enum Command {
     Logout(ServerArg),
     /// Show where tokens are stored and for which servers (never the tokens).
     Status(StatusArgs),
+    /// Show the requests a running agent served (`piko inspect`, `show ID`, `replay ID`).
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +171,8 @@ struct ExposeArgs {
     grace_period: Duration,
     #[command(flatten)]
     access_log: AccessLogArgs,
+    #[command(flatten)]
+    inspect: inspect::ServeArgs,
 }
 
 /// The access log of an exposed endpoint, as the original agent's `--access-log.*` flags.
@@ -242,6 +247,8 @@ struct StartArgs {
     /// On shutdown, time to let in-flight requests finish; overrides `grace_period` of the file.
     #[arg(long = "grace-period", value_parser = humantime::parse_duration)]
     grace_period: Option<Duration>,
+    #[command(flatten)]
+    inspect: inspect::ServeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -323,6 +330,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             init_logging(cli.log_level.as_deref().unwrap_or("warn"))?;
             return login::status(a.server.as_deref());
         }
+        Command::Inspect(a) => {
+            init_logging(cli.log_level.as_deref().unwrap_or("warn"))?;
+            return inspect::run(a);
+        }
         Command::Agent(AgentCommand::Http(a)) => (expose_job(a, Protocol::Http)?, None),
         Command::Agent(AgentCommand::Tcp(a)) => (expose_job(a, Protocol::Tcp)?, None),
         Command::Agent(AgentCommand::Start(a)) => {
@@ -349,6 +360,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 transport: a.transport.over(file.transport),
                 token: a.token.token,
                 reload: Some(reload),
+                inspect: a.inspect.addr()?,
             };
             (job, file.log_level)
         }
@@ -370,6 +382,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 transport: a.transport.over(TransportConfig::default()),
                 token: a.token.token,
                 reload: None,
+                inspect: None,
             };
             (job, None)
         }
@@ -405,12 +418,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
         match job.kind {
             JobKind::Agent(mut config) => {
                 config.connect.token = token;
+                // Only HTTP endpoints have requests to inspect.
+                let http = config
+                    .endpoints
+                    .iter()
+                    .any(|e| e.protocol == Protocol::Http);
                 let mut agent = Agent::new(config).with_connector(connector);
                 if let Some(spec) = job.reload {
                     agent =
                         agent.with_updates(reload::watch(spec, job.transport, shutdown.clone()));
                 }
-                run_agent(agent, shutdown).await
+                let mut api = None;
+                if let Some(addr) = job.inspect.filter(|_| http) {
+                    let inspector = Inspector::default();
+                    api = inspect::serve(addr, inspector.clone(), shutdown.clone()).await;
+                    if api.is_some() {
+                        agent = agent.with_inspector(inspector);
+                    }
+                }
+                let result = run_agent(agent, shutdown.clone()).await;
+                if let Some(api) = api {
+                    // The agent may have stopped on its own (a rejected token).
+                    shutdown.cancel();
+                    let _ = api.await;
+                }
+                result
             }
             JobKind::Forward {
                 local,
@@ -474,6 +506,8 @@ struct Job {
     token: Option<String>,
     /// For `agent start`: how to read the config file again when it changes.
     reload: Option<reload::Spec>,
+    /// Where to serve the request inspector (agents only; `None`: off).
+    inspect: Option<std::net::SocketAddr>,
 }
 
 enum JobKind {
@@ -505,6 +539,7 @@ fn expose_job(a: ExposeArgs, protocol: Protocol) -> Result<Job, Failure> {
         timeout,
         grace_period,
         access_log,
+        inspect,
     } = a;
     let ep = EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
         ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
@@ -528,6 +563,7 @@ fn expose_job(a: ExposeArgs, protocol: Protocol) -> Result<Job, Failure> {
         transport: transport.over(TransportConfig::default()),
         token: token.token,
         reload: None,
+        inspect: inspect.addr()?,
     })
 }
 

@@ -31,6 +31,7 @@ pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
 pub use self::http::HttpForwarder;
 use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
 use crate::credentials::Secret;
+use crate::inspector::Inspector;
 use crate::status::{StatusEvent, TunnelState};
 use crate::transport::{io_error, Connector, DialError, ServerStream};
 
@@ -133,6 +134,7 @@ pub struct Agent {
     connector: Option<Connector>,
     events: broadcast::Sender<StatusEvent>,
     updates: Option<mpsc::Receiver<AgentUpdate>>,
+    inspector: Option<Inspector>,
 }
 
 /// A new config for a running [`Agent`] (its config file changed).
@@ -181,7 +183,14 @@ impl Agent {
             connector: None,
             events,
             updates: None,
+            inspector: None,
         }
+    }
+
+    /// Record every HTTP exchange of every endpoint in `inspector`.
+    pub fn with_inspector(mut self, inspector: Inspector) -> Self {
+        self.inspector = Some(inspector);
+        self
     }
 
     /// Dial the server through `connector` (TLS settings, proxy) instead of the default one
@@ -212,6 +221,7 @@ impl Agent {
             connector,
             events,
             mut updates,
+            inspector,
         } = self;
         if config.endpoints.is_empty() && updates.is_none() {
             return Err(AgentError::NoEndpoints);
@@ -239,7 +249,12 @@ impl Agent {
          -> Result<AgentTunnel, AgentError> {
             generation += 1;
             let g = generation;
-            let tunnel = Tunnel::new(ep.clone(), connect.clone(), report.clone())?;
+            let tunnel = Tunnel::new(
+                ep.clone(),
+                connect.clone(),
+                report.clone(),
+                inspector.as_ref(),
+            )?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
             let own = stop.child_token();
             let (id, token) = (ep.id.clone(), own.clone());
@@ -458,15 +473,20 @@ impl Tunnel {
         endpoint: EndpointConfig,
         connect: Arc<ConnectSettings>,
         report: Reporter,
+        inspector: Option<&Inspector>,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
             Target::Http(url) => Handler::Http(
-                HttpForwarder::new(url, endpoint.timeout, endpoint.access_log.clone()).map_err(
-                    |e| AgentError::Unusable {
-                        endpoint: endpoint.id.clone(),
-                        reason: e.to_string(),
-                    },
-                )?,
+                HttpForwarder::inspected(
+                    url,
+                    endpoint.timeout,
+                    endpoint.access_log.clone(),
+                    inspector.map(|i| i.recorder(&endpoint.id, url, endpoint.timeout)),
+                )
+                .map_err(|e| AgentError::Unusable {
+                    endpoint: endpoint.id.clone(),
+                    reason: e.to_string(),
+                })?,
             ),
             Target::Tcp(addr) => Handler::Tcp {
                 addr: Arc::from(addr.as_str()),
