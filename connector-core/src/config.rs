@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use piko_protocol::access_log::{AccessLog, AccessLogConfig};
 use piko_protocol::{EndpointId, EndpointIdError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::credentials::Secret;
 
@@ -39,7 +39,7 @@ pub fn config_dir() -> Result<PathBuf, ConfigError> {
 }
 
 /// What an endpoint carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1 requests (with upgrades such as WebSocket).
@@ -272,15 +272,20 @@ impl Default for ConnectConfig {
 }
 
 /// TLS settings for the connection to the server (`connect.tls.*`, `--connect.tls.*`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// A PEM file of extra CA certificates trusted besides the OS trust store.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub root_cas: Option<PathBuf>,
     /// A PEM client certificate (chain) presented for mTLS; needs `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
     /// The PEM private key of `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
     /// Accept any server certificate. Only for testing: anyone on the path can read the traffic.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
 }
 

@@ -4,9 +4,14 @@ use std::fmt;
 use std::time::Duration;
 
 use piko_protocol::EndpointId;
+use serde::Serialize;
 
 /// The state of one endpoint's tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialized as `{"state": "connecting" | "connected" | "reconnecting" | "stopped", ...}`,
+/// the delay as `delay_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
 pub enum TunnelState {
     /// Dialling the server for the first time.
     Connecting,
@@ -18,6 +23,7 @@ pub enum TunnelState {
     /// The tunnel was lost or could not be opened; the next attempt is in `delay`.
     Reconnecting {
         /// Time until the next attempt.
+        #[serde(rename = "delay_ms", serialize_with = "millis")]
         delay: Duration,
         /// The last error, one line.
         error: String,
@@ -29,8 +35,13 @@ pub enum TunnelState {
     },
 }
 
+/// A duration as whole milliseconds, for JSON readers.
+pub(crate) fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A change of state of one endpoint's tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusEvent {
     /// The endpoint.
     pub endpoint: EndpointId,

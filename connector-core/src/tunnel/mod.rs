@@ -29,11 +29,53 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
 pub use self::http::HttpForwarder;
 use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
+use crate::credentials::Secret;
 use crate::status::{StatusEvent, TunnelState};
 use crate::transport::{io_error, Connector, DialError, ServerStream};
 
 /// Capacity of the status channel; a subscriber that falls further behind skips events.
 const STATUS_CAPACITY: usize = 256;
+
+/// How often the connector pings the server. Together with [`KEEPALIVE_TIMEOUT`] this bounds
+/// how long a dead network (sleep/wake, a Wi-Fi change, a NAT that forgot the connection)
+/// goes unnoticed: the server's own pings come only every 15 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A session that receives nothing at all for this long is torn down and redialled: two
+/// unanswered pings and then some, so one slow answer is not taken for a dead link.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// The connector's keepalive policy: ping every `interval`, give up after `timeout` of
+/// silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// Silence after which the session counts as dead.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: KEEPALIVE_INTERVAL,
+            timeout: KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+impl Keepalive {
+    fn session_config(self) -> mux::Config {
+        mux::Config {
+            keepalive_interval: Some(self.interval),
+            keepalive_timeout: Some(self.timeout),
+            ..mux::Config::default()
+        }
+    }
+}
+
+/// Where a tunnel reports its state changes: the agent's broadcast channel, or the live
+/// core's state table. Called synchronously, so the receiver sees every change in order.
+pub(crate) type Reporter = Arc<dyn Fn(StatusEvent) + Send + Sync>;
 
 /// Why an [`Agent`] stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -115,28 +157,22 @@ impl Agent {
         if self.config.endpoints.is_empty() {
             return Err(AgentError::NoEndpoints);
         }
-        let auth = match &self.config.connect.token {
-            Some(t) => Some(
-                HeaderValue::try_from(format!("Bearer {}", t.expose()))
-                    .map(|mut v| {
-                        v.set_sensitive(true);
-                        v
-                    })
-                    .map_err(|_| AgentError::InvalidToken)?,
-            ),
-            None => None,
-        };
         let connector = match self.connector {
             Some(c) => c,
             None => Connector::new(&TransportConfig::default())?,
         };
-        let connect = Arc::new(ConnectSettings {
+        let connect = Arc::new(ConnectSettings::new(
             connector,
-            url: self.config.connect.url.clone(),
-            server: server_display(&self.config.connect.url),
-            auth,
-            timeout: self.config.connect.timeout,
-            grace_period: self.config.grace_period,
+            &self.config.connect.url,
+            self.config.connect.token.as_ref(),
+            self.config.connect.timeout,
+            self.config.grace_period,
+            Keepalive::default(),
+        )?);
+        let events = self.events.clone();
+        let report: Reporter = Arc::new(move |ev| {
+            // No subscriber is fine: events are for whoever listens.
+            let _ = events.send(ev);
         });
 
         // Endpoints stop together: a rejection cancels `stop`, so do the caller's shutdown.
@@ -144,7 +180,7 @@ impl Agent {
         // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
         let mut tasks = JoinSet::new();
         for ep in self.config.endpoints {
-            let tunnel = Tunnel::new(ep, connect.clone(), self.events.clone())?;
+            let tunnel = Tunnel::new(ep, connect.clone(), report.clone())?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
             tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
         }
@@ -176,13 +212,48 @@ fn server_display(url: &str) -> String {
         .to_string()
 }
 
-struct ConnectSettings {
+/// How a tunnel reaches its server; shared by the tunnels of one server.
+pub(crate) struct ConnectSettings {
     connector: Connector,
     url: String,
     server: String,
     auth: Option<HeaderValue>,
     timeout: Duration,
     grace_period: Duration,
+    session: mux::Config,
+}
+
+impl ConnectSettings {
+    /// Settings for the server at `url` (its upstream port), sending `token` if any.
+    pub(crate) fn new(
+        connector: Connector,
+        url: &str,
+        token: Option<&Secret>,
+        timeout: Duration,
+        grace_period: Duration,
+        keepalive: Keepalive,
+    ) -> Result<Self, AgentError> {
+        let auth = match token {
+            Some(t) => Some(
+                HeaderValue::try_from(format!("Bearer {}", t.expose()))
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    })
+                    .map_err(|_| AgentError::InvalidToken)?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            connector,
+            url: url.to_string(),
+            server: server_display(url),
+            auth,
+            timeout,
+            grace_period,
+            session: keepalive.session_config(),
+        })
+    }
 }
 
 /// How to serve the streams of one endpoint.
@@ -226,19 +297,21 @@ enum SessionEnd {
     Lost(String),
 }
 
-struct Tunnel {
+/// One endpoint's tunnel: dials, serves, reconnects, reports.
+pub(crate) struct Tunnel {
     endpoint: EndpointConfig,
     target: String,
     connect: Arc<ConnectSettings>,
-    events: broadcast::Sender<StatusEvent>,
+    report: Reporter,
     handler: Handler,
 }
 
 impl Tunnel {
-    fn new(
+    /// A tunnel for `endpoint` through `connect`; nothing runs until [`Tunnel::supervise`].
+    pub(crate) fn new(
         endpoint: EndpointConfig,
         connect: Arc<ConnectSettings>,
-        events: broadcast::Sender<StatusEvent>,
+        report: Reporter,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
             Target::Http(url) => Handler::Http(
@@ -259,14 +332,13 @@ impl Tunnel {
             target: endpoint.target.to_string(),
             endpoint,
             connect,
-            events,
+            report,
             handler,
         })
     }
 
     fn emit(&self, state: TunnelState) {
-        // No subscriber is fine: events are for whoever listens.
-        let _ = self.events.send(StatusEvent {
+        (self.report)(StatusEvent {
             endpoint: self.endpoint.id.clone(),
             target: self.target.clone(),
             state,
@@ -274,7 +346,7 @@ impl Tunnel {
     }
 
     /// Keep the endpoint registered until `stop`, reconnecting after every loss.
-    async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
+    pub(crate) async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::default();
         self.emit(TunnelState::Connecting);
         loop {
@@ -361,7 +433,8 @@ impl Tunnel {
         ws: WebSocketStream<ServerStream>,
         stop: &CancellationToken,
     ) -> SessionEnd {
-        let (session, driver) = Session::over_websocket(ws, Mode::Client, mux::Config::default());
+        let (session, driver) =
+            Session::over_websocket(ws, Mode::Client, self.connect.session.clone());
         let mut driver = tokio::spawn(driver);
         debug!(server = %self.connect.server, "connected");
         self.emit(TunnelState::Connected {
@@ -509,7 +582,6 @@ fn classify(endpoint: &EndpointId, e: tungstenite::Error) -> ConnectFailure {
 mod tests {
     use super::*;
     use crate::config::ConnectConfig;
-    use crate::credentials::Secret;
 
     fn http_error(status: u16, body: Option<&str>) -> tungstenite::Error {
         let resp = tungstenite::http::Response::builder()

@@ -24,7 +24,7 @@ mod transport;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -58,6 +58,11 @@ pub struct Config {
     pub stream_window: u32,
     /// Interval between keepalive pings; `None` disables them (the peer's are still answered).
     pub keepalive_interval: Option<Duration>,
+    /// With keepalive pings on: how long the session may receive nothing at all before the
+    /// peer counts as gone. Any bytes count, not only ping answers, so a link busy with data
+    /// whose answers queue behind it stays up. `None`: a ping still unanswered when the next
+    /// is due ends the session.
+    pub keepalive_timeout: Option<Duration>,
     /// Streams opened by the peer and not yet accepted; more are reset.
     pub accept_backlog: usize,
     /// Open streams at most; more are refused (local) or reset (peer).
@@ -75,6 +80,7 @@ impl Default for Config {
         Self {
             stream_window: STREAM_WINDOW,
             keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_timeout: None,
             accept_backlog: 256,
             max_streams: 65_536,
             write_queue_limit: 1 << 20,
@@ -142,6 +148,11 @@ pub(crate) struct Shared {
     /// `replies_drained`, which the writer signals when it takes the queue.
     replies_full: AtomicBool,
     replies_drained: Notify,
+    /// When the session started; `last_read_ms` counts from it.
+    started: Instant,
+    /// Milliseconds after `started` when bytes last arrived (kept only with a
+    /// `keepalive_timeout`).
+    last_read_ms: AtomicU64,
 }
 
 struct Table {
@@ -257,6 +268,8 @@ impl Session {
             state_notify: Notify::new(),
             replies_full: AtomicBool::new(false),
             replies_drained: Notify::new(),
+            started: Instant::now(),
+            last_read_ms: AtomicU64::new(0),
         });
         let driver = run(shared.clone(), reader, writer);
         (Self { shared }, driver)
@@ -430,6 +443,16 @@ impl Shared {
         }
     }
 
+    fn mark_read(&self) {
+        let ms = self.started.elapsed().as_millis();
+        self.last_read_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last_read(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn remove_stream(&self, id: u32) {
         let mut t = lock(&self.table);
         t.streams.remove(&id);
@@ -598,7 +621,12 @@ where
     let mut partial = BytesMut::new();
     loop {
         let chunk = match reader.next().await {
-            Some(Ok(c)) => c,
+            Some(Ok(c)) => {
+                if shared.config.keepalive_timeout.is_some() {
+                    shared.mark_read();
+                }
+                c
+            }
             Some(Err(e)) => return Err(e.into()),
             None if partial.is_empty() => return Ok(()),
             None => {
@@ -709,6 +737,9 @@ async fn keepalive_loop(shared: &Shared) -> Result<(), MuxError> {
     let Some(interval) = shared.config.keepalive_interval else {
         return std::future::pending().await;
     };
+    if let Some(timeout) = shared.config.keepalive_timeout {
+        return keepalive_until_silent(shared, interval, timeout).await;
+    }
     loop {
         tokio::time::sleep(interval).await;
         let id = {
@@ -721,5 +752,34 @@ async fn keepalive_loop(shared: &Shared) -> Result<(), MuxError> {
             t.ping_id
         };
         shared.queue_control(FrameType::Ping, frame::FLAG_SYN, 0, id);
+    }
+}
+
+/// Ping every `interval`; end the session once nothing has arrived for `timeout`. Wakes at
+/// whichever comes first, so a dead link is noticed `timeout` after its last bytes, not a
+/// whole interval later.
+async fn keepalive_until_silent(
+    shared: &Shared,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), MuxError> {
+    let mut next_ping = Instant::now() + interval;
+    loop {
+        let silent_at = shared.last_read() + timeout;
+        tokio::time::sleep_until(next_ping.min(silent_at)).await;
+        let now = Instant::now();
+        if now >= shared.last_read() + timeout {
+            return Err(MuxError::KeepaliveTimeout);
+        }
+        if now >= next_ping {
+            let id = {
+                let mut t = lock(&shared.table);
+                t.ping_id = t.ping_id.wrapping_add(1);
+                t.ping_outstanding = Some((t.ping_id, now));
+                t.ping_id
+            };
+            shared.queue_control(FrameType::Ping, frame::FLAG_SYN, 0, id);
+            next_ping = now + interval;
+        }
     }
 }

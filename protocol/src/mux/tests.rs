@@ -182,6 +182,51 @@ async fn keepalive_sends_pings_and_times_out_without_answers() {
     assert!(matches!(res, Err(MuxError::KeepaliveTimeout)), "{res:?}");
 }
 
+/// With a keepalive timeout, any bytes from the peer keep the session up (here the peer's
+/// own pings, while ours go unanswered); once the peer falls silent the session ends one
+/// timeout after the last bytes, not an interval later.
+#[tokio::test(start_paused = true)]
+async fn keepalive_timeout_counts_any_bytes_and_ends_a_silent_session() {
+    let (a, mut peer) = tokio::io::duplex(1 << 20);
+    let config = Config {
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_timeout: Some(Duration::from_secs(12)),
+        ..Config::default()
+    };
+    let (_session, driver) = Session::new(a, Mode::Client, config);
+    let driver = tokio::spawn(driver);
+    let start = tokio::time::Instant::now();
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        peer.write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, i, &[]))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!driver.is_finished(), "a talking peer is alive after 31 s");
+    let last_bytes = start + Duration::from_secs(30);
+    let res = timeout(Duration::from_secs(60), driver)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(res, Err(MuxError::KeepaliveTimeout)), "{res:?}");
+    let silent_for = tokio::time::Instant::now() - last_bytes;
+    assert!(
+        silent_for >= Duration::from_secs(12) && silent_for < Duration::from_millis(12_100),
+        "ended {silent_for:?} after the last bytes"
+    );
+    // It pinged all along: the peer received our pings every 5 s.
+    // (No data frames flowed, so everything sent is 12-byte headers.)
+    let mut sent = Vec::new();
+    peer.read_to_end(&mut sent).await.unwrap();
+    let pings = sent
+        .chunks(HEADER_LEN)
+        .filter_map(|h| Header::decode(h.try_into().ok()?).ok())
+        .filter(|h| (h.ty, h.flags) == (FrameType::Ping, FLAG_SYN))
+        .count();
+    assert_eq!(pings, 8, "one ping per 5 s over 42 s");
+}
+
 #[tokio::test]
 async fn server_opens_even_streams_and_carries_data_both_ways() {
     let mut h = start(Mode::Server);
