@@ -5,7 +5,8 @@
 //! - [`state`]: the running core (and its inspector) as Tauri managed state;
 //! - [`commands`]: thin `#[tauri::command]` wrappers, each failing with the core's one-line error;
 //! - [`events`]: the core's status, log and inspector streams pushed to the page as events;
-//! - [`tray`]: the tray icon (three looks), tooltip and menu.
+//! - [`tray`]: the tray icon (three looks), tooltip and menu;
+//! - [`diagnostics`]: the support report ("Copy diagnostics"), without secrets.
 //!
 //! The window's page is static HTML/CSS/JS in `ui/` (no bundler), using `window.__TAURI__`.
 
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod commands;
+pub mod diagnostics;
 pub mod events;
 pub mod state;
 pub mod tray;
@@ -68,7 +70,8 @@ pub fn run() -> anyhow::Result<()> {
         .invoke_handler(handler!())
         .setup(move |app| {
             let handle = app.handle().clone();
-            let state = tauri::async_runtime::block_on(state::AppState::start())?;
+            let options = state::StartOptions::from_os()?;
+            let state = tauri::async_runtime::block_on(state::AppState::start(options));
             app.manage(state);
             events::start(&handle)?;
             if hidden {

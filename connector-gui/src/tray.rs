@@ -11,7 +11,6 @@ use tauri::menu::{
 };
 use tauri::tray::{MouseButton, MouseButtonState, TrayIcon, TrayIconBuilder, TrayIconEvent};
 use tauri::{AppHandle, Manager, Runtime};
-use tauri_plugin_autostart::ManagerExt as _;
 
 use crate::view::{tray_look, TrayLook, View};
 
@@ -199,7 +198,8 @@ fn build_menu<R: Runtime>(app: &AppHandle<R>, view: &View) -> tauri::Result<Menu
         true,
         None::<&str>,
     )?)?;
-    let autostart = app.autolaunch().is_enabled().unwrap_or(false);
+    // The preference is the truth shown (the OS entry follows it when it changes).
+    let autostart = view.preferences.start_at_login;
     menu.append(&CheckMenuItem::with_id(
         app,
         ids::AUTOSTART,

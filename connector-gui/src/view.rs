@@ -44,6 +44,8 @@ pub struct ServerView {
     pub signed_in: bool,
     /// Where its token lives, in words ("the OS keychain", "the file /home/…/token (mode 0600)").
     pub token_store: String,
+    /// Why its tunnels cannot run as configured, if so.
+    pub error: Option<String>,
 }
 
 /// One endpoint as the page and the tray show it.

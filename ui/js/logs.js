@@ -19,13 +19,18 @@ export async function loadLogs() {
   if (loaded) return;
   try {
     const tail = await call("logs_tail", { limit: 500 });
-    lines = tail.lines;
+    lines = tail.lines.map(normal);
     statusEl.textContent = `Log files: ${tail.folder}`;
     loaded = true;
     draw();
   } catch (e) {
     showAlert(alertEl, e);
   }
+}
+
+/** Levels arrive as ERROR/WARN/...; the filter and styles use lower case. */
+function normal(line) {
+  return { ...line, level: String(line.level).toLowerCase() };
 }
 
 function visible(line) {
@@ -38,7 +43,7 @@ function lineEl(line) {
   return h("div", { class: "log-line", dataset: { level: line.level } },
     h("span", { class: "ts" }, clock(line.time)), " ",
     h("span", { class: "lvl" }, line.level.toUpperCase()), " ",
-    h("span", { class: "target" }, line.target), " ",
+    h("span", { class: "target" }, line.context ? `${line.context} ${line.target}` : line.target), " ",
     line.message);
 }
 
@@ -53,8 +58,9 @@ function draw() {
   if (stick) box.scrollTop = box.scrollHeight;
 }
 
-on("piko://log", (line) => {
+on("piko://log", (raw) => {
   if (!loaded) return;
+  const line = normal(raw);
   lines.push(line);
   if (lines.length > MAX_LINES) lines.splice(0, lines.length - MAX_LINES);
   if (visible(line)) {
