@@ -18,6 +18,8 @@
 //! - [`core`]: the live [`Core`] the tray app runs: endpoints and servers that change while
 //!   it runs, a snapshot and a stream of events.
 //! - [`logs`]: rolling log files in the OS log dir and an in-memory tail for the log view.
+//! - [`inspector`]: the request inspector (recent exchanges, redacted, replayable) and its
+//!   JSON API.
 
 // Tests unwrap freely: a panic there is a failed test with its message.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -27,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod forward;
+pub mod inspector;
 pub mod logs;
 pub mod settings;
 pub mod status;
@@ -41,6 +44,7 @@ pub use config::{
     TransportConfig,
 };
 pub use credentials::{CredentialStore, Secret};
+pub use inspector::{Inspector, InspectorConfig};
 pub use settings::{
     EndpointForm, EndpointSettings, Preferences, ServerSettings, Settings, SettingsStore, Theme,
 };

@@ -8,6 +8,7 @@ use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 use piko_connector_core::config::{EndpointConfig, Protocol, Target};
+use piko_connector_core::inspector::{Exchange, ExchangeId, ExchangeSummary, ReplayEdit};
 use piko_connector_core::logs::LogLine;
 use piko_connector_core::settings::{EndpointForm, ServerSettings};
 use piko_connector_core::{CoreError, Secret, TlsConfig};
@@ -307,27 +308,40 @@ pub fn copy_diagnostics<R: Runtime>(app: AppHandle<R>, state: State<'_, AppState
     Ok(text)
 }
 
-/// The recent requests, newest first.
+/// Most requests listed at once (the page keeps this many rows).
+const LIST_LIMIT: usize = 500;
+
+/// The recent requests, newest first (new ones follow as `piko://exchange` events).
 #[tauri::command]
-pub fn inspector_list() -> Result<Vec<serde_json::Value>> {
-    Err(CommandError::new(
-        "the request inspector is not part of this build yet",
-    ))
+pub fn inspector_list(
+    state: State<'_, AppState>,
+    endpoint: Option<String>,
+) -> Result<Vec<ExchangeSummary>> {
+    let endpoint = endpoint.as_deref().map(endpoint_id).transpose()?;
+    Ok(state.inspector.list_limited(endpoint.as_ref(), LIST_LIMIT))
 }
 
-/// One exchange in full.
+/// One exchange in full: headers (credentials masked) and the captured bodies.
 #[tauri::command]
-pub fn inspector_get(id: u64) -> Result<serde_json::Value> {
-    Err(CommandError::new(format!(
-        "the request inspector is not part of this build yet (request {id})"
-    )))
+pub fn inspector_get(state: State<'_, AppState>, id: ExchangeId) -> Result<Exchange> {
+    state.inspector.get(id).ok_or_else(|| {
+        CommandError::new(format!(
+            "request {id} is no longer in the inspector (older requests make room for new ones)"
+        ))
+    })
 }
 
-/// Replay an exchange, optionally edited.
+/// Send a recorded request again to its local target, changed by `edit` if given; the new
+/// exchange is linked to the original.
 #[tauri::command]
-pub fn inspector_replay(id: u64, edit: Option<serde_json::Value>) -> Result<serde_json::Value> {
-    let _ = edit;
-    Err(CommandError::new(format!(
-        "the request inspector is not part of this build yet (request {id})"
-    )))
+pub async fn inspector_replay(
+    state: State<'_, AppState>,
+    id: ExchangeId,
+    edit: Option<ReplayEdit>,
+) -> Result<Exchange> {
+    let inspector = state.inspector.clone();
+    inspector
+        .replay(id, edit)
+        .await
+        .map_err(|e| CommandError::new(e.to_string()))
 }

@@ -39,6 +39,32 @@ pub fn forward<R: Runtime>(app: &AppHandle<R>) {
     let state = app.state::<AppState>();
     spawn_view_loop(app, &state, state.view());
     spawn_log_loop(app, &state);
+    spawn_exchange_loop(app, &state);
+}
+
+fn spawn_exchange_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState) {
+    let mut exchanges = state.inspector.subscribe();
+    let shutdown = state.shutdown_token();
+    let app = app.clone();
+    state.spawn(async move {
+        loop {
+            let got = tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = exchanges.recv() => got,
+            };
+            match got {
+                Ok(summary) => {
+                    if let Err(e) = app.emit(EXCHANGE_EVENT, summary) {
+                        debug!(error = %e, "exchange event not delivered");
+                    }
+                }
+                // The page reloads the list when it opens the inspector; a skipped entry
+                // shows up then.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn spawn_view_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState, first: View) {

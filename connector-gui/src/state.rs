@@ -11,7 +11,7 @@ use std::time::Duration;
 use piko_connector_core::credentials::{self, CredentialStore};
 use piko_connector_core::logs::{self, LogOptions, Logs};
 use piko_connector_core::settings::{Preferences, Theme};
-use piko_connector_core::{Core, CoreOptions, SettingsStore, Snapshot};
+use piko_connector_core::{Core, CoreOptions, Inspector, InspectorConfig, SettingsStore, Snapshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +33,9 @@ pub struct StartOptions {
     pub credentials_fallback: Option<String>,
     /// Running logs (file and tail), when set up.
     pub logs: Option<Logs>,
+    /// What the request inspector keeps (the last 200 requests per endpoint, 64 KiB of each
+    /// body, by default).
+    pub inspector: InspectorConfig,
 }
 
 impl StartOptions {
@@ -58,6 +61,7 @@ impl StartOptions {
             credentials: Arc::from(selected.store),
             credentials_fallback: selected.fallback,
             logs,
+            inspector: InspectorConfig::default(),
         })
     }
 }
@@ -66,6 +70,8 @@ impl StartOptions {
 pub struct AppState {
     /// The live connector.
     pub core: Core,
+    /// The request inspector its tunnels record into.
+    pub inspector: Inspector,
     /// Logs, when running (the tail for the log view, the folder).
     pub logs: Option<Logs>,
     /// Where a new token goes, in words.
@@ -81,13 +87,13 @@ impl AppState {
     pub async fn start(options: StartOptions) -> Self {
         let shutdown = CancellationToken::new();
         let token_store = options.credentials.describe();
-        let core = Core::start(
-            CoreOptions::new(options.settings_path, options.credentials),
-            shutdown.child_token(),
-        )
-        .await;
+        let inspector = Inspector::new(options.inspector);
+        let mut core_options = CoreOptions::new(options.settings_path, options.credentials);
+        core_options.inspector = Some(inspector.clone());
+        let core = Core::start(core_options, shutdown.child_token()).await;
         Self {
             core,
+            inspector,
             logs: options.logs,
             token_store,
             credentials_fallback: options.credentials_fallback,

@@ -33,6 +33,7 @@ impl TestApp {
             credentials: Arc::new(MemoryStore::new()),
             credentials_fallback: None,
             logs: None,
+            inspector: Default::default(),
         };
         let state = tauri::async_runtime::block_on(AppState::start(options));
         let app = mock_builder()

@@ -256,7 +256,12 @@ impl Inner {
             };
             *next_generation += 1;
             let generation = *next_generation;
-            let tunnel = match Tunnel::new(config, connect, self.reporter(&ep.id, generation)) {
+            let tunnel = match Tunnel::new(
+                config,
+                connect,
+                self.reporter(&ep.id, generation),
+                self.inspector.as_ref(),
+            ) {
                 Ok(t) => t,
                 Err(e) => {
                     live.stopped(Some(e.to_string()));

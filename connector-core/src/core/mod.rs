@@ -34,6 +34,7 @@ use self::live::{ServerLive, Table};
 pub use self::view::{EndpointView, ServerView, Snapshot};
 use crate::config::{ConfigError, TransportConfig, DEFAULT_TIMEOUT};
 use crate::credentials::{check_jwt_shape, CredentialStore, Secret, ServerKey};
+use crate::inspector::Inspector;
 use crate::settings::{
     EndpointSettings, FieldError, Preferences, ServerSettings, Settings, SettingsStore,
 };
@@ -62,6 +63,8 @@ pub struct CoreOptions {
     pub grace_period: Duration,
     /// How quickly a dead network is noticed.
     pub keepalive: Keepalive,
+    /// Where HTTP exchanges are recorded (the request inspector); none: not recorded.
+    pub inspector: Option<Inspector>,
 }
 
 impl CoreOptions {
@@ -74,6 +77,7 @@ impl CoreOptions {
             request_timeout: DEFAULT_TIMEOUT,
             grace_period: DEFAULT_GRACE_PERIOD,
             keepalive: Keepalive::default(),
+            inspector: None,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Core {
 
 struct Inner {
     tuning: Tuning,
+    /// Records the HTTP exchanges of every tunnel started, when set.
+    inspector: Option<Inspector>,
     store: SettingsStore,
     credentials: Arc<dyn CredentialStore>,
     token_store: String,
@@ -153,6 +159,7 @@ impl Core {
                 grace_period: options.grace_period,
                 keepalive: options.keepalive,
             },
+            inspector: options.inspector,
             store,
             credentials: options.credentials,
             token_store,
@@ -205,6 +212,11 @@ impl Core {
     /// The settings in force.
     pub fn settings(&self) -> Settings {
         self.inner.lock().settings.clone()
+    }
+
+    /// The request inspector the tunnels record into, if one was given.
+    pub fn inspector(&self) -> Option<&Inspector> {
+        self.inner.inspector.as_ref()
     }
 
     /// The settings file.

@@ -14,11 +14,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
-use piko_protocol::http::{is_upgrade, relay_response_head, strip_hop_by_hop};
+use piko_protocol::http::{has_token, is_upgrade, relay_response_head, strip_hop_by_hop};
 use piko_protocol::{access_enabled, access_record};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::inspector::{Recorder, Recording, Tap};
 
 /// Body of responses sent back through the tunnel: the target's, streamed, or our JSON error.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -32,13 +34,16 @@ pub struct HttpForwarder {
 }
 
 struct Inner {
-    client: Client<HttpConnector, Incoming>,
+    /// Request bodies go through a [`Tap`], which passes them on untouched when no
+    /// inspector records this endpoint.
+    client: Client<HttpConnector, Tap<Incoming>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// Path of the target URL without its trailing `/` (empty for the root).
     base_path: String,
     timeout: Duration,
     access: AccessLog,
+    recorder: Option<Recorder>,
 }
 
 /// The agent's access-log records: its own log (the `tunnel` span names the endpoint).
@@ -70,6 +75,16 @@ impl HttpForwarder {
     /// A forwarder to `target` (an `http://` URL) that gives up on a response after `timeout`
     /// and records each request in `access`.
     pub fn new(target: &url::Url, timeout: Duration, access: AccessLog) -> Result<Self, BadTarget> {
+        Self::inspected(target, timeout, access, None)
+    }
+
+    /// [`HttpForwarder::new`], recording every exchange with `recorder` when given.
+    pub fn inspected(
+        target: &url::Url,
+        timeout: Duration,
+        access: AccessLog,
+        recorder: Option<Recorder>,
+    ) -> Result<Self, BadTarget> {
         let bad = || BadTarget(target.to_string());
         let host = match target.host().ok_or_else(bad)? {
             url::Host::Ipv6(ip) => format!("[{ip}]"),
@@ -95,6 +110,7 @@ impl HttpForwarder {
                 base_path: target.path().trim_end_matches('/').to_string(),
                 timeout,
                 access,
+                recorder,
             }),
         })
     }
@@ -130,7 +146,7 @@ impl HttpForwarder {
     }
 
     /// Forward one request and return the target's response, or a JSON error response; the
-    /// access log records it.
+    /// access log (and the inspector, if any) records it.
     pub async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let record = self
             .inner
@@ -139,48 +155,85 @@ impl HttpForwarder {
                 access_enabled!("piko_connector_core::tunnel::access", l)
             })
             .map(|r| PendingRecord::new(self.clone(), r));
-        let resp = self.forward_unlogged(req).await;
-        if let Some(record) = record {
-            record.finish(resp.status().as_u16(), resp.headers(), None);
+        let recording = self.inner.recorder.as_ref().map(|r| r.begin(&req));
+        match self.forward_unlogged(req, recording.as_ref()).await {
+            Ok(resp) => {
+                if let Some(record) = record {
+                    record.finish(resp.status().as_u16(), resp.headers(), None);
+                }
+                match recording {
+                    Some(r) => r.respond(resp, None).map(BodyExt::boxed),
+                    None => resp.map(BodyExt::boxed),
+                }
+            }
+            Err((status, message)) => {
+                let resp = json_error(status, message);
+                if let Some(record) = record {
+                    record.finish(resp.status().as_u16(), resp.headers(), None);
+                }
+                match recording {
+                    Some(r) => r.respond(resp, Some(message)).map(BodyExt::boxed),
+                    None => resp,
+                }
+            }
         }
-        resp
     }
 
-    async fn forward_unlogged(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// The target's response, or the status and message of the error to answer.
+    async fn forward_unlogged(
+        &self,
+        req: Request<Incoming>,
+        recording: Option<&Recording>,
+    ) -> Result<Response<Incoming>, (StatusCode, &'static str)> {
+        let mut req = req.map(|b| match recording {
+            Some(r) => r.request_body(b),
+            None => Tap::plain(b),
+        });
         let upgrade = is_upgrade(req.headers());
+        let websocket = upgrade && has_token(req.headers(), header::UPGRADE, "websocket");
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let uri = match self.target_uri(req.uri()) {
             Ok(u) => u,
             Err(e) => {
                 debug!(error = %e, "bad request uri");
-                return json_error(StatusCode::BAD_REQUEST, "invalid request uri");
+                return Err((StatusCode::BAD_REQUEST, "invalid request uri"));
             }
         };
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut(), upgrade);
 
-        let resp = match tokio::time::timeout(self.inner.timeout, self.inner.client.request(req))
-            .await
+        let mut resp = match tokio::time::timeout(
+            self.inner.timeout,
+            self.inner.client.request(req),
+        )
+        .await
         {
             Err(_) => {
                 warn!(target_url = %self.inner.authority, timeout = ?self.inner.timeout, "local target did not answer in time");
-                return json_error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout");
+                return Err((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
             }
             Ok(Err(e)) if e.is_connect() => {
                 warn!(target_url = %self.inner.authority, error = %error_chain(&e), "local target unreachable");
-                return json_error(StatusCode::BAD_GATEWAY, "upstream unreachable");
+                return Err((StatusCode::BAD_GATEWAY, "upstream unreachable"));
             }
             Ok(Err(e)) => {
                 warn!(target_url = %self.inner.authority, error = %error_chain(&e), "request to local target failed");
-                return json_error(StatusCode::BAD_GATEWAY, "upstream request failed");
+                return Err((StatusCode::BAD_GATEWAY, "upstream request failed"));
             }
             Ok(Ok(resp)) => resp,
         };
 
-        let mut resp = resp;
-        relay_response_head(&mut resp, client_upgrade);
-        resp.map(BodyExt::boxed)
+        match (recording, client_upgrade) {
+            // A recorded upgrade is joined through the inspector, which counts it.
+            (Some(r), Some(client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                r.upgraded(client, hyper::upgrade::on(&mut resp), websocket);
+            }
+            (_, client_upgrade) => {
+                relay_response_head(&mut resp, client_upgrade);
+            }
+        }
+        Ok(resp)
     }
 
     fn target_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {

@@ -30,6 +30,7 @@ pub use self::backoff::{Backoff, HEALTHY_AFTER, MAX_DELAY, MIN_DELAY};
 pub use self::http::HttpForwarder;
 use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
 use crate::credentials::Secret;
+use crate::inspector::Inspector;
 use crate::status::{StatusEvent, TunnelState};
 use crate::transport::{io_error, Connector, DialError, ServerStream};
 
@@ -126,6 +127,7 @@ pub struct Agent {
     config: AgentConfig,
     connector: Option<Connector>,
     events: broadcast::Sender<StatusEvent>,
+    inspector: Option<Inspector>,
 }
 
 impl Agent {
@@ -136,7 +138,14 @@ impl Agent {
             config,
             connector: None,
             events,
+            inspector: None,
         }
+    }
+
+    /// Record every HTTP exchange of every endpoint in `inspector`.
+    pub fn with_inspector(mut self, inspector: Inspector) -> Self {
+        self.inspector = Some(inspector);
+        self
     }
 
     /// Dial the server through `connector` (TLS settings, proxy) instead of the default one
@@ -180,7 +189,12 @@ impl Agent {
         // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
         let mut tasks = JoinSet::new();
         for ep in self.config.endpoints {
-            let tunnel = Tunnel::new(ep, connect.clone(), report.clone())?;
+            let tunnel = Tunnel::new(
+                ep,
+                connect.clone(),
+                report.clone(),
+                self.inspector.as_ref(),
+            )?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
             tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
         }
@@ -312,15 +326,20 @@ impl Tunnel {
         endpoint: EndpointConfig,
         connect: Arc<ConnectSettings>,
         report: Reporter,
+        inspector: Option<&Inspector>,
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
             Target::Http(url) => Handler::Http(
-                HttpForwarder::new(url, endpoint.timeout, endpoint.access_log.clone()).map_err(
-                    |e| AgentError::Unusable {
-                        endpoint: endpoint.id.clone(),
-                        reason: e.to_string(),
-                    },
-                )?,
+                HttpForwarder::inspected(
+                    url,
+                    endpoint.timeout,
+                    endpoint.access_log.clone(),
+                    inspector.map(|i| i.recorder(&endpoint.id, url, endpoint.timeout)),
+                )
+                .map_err(|e| AgentError::Unusable {
+                    endpoint: endpoint.id.clone(),
+                    reason: e.to_string(),
+                })?,
             ),
             Target::Tcp(addr) => Handler::Tcp {
                 addr: Arc::from(addr.as_str()),
