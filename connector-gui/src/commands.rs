@@ -302,7 +302,10 @@ pub fn open_log_folder<R: Runtime>(app: AppHandle<R>, state: State<'_, AppState>
 /// Support information (versions, OS, settings without secrets, endpoint states, the last
 /// 200 log lines), copied to the clipboard and returned.
 #[tauri::command]
-pub fn copy_diagnostics<R: Runtime>(app: AppHandle<R>, state: State<'_, AppState>) -> Result<String> {
+pub fn copy_diagnostics<R: Runtime>(
+    app: AppHandle<R>,
+    state: State<'_, AppState>,
+) -> Result<String> {
     let text = crate::diagnostics::report(&state, tauri::webview_version().ok());
     copy(&app, text.clone())?;
     Ok(text)

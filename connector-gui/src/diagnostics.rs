@@ -27,7 +27,11 @@ pub fn report(state: &AppState, webview: Option<String>) -> String {
     if let Some(why) = &state.credentials_fallback {
         let _ = writeln!(out, "keychain not used: {why}");
     }
-    let _ = writeln!(out, "settings file {}", state.core.settings_path().display());
+    let _ = writeln!(
+        out,
+        "settings file {}",
+        state.core.settings_path().display()
+    );
     let mut settings = state.core.settings();
     for s in &mut settings.servers {
         s.proxy_url = s.proxy_url.as_deref().map(mask_password);
@@ -47,7 +51,10 @@ pub fn report(state: &AppState, webview: Option<String>) -> String {
             e.target,
             e.protocol,
             e.state,
-            e.error.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+            e.error
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
         );
     }
     if let Some(logs) = &state.logs {
@@ -101,6 +108,9 @@ mod tests {
             "http://me:***@proxy:3128/"
         );
         assert_eq!(mask_password("http://proxy:3128"), "http://proxy:3128");
-        assert_eq!(mask_password("me:hunter2@proxy"), "*** (unparsable proxy URL)");
+        assert_eq!(
+            mask_password("me:hunter2@proxy"),
+            "*** (unparsable proxy URL)"
+        );
     }
 }

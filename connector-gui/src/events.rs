@@ -165,7 +165,11 @@ pub fn on_tray_action<R: Runtime>(app: &AppHandle<R>, action: TrayAction) {
         TrayAction::Quit => app.exit(0),
         TrayAction::Copy { id } => {
             let view = app.state::<AppState>().view();
-            let url = view.endpoints.iter().find(|e| e.id == id).and_then(|e| e.url.clone());
+            let url = view
+                .endpoints
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.url.clone());
             if let Some(url) = url {
                 if let Err(e) = crate::commands::copy(app, url) {
                     warn!(error = %e, "copy URL failed");
@@ -183,7 +187,10 @@ pub fn on_tray_action<R: Runtime>(app: &AppHandle<R>, action: TrayAction) {
                     .map(|e| !e.enabled)
                     .unwrap_or(false);
                 let result = match piko_protocol::EndpointId::new(&id) {
-                    Ok(ep) => core.set_enabled(&ep, enabled).await.map_err(|e| e.to_string()),
+                    Ok(ep) => core
+                        .set_enabled(&ep, enabled)
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = result {

@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::view::{
-    summary, summary_dot, tray_look, EndpointFacts, EndpointView, PreferencesView, ServerView,
-    View,
+    summary, summary_dot, tray_look, EndpointFacts, EndpointView, PreferencesView, ServerView, View,
 };
 
 /// How long quitting waits for tunnels to drain before the process leaves anyway.

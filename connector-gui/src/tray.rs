@@ -156,11 +156,7 @@ fn build_menu<R: Runtime>(app: &AppHandle<R>, view: &View) -> tauri::Result<Menu
             None::<&str>,
         )?)?;
     }
-    let with_url: Vec<_> = view
-        .endpoints
-        .iter()
-        .filter(|e| e.url.is_some())
-        .collect();
+    let with_url: Vec<_> = view.endpoints.iter().filter(|e| e.url.is_some()).collect();
     match with_url.as_slice() {
         [] => {}
         [one] => menu.append(&MenuItem::with_id(
@@ -209,7 +205,13 @@ fn build_menu<R: Runtime>(app: &AppHandle<R>, view: &View) -> tauri::Result<Menu
         None::<&str>,
     )?)?;
     menu.append(&PredefinedMenuItem::separator(app)?)?;
-    menu.append(&MenuItem::with_id(app, ids::QUIT, "Quit", true, None::<&str>)?)?;
+    menu.append(&MenuItem::with_id(
+        app,
+        ids::QUIT,
+        "Quit",
+        true,
+        None::<&str>,
+    )?)?;
     Ok(menu)
 }
 
@@ -230,7 +232,9 @@ mod tests {
     fn menu_ids_decode_to_actions() {
         assert_eq!(
             TrayAction::parse("toggle:shop.v2"),
-            Some(TrayAction::Toggle { id: "shop.v2".into() })
+            Some(TrayAction::Toggle {
+                id: "shop.v2".into()
+            })
         );
         assert_eq!(
             TrayAction::parse("copy:cam"),

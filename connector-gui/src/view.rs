@@ -151,12 +151,9 @@ impl EndpointView {
                 format!("reconnecting in {}", DisplayDuration(*delay)),
                 Some(error.clone()),
             ),
-            (Some(TunnelState::Stopped { reason }), true, true) => (
-                Tone::Warn,
-                "stopped",
-                "stopped".to_string(),
-                reason.clone(),
-            ),
+            (Some(TunnelState::Stopped { reason }), true, true) => {
+                (Tone::Warn, "stopped", "stopped".to_string(), reason.clone())
+            }
         };
         Self {
             id: f.id,
@@ -314,7 +311,10 @@ mod tests {
         ];
         for (f, tone, state, error) in cases {
             let v = EndpointView::from_facts(f);
-            assert_eq!((v.tone, v.state.as_str(), v.error.as_deref()), (tone, state, error));
+            assert_eq!(
+                (v.tone, v.state.as_str(), v.error.as_deref()),
+                (tone, state, error)
+            );
         }
     }
 

@@ -55,7 +55,8 @@ impl TestApp {
                 cmd: cmd.into(),
                 callback: CallbackFn(0),
                 error: CallbackFn(1),
-                url: "http://tauri.localhost".parse().unwrap(),
+                // The origin of the app's own page (a remote origin would be refused).
+                url: "tauri://localhost".parse().unwrap(),
                 body: InvokeBody::Json(args),
                 headers: Default::default(),
                 invoke_key: tauri::test::INVOKE_KEY.to_string(),
@@ -117,7 +118,11 @@ fn a_malformed_token_is_refused_next_to_its_field_and_no_server_is_kept() {
     assert_eq!(err["field"], "token", "{err}");
     assert!(!err["message"].as_str().unwrap().is_empty());
     let view = t.invoke("snapshot", json!({})).unwrap();
-    assert_eq!(view["servers"], json!([]), "the refused server was removed again");
+    assert_eq!(
+        view["servers"],
+        json!([]),
+        "the refused server was removed again"
+    );
 }
 
 #[test]
@@ -152,7 +157,10 @@ fn signing_in_then_adding_an_endpoint_shows_it_and_saves_it_without_the_token() 
 
     let file = std::fs::read_to_string(t.dir.path().join("settings.yaml")).unwrap();
     assert!(file.contains("shop"), "{file}");
-    assert!(!file.contains(TOKEN), "the token stays out of the settings file");
+    assert!(
+        !file.contains(TOKEN),
+        "the token stays out of the settings file"
+    );
 }
 
 #[test]
@@ -251,10 +259,7 @@ fn testing_a_local_target_says_whether_it_answers() {
             json!({"target": addr.to_string(), "protocol": "tcp"}),
         )
         .unwrap();
-    assert!(
-        ok.as_str().unwrap().contains("accepts connections"),
-        "{ok}"
-    );
+    assert!(ok.as_str().unwrap().contains("accepts connections"), "{ok}");
     drop(listener);
     let err = t
         .invoke(
@@ -268,10 +273,7 @@ fn testing_a_local_target_says_whether_it_answers() {
         "{err}"
     );
     let err = t
-        .invoke(
-            "test_target",
-            json!({"target": "", "protocol": "http"}),
-        )
+        .invoke("test_target", json!({"target": "", "protocol": "http"}))
         .unwrap_err();
     assert_eq!(err["field"], "target", "{err}");
 }
@@ -291,9 +293,10 @@ fn changes_are_pushed_to_the_page_as_view_events() {
     let t = TestApp::new();
     piko_connector::events::forward(t.app.handle());
     let (tx, rx) = mpsc::channel::<Value>();
-    t.app.listen_any(piko_connector::events::VIEW_EVENT, move |e| {
-        let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
-    });
+    t.app
+        .listen_any(piko_connector::events::VIEW_EVENT, move |e| {
+            let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
+        });
     let server = t.sign_in()["servers"][0]["name"]
         .as_str()
         .unwrap()
@@ -315,4 +318,19 @@ fn changes_are_pushed_to_the_page_as_view_events() {
             break;
         }
     }
+}
+
+#[test]
+fn the_inspector_starts_empty_and_names_a_request_it_does_not_have() {
+    let t = TestApp::new();
+    assert_eq!(t.invoke("inspector_list", json!({})).unwrap(), json!([]));
+    let err = t.invoke("inspector_get", json!({"id": 42})).unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().contains("request 42"),
+        "{err}"
+    );
+    let err = t
+        .invoke("inspector_replay", json!({"id": 42, "edit": null}))
+        .unwrap_err();
+    assert!(err["message"].as_str().unwrap().contains("42"), "{err}");
 }

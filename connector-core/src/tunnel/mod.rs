@@ -189,12 +189,7 @@ impl Agent {
         // A JoinSet rather than a TaskTracker: the supervisor needs each task's result.
         let mut tasks = JoinSet::new();
         for ep in self.config.endpoints {
-            let tunnel = Tunnel::new(
-                ep,
-                connect.clone(),
-                report.clone(),
-                self.inspector.as_ref(),
-            )?;
+            let tunnel = Tunnel::new(ep, connect.clone(), report.clone(), self.inspector.as_ref())?;
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
             tasks.spawn(tunnel.supervise(stop.clone()).instrument(span));
         }
