@@ -37,7 +37,7 @@ pub fn start<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
 /// when there is one).
 pub fn forward<R: Runtime>(app: &AppHandle<R>) {
     let state = app.state::<AppState>();
-    spawn_view_loop(app, &state, state.view());
+    spawn_view_loop(app, &state);
     spawn_log_loop(app, &state);
     spawn_exchange_loop(app, &state);
 }
@@ -67,8 +67,11 @@ fn spawn_exchange_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState) {
     });
 }
 
-fn spawn_view_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState, first: View) {
+fn spawn_view_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState) {
+    // Subscribe first, then look: a change in between is then seen twice, never missed.
     let mut events = state.core.subscribe();
+    let first = state.view();
+    publish(app, &first);
     let shutdown = state.shutdown_token();
     let app = app.clone();
     state.spawn(async move {
@@ -85,7 +88,12 @@ fn spawn_view_loop<R: Runtime>(app: &AppHandle<R>, state: &AppState, first: View
                 Err(RecvError::Closed) => return,
             }
             let view = app.state::<AppState>().view();
-            if view == last {
+            // Unchanged but for its number: nothing to send.
+            let same = View {
+                seq: last.seq,
+                ..view.clone()
+            } == last;
+            if same {
                 continue;
             }
             notify_disconnects(&app, &last, &view);

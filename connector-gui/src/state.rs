@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ pub struct AppState {
     pub credentials_fallback: Option<String>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    seq: AtomicU64,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
             credentials_fallback: options.credentials_fallback,
             shutdown,
             tasks: TaskTracker::new(),
+            seq: AtomicU64::new(0),
         }
     }
 
@@ -128,12 +131,15 @@ impl AppState {
 
     /// The view of the core's state now.
     pub fn view(&self) -> View {
-        view_of(&self.core.snapshot(), &self.token_store)
+        let snapshot = self.core.snapshot();
+        // Numbered after the snapshot is taken: a higher number never shows an older state.
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        view_of(&snapshot, &self.token_store, seq)
     }
 }
 
 /// The page's and tray's view of a core snapshot.
-pub fn view_of(snap: &Snapshot, token_store: &str) -> View {
+pub fn view_of(snap: &Snapshot, token_store: &str, seq: u64) -> View {
     let servers: Vec<ServerView> = snap
         .servers
         .iter()
@@ -174,6 +180,7 @@ pub fn view_of(snap: &Snapshot, token_store: &str) -> View {
     let look = tray_look(&endpoints);
     let any_signed_in = servers.iter().any(|s| s.signed_in);
     View {
+        seq,
         summary: summary(&endpoints, any_signed_in),
         summary_dot: summary_dot(look),
         servers,

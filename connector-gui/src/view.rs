@@ -90,6 +90,9 @@ pub struct PreferencesView {
 /// Everything the page draws, pushed as one event on every change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct View {
+    /// Increases with every view the app computes, so the page can drop a reply that
+    /// arrives after a newer event.
+    pub seq: u64,
     /// Known servers.
     pub servers: Vec<ServerView>,
     /// Endpoints in the order of the settings file.

@@ -5,8 +5,9 @@ import { showAlert } from "./dom.js";
 import { renderEndpoints } from "./endpoints.js";
 import { loadInspector } from "./inspector.js";
 import { loadLogs } from "./logs.js";
-import { renderServers, onServersChanged } from "./servers.js";
-import { renderSettings, onPreferencesChanged } from "./settings.js";
+import { renderServers } from "./servers.js";
+import { renderSettings } from "./settings.js";
+import { apply, setRenderer } from "./store.js";
 
 const VIEWS = ["endpoints", "inspector", "logs", "settings"];
 const banner = document.getElementById("banner");
@@ -33,15 +34,14 @@ function render(view) {
   document.body.dataset.ready = "true";
 }
 
-onServersChanged(render);
-onPreferencesChanged(render);
+setRenderer(render);
 window.addEventListener("hashchange", route);
 route();
 
 // Subscribe before the first snapshot so no change between the two is lost.
-on("piko://view", render).then(async () => {
+on("piko://view", apply).then(async () => {
   try {
-    render(await call("snapshot"));
+    apply(await call("snapshot"));
   } catch (e) {
     showAlert(banner, e);
   }

@@ -59,5 +59,5 @@ export function duration(ms) {
 export function clock(t) {
   const d = new Date(t);
   if (Number.isNaN(d.getTime())) return String(t ?? "");
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 }

@@ -4,6 +4,7 @@ import { call } from "./api.js";
 import { h, showAlert, toast } from "./dom.js";
 import { openPanel, closePanel, clearErrors, showFieldError } from "./panel.js";
 import { openSignIn } from "./servers.js";
+import { apply } from "./store.js";
 
 const list = document.getElementById("endpoint-list");
 const firstRun = document.getElementById("first-run");
@@ -36,7 +37,7 @@ export function renderEndpoints(next) {
 
 function row(ep) {
   const copy = ep.url
-    ? h("button", { type: "button", class: "small", "aria-label": `Copy URL of ${ep.id}`, dataset: { key: `copy:${ep.id}` }, onclick: () => copyUrl(ep) }, "⧉ Copy URL")
+    ? h("button", { type: "button", class: "small", "aria-label": `Copy URL of ${ep.id}`, dataset: { key: `copy:${ep.id}` }, onclick: () => copyUrl(ep) }, "Copy URL")
     : null;
   const toggle = h("input", {
     type: "checkbox",
@@ -81,7 +82,7 @@ async function copyUrl(ep) {
 async function setEnabled(id, enabled, input) {
   showAlert(alertEl, null);
   try {
-    renderEndpoints(await call("set_endpoint_enabled", { id, enabled }));
+    apply(await call("set_endpoint_enabled", { id, enabled }));
   } catch (e) {
     input.checked = !enabled;
     showAlert(alertEl, e);
@@ -146,7 +147,7 @@ form.addEventListener("submit", async (e) => {
       ? await call("add_endpoint", { endpoint })
       : await call("update_endpoint", { id: editing, endpoint });
     closePanel();
-    renderEndpoints(next);
+    apply(next);
     toast(editing === null ? `Added ${endpoint.id}` : `Saved ${endpoint.id}`);
   } catch (err) {
     showFieldError(form, err);
@@ -174,7 +175,7 @@ removeButton.addEventListener("click", async () => {
     const next = await call("remove_endpoint", { id: editing });
     toast(`Removed ${editing}`);
     closePanel();
-    renderEndpoints(next);
+    apply(next);
   } catch (err) {
     showFieldError(form, err);
   }

@@ -3,17 +3,12 @@
 import { call } from "./api.js";
 import { h, showAlert, toast } from "./dom.js";
 import { openPanel, closePanel, clearErrors, showFieldError } from "./panel.js";
+import { apply } from "./store.js";
 
 const form = document.getElementById("signin-form");
 const listEl = document.getElementById("server-list");
 const statusEl = document.getElementById("server-status");
 const alertEl = document.getElementById("settings-error");
-let onChange = () => {};
-
-/** Where the next view goes after a sign-in or sign-out (set by app.js). */
-export function onServersChanged(handler) {
-  onChange = handler;
-}
 
 /** Open the sign-in panel, optionally for a known server URL. */
 export function openSignIn(url = "", publicUrl = "") {
@@ -45,14 +40,18 @@ export function renderServers(view) {
   const signed = view.servers.filter((s) => s.signed_in);
   statusEl.replaceChildren(
     signed.length ? h("strong", {}, signed.map((s) => s.name).join(", ")) : h("strong", {}, "Not signed in"),
-    h("span", {}, view.endpoints.length ? `${view.summary_dot} ${connected} of ${view.endpoints.length} connected` : "No endpoints"),
+    view.endpoints.length
+      ? h("span", { class: "summary" },
+          h("span", { class: "dot", dataset: { dot: view.summary_dot }, "aria-hidden": "true" }, view.summary_dot),
+          ` ${connected} of ${view.endpoints.length} connected`)
+      : h("span", {}, "No endpoints"),
   );
 }
 
 async function signOut(name) {
   showAlert(alertEl, null);
   try {
-    onChange(await call("sign_out", { server: name }));
+    apply(await call("sign_out", { server: name }));
     toast(`Signed out of ${name}`);
   } catch (e) {
     showAlert(alertEl, e);
@@ -70,7 +69,7 @@ form.addEventListener("submit", async (e) => {
     const next = await call("sign_in", { url, publicUrl: publicUrl || null, token: form.elements.token.value.trim() });
     form.elements.token.value = "";
     closePanel();
-    onChange(next);
+    apply(next);
     toast(`Signed in to ${url}`);
   } catch (err) {
     showFieldError(form, err);

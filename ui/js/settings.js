@@ -2,15 +2,10 @@
 
 import { call } from "./api.js";
 import { showAlert } from "./dom.js";
+import { apply } from "./store.js";
 
 const form = document.getElementById("prefs-form");
 const alertEl = document.getElementById("settings-error");
-let onChange = () => {};
-
-/** Where the next view goes after a change (set by app.js). */
-export function onPreferencesChanged(handler) {
-  onChange = handler;
-}
 
 /** Apply a theme preference to the page (system follows prefers-color-scheme). */
 export function applyTheme(theme) {
@@ -38,10 +33,10 @@ form.addEventListener("change", async () => {
   applyTheme(preferences.theme);
   showAlert(alertEl, null);
   try {
-    onChange(await call("set_preferences", { preferences }));
+    apply(await call("set_preferences", { preferences }));
   } catch (e) {
     showAlert(alertEl, e);
     // Put the controls back to what is really stored.
-    try { onChange(await call("snapshot")); } catch { /* the alert already says what failed */ }
+    try { apply(await call("snapshot")); } catch { /* the alert already says what failed */ }
   }
 });
