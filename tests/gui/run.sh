@@ -24,7 +24,8 @@ step "wiring tests (tauri::test mock runtime)"
 cargo nextest run -p piko-connector --no-fail-fast
 
 step "tools: tauri-driver and selenium"
-if ! command -v tauri-driver >/dev/null 2>&1; then
+driver="$(command -v tauri-driver || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver")"
+if [ ! -x "$driver" ]; then
   cargo install --locked tauri-driver
 fi
 venv="$(dirname "$CARGO_TARGET_DIR")/gui-venv"
@@ -39,7 +40,7 @@ step "window and tray under Xvfb (screenshots in $out)"
 dbus-run-session -- "$venv/bin/python" tests/gui/window_test.py \
   --app "$CARGO_TARGET_DIR/debug/piko-connector" \
   --server "$CARGO_TARGET_DIR/debug/piko-server" \
-  --driver "$(command -v tauri-driver)" \
+  --driver "$driver" \
   --out "$out"
 
 step "cross-target checks"
