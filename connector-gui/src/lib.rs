@@ -55,7 +55,7 @@ macro_rules! handler {
 /// Run the app until the user quits.
 pub fn run() -> anyhow::Result<()> {
     let hidden = std::env::args().any(|a| a == HIDDEN_ARG);
-    let app = tauri::Builder::default()
+    let builder = tauri::Builder::default()
         // First: a second launch hands over to this process and exits.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
             tray::show_window(app);
@@ -64,10 +64,12 @@ pub fn run() -> anyhow::Result<()> {
             MacosLauncher::LaunchAgent,
             Some(vec![HIDDEN_ARG]),
         ))
-        .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_clipboard_manager::init())
         .plugin(tauri_plugin_opener::init())
-        .invoke_handler(handler!())
+        .invoke_handler(handler!());
+    #[cfg(feature = "notifications")]
+    let builder = builder.plugin(tauri_plugin_notification::init());
+    let app = builder
         .setup(move |app| {
             let handle = app.handle().clone();
             let options = state::StartOptions::from_os()?;
