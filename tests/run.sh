@@ -20,6 +20,13 @@ command -v dbus-run-session >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null 2>&1 || need+=(gnome-keyring)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# The tray app (tests/gui/run.sh): WebKitGTK, the tray indicator and SVG libraries to build it;
+# Xvfb, a tray host (trayer), xdotool and imagemagick (`import`) to drive and photograph it;
+# WebKitWebDriver for tauri-driver; clang/llvm for the Windows and macOS cross-checks.
+for pkg in libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev \
+  webkit2gtk-driver xvfb xauth trayer xdotool imagemagick clang llvm python3-venv; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -36,3 +43,6 @@ cargo build --workspace --bins
 # The real image, for tests/tests/docker.rs (built here so its release build runs alone).
 export PIKO_TEST_IMAGE="$(bash installers/docker/build.sh piko-server:ci)"
 cargo nextest run --workspace --no-fail-fast
+# The tray app, in its own step (outside default-members): build, wiring tests, the real
+# window and tray under Xvfb, and the Windows/macOS cross-checks.
+bash tests/gui/run.sh
