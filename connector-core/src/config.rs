@@ -368,7 +368,7 @@ impl ConfigFile {
 
 /// serde_yaml_ng prefixes its messages with its own (coarser) path, `connect: ...`; the key
 /// comes from serde_path_to_error instead, so drop that prefix and keep the message and line.
-fn yaml_message(msg: &str) -> String {
+pub(crate) fn yaml_message(msg: &str) -> String {
     if let Some((prefix, rest)) = msg.split_once(": ") {
         let is_path = !prefix.is_empty()
             && prefix

@@ -20,7 +20,7 @@ use std::time::Duration;
 use piko_protocol::EndpointId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EndpointConfig, Protocol, Target, TlsConfig};
+use crate::config::{yaml_message, ConfigError, EndpointConfig, Protocol, Target, TlsConfig};
 use crate::credentials::ServerKey;
 use crate::transport::ProxyUrl;
 
@@ -407,21 +407,6 @@ impl fmt::Display for SettingsProblem {
         }
         f.write_str(&self.message)
     }
-}
-
-/// serde_yaml_ng prefixes messages with its own path (`endpoints[0]: ...`); the key comes
-/// from serde_path_to_error instead.
-fn yaml_message(msg: &str) -> String {
-    if let Some((prefix, rest)) = msg.split_once(": ") {
-        let is_path = !prefix.is_empty()
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
-        if is_path {
-            return rest.to_string();
-        }
-    }
-    msg.to_string()
 }
 
 /// The line is reported apart; drop serde_yaml_ng's ` at line 3 column 5` suffix.

@@ -140,18 +140,7 @@ impl AppState {
 
 /// The page's and tray's view of a core snapshot.
 pub fn view_of(snap: &Snapshot, token_store: &str, seq: u64) -> View {
-    let servers: Vec<ServerView> = snap
-        .servers
-        .iter()
-        .map(|s| ServerView {
-            name: s.name.clone(),
-            url: s.url.clone(),
-            public_url: s.public_url.clone(),
-            signed_in: s.signed_in,
-            token_store: s.token_store.clone(),
-            error: s.error.clone(),
-        })
-        .collect();
+    let servers: Vec<ServerView> = snap.servers.clone();
     let endpoints: Vec<EndpointView> = snap
         .endpoints
         .iter()

@@ -31,22 +31,8 @@ impl Tone {
     }
 }
 
-/// One server as the page shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServerView {
-    /// The server's name, which endpoints refer to.
-    pub name: String,
-    /// The server's upstream URL.
-    pub url: String,
-    /// How clients reach an endpoint (`https://{endpoint}.piko.example.com`), when known.
-    pub public_url: Option<String>,
-    /// Whether a token is stored for it.
-    pub signed_in: bool,
-    /// Where its token lives, in words ("the OS keychain", "the file /home/…/token (mode 0600)").
-    pub token_store: String,
-    /// Why its tunnels cannot run as configured, if so.
-    pub error: Option<String>,
-}
+/// One server as the page shows it: the core's view, unchanged.
+pub use piko_connector_core::core::ServerView;
 
 /// One endpoint as the page and the tray show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -541,3 +541,22 @@ pub async fn tcp_half_closing_first(
     });
     (addr, rx)
 }
+
+/// A loopback port free at the moment of asking, for real binaries that take a port number
+/// (another process may take it first: prefer port 0 and reading the port from the logs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// Start `cmd` with its output piped, killed when the handle is dropped.
+pub fn spawn(cmd: &mut tokio::process::Command) -> tokio::process::Child {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
+}

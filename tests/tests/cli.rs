@@ -1,26 +1,9 @@
 //! The real binaries: the README's quick start, exit codes and one-line errors.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use piko_tests::{bin, client, wait_until, EchoUpstream};
-use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn")
-}
+use piko_tests::{bin, client, free_port, spawn, wait_until, EchoUpstream};
+use tokio::process::Command;
 
 #[tokio::test]
 async fn quick_start_with_the_real_binaries() {

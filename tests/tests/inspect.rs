@@ -1,28 +1,11 @@
 //! `piko inspect` against a real `piko-server`, a real `piko agent` and a local service:
 //! list, follow, show and replay, and what a user sees when something is wrong.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use piko_tests::{bin, client, wait_until, EchoUpstream};
+use piko_tests::{bin, client, free_port, spawn, wait_until, EchoUpstream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn")
-}
 
 /// A server, an agent exposing an echo service as `demo`, and the agent's inspector address.
 struct Setup {
