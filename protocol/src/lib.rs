@@ -8,6 +8,7 @@
 //! - [`paths`]: the HTTP paths and headers of the protocol.
 //! - [`http`]: hop-by-hop headers and upgrades, as both sides of the tunnel proxy HTTP.
 //! - [`access_log`]: the per-request access log both sides write, credentials masked.
+//! - [`process`]: the runtime both binaries build and what their stop signals do.
 //!
 //! This crate holds no policy (no routing, no reconnects): only the format on the wire and the
 //! record format of the access log.
@@ -17,6 +18,7 @@ pub mod endpoint;
 pub mod http;
 pub mod mux;
 pub mod paths;
+pub mod process;
 pub mod ws;
 
 pub use endpoint::{EndpointId, EndpointIdError};
