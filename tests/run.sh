@@ -10,6 +10,9 @@ if ! mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null; then
   export CARGO_TARGET_DIR="$PWD/target"
 fi
 export CARGO_TERM_COLOR=never
+start=$(date +%s)
+# Each step prints its start time, so a slow CI run shows where the time went.
+step() { echo "== ci: $* (t+$(($(date +%s) - start))s)"; }
 
 # Debian packages the tests use, installed (after one `apt-get update`) when missing:
 # gnome-keyring inside dbus-run-session for the connector's Secret Service test, and
@@ -37,12 +40,20 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+step "format, lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace --bins
+step "build"
+# One build for the binaries and the tests: with --all-targets, dev-dependency features
+# (tokio's test-util) are unified once, so nextest and tests/gui/run.sh rebuild nothing
+# (a --bins build here cost a second pass over every dependency: ~5 min on a fresh machine).
+cargo build --workspace --all-targets
+step "docker image"
 # The real image, for tests/tests/docker.rs (built here so its release build runs alone).
 export PIKO_TEST_IMAGE="$(bash installers/docker/build.sh piko-server:ci)"
+step "tests"
 cargo nextest run --workspace --no-fail-fast
 # The tray app, in its own step (outside default-members): build, wiring tests, the real
 # window and tray under Xvfb, and the Windows/macOS cross-checks.
 bash tests/gui/run.sh
+step "done"
