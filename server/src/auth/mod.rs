@@ -45,7 +45,8 @@ pub enum AuthError {
 pub struct Token {
     /// When the token expires (`None`: never, or disconnect on expiry disabled).
     pub expiry: Option<SystemTime>,
-    /// Endpoints the token is limited to (`None`: any).
+    /// Endpoints the token is limited to (`None`: any; an empty claim counts as none, as in
+    /// the original Go Piko, whose tokens say `"endpoints": []` for "all").
     pub endpoints: Option<Vec<String>>,
     /// The tenant whose keys verified it.
     pub tenant: Option<String>,
@@ -230,7 +231,10 @@ impl Verifier {
             _ => AuthError::Invalid,
         })?;
         let claims = data.claims;
-        if self.require_endpoints && claims.piko.endpoints.is_none() {
+        // `"endpoints": []` permits every endpoint, as in the original Go Piko; a server that
+        // requires scoped tokens refuses it like a token without the claim.
+        let endpoints = claims.piko.endpoints.filter(|list| !list.is_empty());
+        if self.require_endpoints && endpoints.is_none() {
             return Err(AuthError::NotPermitted);
         }
         let expiry = match &claims.exp {
@@ -239,7 +243,7 @@ impl Verifier {
         };
         Ok(Token {
             expiry,
-            endpoints: claims.piko.endpoints,
+            endpoints,
             tenant: None,
         })
     }

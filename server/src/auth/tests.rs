@@ -242,11 +242,24 @@ fn endpoint_claims_and_expiry() {
         .verify(&sign(
             Algorithm::HS256,
             &key,
-            json!({"exp": now_secs() + 60, "piko": {"endpoints": []}}),
+            json!({"exp": now_secs() + 60, "piko": {"endpoints": ["b"]}}),
         ))
         .unwrap();
-    assert!(!t.permits("a"));
+    assert!(!t.permits("a") && t.permits("b"));
     assert_eq!(t.expiry, None, "disconnect on expiry disabled");
+    // An empty list means "every endpoint" (the original's tokens): a server that requires
+    // scoped tokens refuses it, any other permits everything.
+    let all = json!({"piko": {"endpoints": []}});
+    assert_eq!(
+        strict
+            .verify(&sign(Algorithm::HS256, &key, all.clone()))
+            .unwrap_err(),
+        AuthError::NotPermitted
+    );
+    let t = hmac("k")
+        .verify(&sign(Algorithm::HS256, &key, all))
+        .unwrap();
+    assert!(t.permits("a") && t.permits("anything"));
 }
 
 #[test]
