@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::es512::{self, Es512Key};
+
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Shortest time between refreshes asked for by unknown key ids.
@@ -67,7 +69,24 @@ impl JwksLocation {
 struct Key {
     kid: Option<String>,
     algs: Vec<Algorithm>,
-    key: DecodingKey,
+    key: Verifying,
+}
+
+/// A key of the set, by the library that verifies with it.
+enum Verifying {
+    /// Every algorithm `jsonwebtoken` implements.
+    Jwt(DecodingKey),
+    /// ES512 (P-521), verified by [`es512`].
+    Es512(Es512Key),
+}
+
+/// Whether a key's `kid` matches the one a token names (a token without one takes any key).
+fn kid_matches(want: Option<&str>, have: &Option<String>) -> bool {
+    match (want, have) {
+        (Some(want), Some(have)) => want == have,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
 }
 
 /// A cached key set.
@@ -92,17 +111,25 @@ impl Jwks {
     /// The key for a token's `kid` and `alg`; asks for a refresh when none matches.
     pub fn key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let found = keys
-            .iter()
-            .find(|k| {
-                k.algs.contains(&alg)
-                    && match (kid, &k.kid) {
-                        (Some(want), Some(have)) => want == have,
-                        (Some(_), None) => false,
-                        (None, _) => true,
-                    }
-            })
-            .map(|k| k.key.clone());
+        let found = keys.iter().find_map(|k| match &k.key {
+            Verifying::Jwt(key) if k.algs.contains(&alg) && kid_matches(kid, &k.kid) => {
+                Some(key.clone())
+            }
+            _ => None,
+        });
+        if found.is_none() {
+            self.wanted.notify_one();
+        }
+        found
+    }
+
+    /// The P-521 key for an ES512 token's `kid`; asks for a refresh when none matches.
+    pub fn es512_key(&self, kid: Option<&str>) -> Option<Es512Key> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let found = keys.iter().find_map(|k| match &k.key {
+            Verifying::Es512(key) if kid_matches(kid, &k.kid) => Some(key.clone()),
+            _ => None,
+        });
         if found.is_none() {
             self.wanted.notify_one();
         }
@@ -126,6 +153,20 @@ impl Jwks {
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("parse JWKS: {e}"))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
+            if let AlgorithmParameters::EllipticCurve(p) = &jwk.algorithm {
+                if p.curve == EllipticCurve::P521 {
+                    match Es512Key::from_coordinates(&p.x, &p.y) {
+                        Ok(key) => keys.push(Key {
+                            kid: jwk.common.key_id.clone(),
+                            algs: Vec::new(),
+                            key: Verifying::Es512(key),
+                        }),
+                        Err(e) => warn!(kid = ?jwk.common.key_id, error = %e,
+                            "skipping a JWKS key that cannot verify {}", es512::ALG),
+                    }
+                    continue;
+                }
+            }
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 warn!(kid = ?jwk.common.key_id, "skipping a JWKS key that cannot verify signatures");
                 continue;
@@ -157,7 +198,7 @@ impl Jwks {
             keys.push(Key {
                 kid: jwk.common.key_id.clone(),
                 algs,
-                key,
+                key: Verifying::Jwt(key),
             });
         }
         if keys.is_empty() {

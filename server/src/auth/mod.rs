@@ -1,11 +1,13 @@
 //! Token verification for the proxy, upstream and admin ports.
 //!
 //! Each port verifies JWT bearer tokens independently (`proxy.auth.*`, `upstream.auth.*`,
-//! `admin.auth.*`): HMAC secrets, RSA/ECDSA/Ed25519 PEM public keys or a JWKS (file or URL,
-//! cached and refreshed). `exp` and `nbf` are always checked when present, `aud`/`iss` when
-//! configured. The claim `{"piko": {"endpoints": [...]}}` limits which endpoints a token may
-//! register or reach. Verification uses the maintained `jsonwebtoken` crate.
+//! `admin.auth.*`): HMAC secrets, RSA, ECDSA (P-256, P-384, P-521) or Ed25519 PEM public keys,
+//! or a JWKS (file or URL, cached and refreshed). `exp` and `nbf` are always checked when
+//! present, `aud`/`iss` when configured. The claim `{"piko": {"endpoints": [...]}}` limits which
+//! endpoints a token may register or reach. Verification uses the maintained `jsonwebtoken`
+//! crate, and RustCrypto's `p521` for ES512, which `jsonwebtoken` lacks (`es512.rs`).
 
+mod es512;
 mod jwks;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use piko_protocol::paths::{AUTHORIZATION_HEADER, TENANT_HEADER};
 use serde::Deserialize;
 
+pub use es512::Es512Key;
 pub use jwks::{Jwks, JwksLocation, JwksSource};
 
 /// Why a request was not authenticated. Every variant is a 401 with its message as `error`.
@@ -93,7 +96,7 @@ pub struct VerifierSettings {
     pub hmac_secret: Option<Vec<u8>>,
     /// PEM public key for RS256/384/512 and PS256/384/512.
     pub rsa_public_key: Option<String>,
-    /// PEM public key for ES256/ES384.
+    /// PEM public key for ES256/ES384 (P-256/P-384) or ES512 (P-521).
     pub ecdsa_public_key: Option<String>,
     /// PEM public key for EdDSA (Ed25519).
     pub ed25519_public_key: Option<String>,
@@ -112,6 +115,8 @@ pub struct VerifierSettings {
 /// Verifies tokens against configured keys or a JWKS.
 pub struct Verifier {
     keys: Vec<(Vec<Algorithm>, DecodingKey)>,
+    /// The P-521 key for ES512, which `jsonwebtoken` cannot verify.
+    es512: Option<Es512Key>,
     jwks: Option<Arc<Jwks>>,
     audience: Option<String>,
     issuer: Option<String>,
@@ -157,24 +162,30 @@ impl Verifier {
                 DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| err("rsa_public_key", &e))?;
             keys.push((vec![RS256, RS384, RS512, PS256, PS384, PS512], k));
         }
+        let mut es512 = None;
         if let Some(pem) = &s.ecdsa_public_key {
-            let k = DecodingKey::from_ec_pem(pem.as_bytes())
-                .map_err(|e| err("ecdsa_public_key", &e))?;
-            keys.push((vec![ES256, ES384], k));
+            match Es512Key::from_pem(pem) {
+                Some(k) => es512 = Some(k),
+                None => {
+                    let k = DecodingKey::from_ec_pem(pem.as_bytes())
+                        .map_err(|e| err("ecdsa_public_key", &e))?;
+                    keys.push((vec![ES256, ES384], k));
+                }
+            }
         }
         if let Some(pem) = &s.ed25519_public_key {
             let k = DecodingKey::from_ed_pem(pem.as_bytes())
                 .map_err(|e| err("ed25519_public_key", &e))?;
             keys.push((vec![EdDSA], k));
         }
-        if s.jwks.is_some() && !keys.is_empty() {
+        if s.jwks.is_some() && (!keys.is_empty() || es512.is_some()) {
             return Err(KeyError {
                 field: "jwks.endpoint",
                 message: "no other verification key may be set with a JWKS".into(),
             });
         }
         let jwks = s.jwks.map(|src| Arc::new(Jwks::new(src)));
-        if keys.is_empty() && jwks.is_none() {
+        if keys.is_empty() && es512.is_none() && jwks.is_none() {
             return Err(KeyError {
                 field: "hmac_secret_key",
                 message: "no verification key configured".into(),
@@ -182,6 +193,7 @@ impl Verifier {
         }
         Ok(Self {
             keys,
+            es512,
             jwks,
             audience: s.audience,
             issuer: s.issuer,
@@ -197,6 +209,9 @@ impl Verifier {
 
     /// Verify `token`.
     pub fn verify(&self, token: &str) -> Result<Token, AuthError> {
+        if let Some(header) = es512::header(token) {
+            return self.verify_es512(token, header);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let alg = header.alg;
         let key = match &self.jwks {
@@ -230,7 +245,32 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid,
         })?;
-        let claims = data.claims;
+        self.token(data.claims)
+    }
+
+    /// Verify an ES512 token, which `jsonwebtoken` does not implement.
+    fn verify_es512(&self, token: &str, header: es512::Header) -> Result<Token, AuthError> {
+        let key = match &self.jwks {
+            Some(jwks) => jwks.es512_key(header.kid.as_deref()),
+            None => self.es512.clone(),
+        }
+        .ok_or(AuthError::Invalid)?;
+        let claims = es512::verify_signature(token, &key)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        es512::check_claims(
+            &claims,
+            now,
+            self.audience.as_deref(),
+            self.issuer.as_deref(),
+        )?;
+        self.token(serde_json::from_slice(&claims).map_err(|_| AuthError::Invalid)?)
+    }
+
+    /// The verified token that `claims` (already checked) describe.
+    fn token(&self, claims: Claims) -> Result<Token, AuthError> {
         // `"endpoints": []` permits every endpoint, as in the original Go Piko; a server that
         // requires scoped tokens refuses it like a token without the claim.
         let endpoints = claims.piko.endpoints.filter(|list| !list.is_empty());

@@ -156,7 +156,24 @@ fn an_algorithm_without_a_configured_key_is_refused() {
 #[test]
 fn time_and_claim_checks() {
     let key = EncodingKey::from_secret(b"k");
-    let v = hmac("k");
+    check_claim_rules(
+        |claims| sign(Algorithm::HS256, &key, claims),
+        |audience, issuer| VerifierSettings {
+            hmac_secret: Some(b"k".to_vec()),
+            audience,
+            issuer,
+            ..Default::default()
+        },
+    );
+}
+
+/// The claim checks every algorithm shares, for tokens from `sign` and verifiers from
+/// `settings(audience, issuer)`.
+fn check_claim_rules(
+    sign: impl Fn(serde_json::Value) -> String,
+    settings: impl Fn(Option<String>, Option<String>) -> VerifierSettings,
+) {
+    let v = Verifier::new(settings(None, None)).unwrap();
     let now = now_secs();
     let cases: Vec<(serde_json::Value, Result<(), AuthError>)> = vec![
         (json!({}), Ok(())),
@@ -167,18 +184,10 @@ fn time_and_claim_checks() {
         (json!({"exp": "soon"}), Err(AuthError::Invalid)),
     ];
     for (claims, want) in cases {
-        let got = v
-            .verify(&sign(Algorithm::HS256, &key, claims.clone()))
-            .map(|_| ());
+        let got = v.verify(&sign(claims.clone())).map(|_| ());
         assert_eq!(got, want, "{claims}");
     }
-    let v = Verifier::new(VerifierSettings {
-        hmac_secret: Some(b"k".to_vec()),
-        audience: Some("piko".into()),
-        issuer: Some("auth.example".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let v = Verifier::new(settings(Some("piko".into()), Some("auth.example".into()))).unwrap();
     let cases: Vec<(serde_json::Value, Result<(), AuthError>)> = vec![
         (json!({"aud": "piko", "iss": "auth.example"}), Ok(())),
         (
@@ -197,11 +206,149 @@ fn time_and_claim_checks() {
         (json!({"iss": "auth.example"}), Err(AuthError::Invalid)),
     ];
     for (claims, want) in cases {
-        let got = v
-            .verify(&sign(Algorithm::HS256, &key, claims.clone()))
-            .map(|_| ());
+        let got = v.verify(&sign(claims.clone())).map(|_| ());
         assert_eq!(got, want, "{claims}");
     }
+}
+
+/// A P-521 key pair for ES512 (jsonwebtoken cannot sign them either): the signing key and the
+/// public key as PEM and as JWK coordinates.
+struct Es512Pair {
+    signing: p521::ecdsa::SigningKey,
+    public_pem: String,
+    x: String,
+    y: String,
+}
+
+fn es512_pair(seed: u8) -> Es512Pair {
+    use base64::Engine;
+    use p521::pkcs8::EncodePublicKey;
+    let mut secret = [seed; 66];
+    secret[0] = 0; // below the group order
+    let signing = p521::ecdsa::SigningKey::from_slice(&secret).expect("P-521 secret");
+    let public =
+        p521::PublicKey::from_affine(*p521::ecdsa::VerifyingKey::from(&signing).as_affine())
+            .unwrap();
+    let point = p521::ecdsa::VerifyingKey::from(&signing).to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    Es512Pair {
+        public_pem: public
+            .to_public_key_pem(p521::pkcs8::LineEnding::LF)
+            .expect("pem"),
+        x: b64(point.x().expect("x")),
+        y: b64(point.y().expect("y")),
+        signing,
+    }
+}
+
+fn sign_es512(
+    key: &p521::ecdsa::SigningKey,
+    kid: Option<&str>,
+    claims: &serde_json::Value,
+) -> String {
+    use base64::Engine;
+    use p521::ecdsa::signature::RandomizedSigner;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut header = json!({"alg": "ES512", "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig: p521::ecdsa::Signature =
+        key.sign_with_rng(&mut rand08::rngs::OsRng, signed.as_bytes());
+    format!("{signed}.{}", b64(&sig.to_bytes()))
+}
+
+#[test]
+fn es512_tokens_verify_with_a_p521_key_and_the_same_claim_rules() {
+    let pair = es512_pair(7);
+    let settings = |audience, issuer| VerifierSettings {
+        ecdsa_public_key: Some(pair.public_pem.clone()),
+        audience,
+        issuer,
+        ..Default::default()
+    };
+    check_claim_rules(|claims| sign_es512(&pair.signing, None, &claims), settings);
+
+    let v = Verifier::new(settings(None, None)).unwrap();
+    let claims = json!({"exp": now_secs() + 60, "piko": {"endpoints": ["shop"]}});
+    let t = v.verify(&sign_es512(&pair.signing, None, &claims)).unwrap();
+    assert!(t.permits("shop") && !t.permits("other"));
+    // Another key's signature, a changed payload, a cut signature: all refused.
+    let other = es512_pair(9);
+    assert_eq!(
+        v.verify(&sign_es512(&other.signing, None, &claims))
+            .unwrap_err(),
+        AuthError::Invalid
+    );
+    let token = sign_es512(&pair.signing, None, &claims);
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = sign_es512(
+        &pair.signing,
+        None,
+        &json!({"piko": {"endpoints": ["other"]}}),
+    );
+    let forged_payload = forged.split('.').nth(1).unwrap();
+    for bad in [
+        format!("{}.{}.{}", parts[0], forged_payload, parts[2]),
+        format!("{}.{}.{}", parts[0], parts[1], &parts[2][..20]),
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{token}.extra"),
+    ] {
+        assert_eq!(v.verify(&bad).unwrap_err(), AuthError::Invalid, "{bad}");
+    }
+    // A verifier with only a P-256 key refuses ES512, and a P-521 verifier refuses HS256.
+    let ec256 = rcgen_keys(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let v256 = Verifier::new(VerifierSettings {
+        ecdsa_public_key: Some(ec256.public_pem),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(v256.verify(&token).unwrap_err(), AuthError::Invalid);
+    let hs = sign(Algorithm::HS256, &EncodingKey::from_secret(b"k"), json!({}));
+    assert_eq!(v.verify(&hs).unwrap_err(), AuthError::Invalid);
+}
+
+#[tokio::test]
+async fn es512_keys_come_from_a_jwks_by_key_id() {
+    let (a, b) = (es512_pair(3), es512_pair(5));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let jwk = |kid: &str, p: &Es512Pair| json!({"kty": "EC", "crv": "P-521", "kid": kid, "x": p.x, "y": p.y});
+    let set = json!({"keys": [jwk("a", &a), jwk("b", &b), {"kty": "EC", "crv": "P-521", "kid": "bad", "x": "AA", "y": "AA"}]});
+    std::fs::write(&path, set.to_string()).unwrap();
+    let v = Verifier::new(VerifierSettings {
+        jwks: Some(JwksSource {
+            location: JwksLocation::File(path),
+            cache_ttl: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    v.jwks().unwrap().refresh().await.unwrap();
+    let claims = json!({"exp": now_secs() + 60});
+    assert!(v
+        .verify(&sign_es512(&a.signing, Some("a"), &claims))
+        .is_ok());
+    assert!(v
+        .verify(&sign_es512(&b.signing, Some("b"), &claims))
+        .is_ok());
+    assert_eq!(
+        v.verify(&sign_es512(&a.signing, Some("b"), &claims))
+            .unwrap_err(),
+        AuthError::Invalid,
+        "key b does not verify a's signature"
+    );
+    assert_eq!(
+        v.verify(&sign_es512(&a.signing, Some("missing"), &claims))
+            .unwrap_err(),
+        AuthError::Invalid
+    );
 }
 
 #[test]
