@@ -38,6 +38,7 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
+bash tests/layers.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 # The real image, for tests/tests/docker.rs (built here so its release build runs alone).
