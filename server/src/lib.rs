@@ -129,10 +129,10 @@ fn port_tls(
 /// Run a node until `shutdown` is cancelled, then drain: `/ready` turns 503, upstreams are
 /// told to go away, open requests get `config.grace_period` to finish.
 ///
-/// The steps, each a function below: find out who this node is ([`this_member`]), open its
-/// part of the cluster ([`open_cluster`]), serve the four ports ([`start_ports`]), join the
-/// cluster ([`join_cluster`]), turn ready, wait for `shutdown`, then
-/// [`drain_then_leave`].
+/// The steps, each a function below: find out who this node is (`this_member`), open its
+/// part of the cluster (`open_cluster`), serve the four ports (`start_ports`), join the
+/// cluster (`join_cluster`), turn ready, wait for `shutdown`, then
+/// `drain_then_leave`.
 pub async fn run(
     listeners: Listeners,
     config: Config,

@@ -5,8 +5,8 @@
 //! (unknown keys rejected) and converted into [`Config`], whose fields cannot be wrong; every
 //! error names the key.
 //!
-//! Layout: [`file`] holds the file's shape and defaults, [`layering`] the merge of the layers
-//! and [`load`], [`env`] the `${VAR}` expansion, `convert` the conversion into [`Config`].
+//! Layout: [`file`](mod@file) holds the file's shape and defaults, [`layering`] the merge of the layers
+//! and [`load`], [`env`](mod@env) the `${VAR}` expansion, `convert` the conversion into [`Config`].
 
 mod convert;
 pub mod env;

@@ -366,7 +366,7 @@ impl Cluster {
     }
 
     /// Ask the members this node knows and the nodes behind `cluster.join` who the members
-    /// are, in the background and at most every [`VOUCH_INTERVAL`]: a node that missed
+    /// are, in the background and at most every `VOUCH_INTERVAL`: a node that missed
     /// membership changes (it was away while a node joined and became leader) would refuse
     /// that leader's appends forever otherwise. Called when a Raft call from an unknown node
     /// is refused; the sender's retry gets in once a trusted node names it.

@@ -3,9 +3,9 @@
 //! leads, expiring the entries of nodes that stopped answering and promoting learners so the
 //! group keeps 1, 3 or 5 voters.
 //!
-//! Layout, by concept: [`membership`] (start, join, leave, who the members are),
-//! [`endpoints`] (this node's endpoint entries and routing to other nodes), [`leases`] (what
-//! the leader does: expire nodes, promote and replace voters), [`status`] (health and the
+//! Layout, by concept: `membership` (start, join, leave, who the members are),
+//! `endpoints` (this node's endpoint entries and routing to other nodes), `leases` (what
+//! the leader does: expire nodes, promote and replace voters), `status` (health and the
 //! status pages). This file holds the handle itself and what all of them share.
 
 mod endpoints;

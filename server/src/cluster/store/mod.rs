@@ -15,7 +15,7 @@
 //! Routing code reads the replicated state through [`StateMachine::state`], a watch channel
 //! holding an immutable `Arc<ClusterState>`, so it never locks the state machine.
 //!
-//! Layout: [`log`] holds the log store, [`state_machine`] the state machine and its snapshots;
+//! Layout: `log` holds the log store, `state_machine` the state machine and its snapshots;
 //! this file the data directory's layout and errors they share.
 
 mod log;
