@@ -42,6 +42,7 @@ fi
 
 step "format, lint"
 cargo fmt --all -- --check
+bash tests/layers.sh
 cargo clippy --workspace --all-targets -- -D warnings
 step "build"
 # One build for the binaries and the tests: with --all-targets, dev-dependency features

@@ -11,45 +11,43 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 use crate::auth::PortAuth;
-use crate::cluster::{Cluster, ClusterError};
-
-/// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
-pub const NODES_API: &str = "/cluster/nodes/";
+use crate::cluster::{Cluster, Member};
 use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
 
-/// What this node tells others and operators about itself.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NodeInfo {
-    /// Node id.
-    pub id: String,
-    /// Proxy address.
-    pub proxy_addr: String,
-    /// Upstream address.
-    pub upstream_addr: String,
-    /// Admin address.
-    pub admin_addr: String,
-    /// Cluster address.
-    pub cluster_addr: String,
+/// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
+pub const NODES_API: &str = "/cluster/nodes/";
+
+/// A node as the status routes show it when it runs without a cluster: the fields of
+/// [`Member`], its name as `id` (the shape of a cluster node's status).
+fn member_json(m: &Member) -> serde_json::Value {
+    json!({
+        "id": m.name,
+        "proxy_addr": m.proxy_addr,
+        "upstream_addr": m.upstream_addr,
+        "admin_addr": m.admin_addr,
+        "cluster_addr": m.cluster_addr,
+    })
 }
 
 /// Serves the admin routes.
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
-    node: NodeInfo,
+    node: Member,
     auth: PortAuth,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
 }
 
 impl Admin {
-    /// Admin routes over `registry`; `/ready` follows `ready`; `/metrics` serves `metrics`.
+    /// Admin routes of `node` over `registry`; `/ready` follows `ready`; `/metrics` serves
+    /// `metrics`.
     pub fn new(
         registry: Arc<Registry>,
         ready: Arc<AtomicBool>,
-        node: NodeInfo,
+        node: Member,
         auth: PortAuth,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -80,7 +78,7 @@ impl Admin {
         }
         match cluster.leave_member(id).await {
             Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id })),
-            Err(ClusterError::Refused(e)) => json_error(StatusCode::CONFLICT, &e),
+            Err(e) if e.is_refusal() => json_error(StatusCode::CONFLICT, &e.to_string()),
             Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
     }
@@ -156,7 +154,7 @@ impl Admin {
             "/status/cluster/nodes" => match &self.cluster {
                 Some(c) => json_response(StatusCode::OK, &json!(c.nodes())),
                 None => {
-                    let mut node = serde_json::to_value(&self.node).unwrap_or_default();
+                    let mut node = member_json(&self.node);
                     node["endpoints"] = json!(self.registry.endpoints());
                     node["upstreams"] = json!(self.registry.upstream_count());
                     json_response(StatusCode::OK, &json!([node]))
@@ -170,7 +168,7 @@ impl Admin {
                 let id = &p["/status/cluster/nodes/".len()..];
                 let found = match &self.cluster {
                     Some(c) => c.nodes().into_iter().find(|n| n.id == id).map(|n| json!(n)),
-                    None => (id == self.node.id).then(|| json!(self.node)),
+                    None => (id == self.node.name).then(|| member_json(&self.node)),
                 };
                 match found {
                     Some(n) => json_response(StatusCode::OK, &n),
@@ -232,12 +230,9 @@ mod tests {
             Admin::new(
                 Arc::new(Registry::new(cluster.clone())),
                 Arc::new(AtomicBool::new(true)),
-                NodeInfo {
-                    id: "solo".into(),
-                    proxy_addr: String::new(),
-                    upstream_addr: String::new(),
-                    admin_addr: String::new(),
-                    cluster_addr: String::new(),
+                Member {
+                    name: "solo".into(),
+                    ..Member::default()
                 },
                 PortAuth::default(),
                 Arc::new(Metrics::new()),

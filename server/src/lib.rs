@@ -1,15 +1,26 @@
 //! A Piko server node.
 //!
-//! Layout:
+//! Layout, in reading order: each module uses only the ones above it in this list
+//! (`tests/layers.sh` checks every `use crate::` against it, in CI):
+//! - [`secret`]: strings that never print (the cluster token, HMAC keys).
+//! - [`tls`]: certificates and keys for the ports, reloaded when their files change.
+//! - [`http`]: serving a listener with limits and graceful drain; the body type every port
+//!   writes.
+//! - [`auth`]: JWT verification for the ports (keys, JWKS, tenants).
+//! - [`upstream`]: the upstream port (registration, yamux sessions), the endpoint
+//!   [`Registry`] and each upstream's pool of keep-alive connections.
+//! - [`cluster`]: the Raft group (openraft) replicating membership and endpoints, and the
+//!   cluster port; forwarded requests are handed to the proxy by [`run`].
+//! - [`metrics`]: the Prometheus figures.
+//! - [`proxy`]: the proxy port (client HTTP, WebSocket, TCP over WebSocket → upstreams, or
+//!   forwarded to another node).
+//! - [`admin`]: health, readiness, metrics and status routes.
 //! - [`config`]: defaults, YAML file, `PIKO_*` environment and dotted flags → [`Config`].
-//! - [`proxy`]: the proxy port (client HTTP, WebSocket, TCP over WebSocket → upstreams).
-//! - [`upstream`]: the upstream port (registration, yamux sessions) and the endpoint [`Registry`].
-//! - [`admin`]: health, readiness and status routes.
-//! - [`cluster`]: the Raft group (openraft) replicating membership and endpoints, the cluster
-//!   port and forwarding between nodes.
-//! - [`http`]: serving a listener with limits and graceful drain.
+//! - this root: [`run`], which wires them together.
 //!
 //! [`run`] takes bound listeners (the caller owns sockets) and a shutdown token.
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod auth;
@@ -18,13 +29,16 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod secret;
 pub mod tls;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -114,45 +128,61 @@ fn port_tls(
 
 /// Run a node until `shutdown` is cancelled, then drain: `/ready` turns 503, upstreams are
 /// told to go away, open requests get `config.grace_period` to finish.
+///
+/// The steps, each a function below: find out who this node is (`this_member`), open its
+/// part of the cluster (`open_cluster`), serve the four ports (`start_ports`), join the
+/// cluster (`join_cluster`), turn ready, wait for `shutdown`, then
+/// `drain_then_leave`.
 pub async fn run(
     listeners: Listeners,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    // Not ready until the node is in a cluster.
-    let ready = Arc::new(AtomicBool::new(false));
+    // Every task of the node but the two ports that outlive the drain (see `LastPort`).
     let tasks = TaskTracker::new();
+    let member = this_member(&config, &listeners)?;
+    info!(node_id = %member.name, "starting node");
+    let peers = peer_policy(&config, &listeners, &member);
+    let cluster = open_cluster(&config, member.clone(), peers, &tasks, &shutdown).await?;
+    let ports = start_ports(listeners, &config, member, &cluster, &tasks, &shutdown).await?;
+    join_cluster(&cluster, &ports.registry, &tasks, &shutdown).await?;
+    // Not ready until the node is in a cluster, nor when it is already stopping.
+    if !shutdown.is_cancelled() {
+        ports.ready.store(true, Ordering::SeqCst);
+        info!("node is ready");
+    }
+    shutdown.cancelled().await;
+    drain_then_leave(ports, &cluster, tasks, config.grace_period).await;
+    Ok(())
+}
+
+/// This node as the cluster sees it: its stable id and the advertised addresses of its
+/// ports (the bound ones where none is configured).
+fn this_member(config: &Config, listeners: &Listeners) -> Result<cluster::Member, RunError> {
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let node_id = cluster::stable_node_id(
+    let advertised = |set: &Option<String>, l: &TcpListener| set.clone().unwrap_or_else(|| addr(l));
+    let name = cluster::stable_node_id(
         config.data_dir.as_deref(),
         &config.node_id,
         config.node_id_generated,
     )?;
-    let node = admin::NodeInfo {
-        id: node_id.clone(),
-        proxy_addr: config
-            .advertise
-            .proxy
-            .clone()
-            .unwrap_or_else(|| addr(&listeners.proxy)),
-        upstream_addr: config
-            .advertise
-            .upstream
-            .clone()
-            .unwrap_or_else(|| addr(&listeners.upstream)),
-        admin_addr: config
-            .advertise
-            .admin
-            .clone()
-            .unwrap_or_else(|| addr(&listeners.admin)),
-        cluster_addr: config
-            .advertise
-            .cluster
-            .clone()
-            .unwrap_or_else(|| addr(&listeners.cluster)),
-    };
-    info!(node_id = %node_id, "starting node");
-    let unspecified = node
+    Ok(cluster::Member {
+        name,
+        proxy_addr: advertised(&config.advertise.proxy, &listeners.proxy),
+        upstream_addr: advertised(&config.advertise.upstream, &listeners.upstream),
+        admin_addr: advertised(&config.advertise.admin, &listeners.admin),
+        cluster_addr: advertised(&config.advertise.cluster, &listeners.cluster),
+    })
+}
+
+/// Which peers the cluster port admits, with a warning when the choice exposes the node or
+/// leaves it unreachable for the nodes it is meant to meet.
+fn peer_policy(
+    config: &Config,
+    listeners: &Listeners,
+    member: &cluster::Member,
+) -> cluster::PeerPolicy {
+    let unspecified = member
         .cluster_addr
         .parse::<std::net::SocketAddr>()
         .is_ok_and(|a| a.ip().is_unspecified());
@@ -187,18 +217,24 @@ pub async fn run(
     }
     if unspecified && !config.join.is_empty() {
         tracing::warn!(
-            cluster_addr = %node.cluster_addr,
+            cluster_addr = %member.cluster_addr,
             "other nodes cannot reach this node at its bind address; set cluster.advertise_addr"
         );
     }
+    peers
+}
+
+/// Open this node's Raft log and state and start Raft, not yet in a cluster; its watcher
+/// logs if Raft stops while the node runs.
+async fn open_cluster(
+    config: &Config,
+    member: cluster::Member,
+    peers: cluster::PeerPolicy,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Arc<cluster::Cluster>, RunError> {
     let cluster = cluster::Cluster::new(cluster::ClusterSettings {
-        member: cluster::Member {
-            name: node.id.clone(),
-            proxy_addr: node.proxy_addr.clone(),
-            upstream_addr: node.upstream_addr.clone(),
-            admin_addr: node.admin_addr.clone(),
-            cluster_addr: node.cluster_addr.clone(),
-        },
+        member,
         join: config.join.clone(),
         data_dir: config.data_dir.clone(),
         tls: config.cluster_client_tls.clone(),
@@ -208,8 +244,63 @@ pub async fn run(
     })
     .await?;
     tasks.spawn(cluster.clone().watch_raft(shutdown.clone()));
-    let registry = Arc::new(Registry::new(cluster.clone()));
+    Ok(cluster)
+}
 
+/// The four ports, serving.
+struct Ports {
+    /// `/ready` answers 200 while set.
+    ready: Arc<AtomicBool>,
+    /// This node's upstreams.
+    registry: Arc<Registry>,
+    /// Serves Raft RPC until this node has left the cluster.
+    cluster: LastPort,
+    /// Answers probes (`/ready` 503) through the whole drain.
+    admin: LastPort,
+}
+
+/// A port that outlives the drain of `tasks`, so it is not on that tracker (waiting for it
+/// there would wait forever): it has its own stop token and is awaited by its handle.
+struct LastPort {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl LastPort {
+    /// Serve `handler` on `listener` until [`Self::stop`] cancels `opts.shutdown`.
+    fn serve<F, Fut>(listener: TcpListener, opts: http::ServeOptions, handler: F) -> Self
+    where
+        F: Fn(hyper::Request<hyper::body::Incoming>, http::ConnInfo) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = hyper::Response<http::Body>> + Send + 'static,
+    {
+        let stop = opts.shutdown.clone();
+        let task = tokio::spawn(http::serve(listener, opts, handler));
+        Self { stop, task }
+    }
+
+    /// Stop accepting, let open requests finish (up to the grace period), return then.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Load TLS and JWKS for the ports (any error stops the start), then serve the cluster,
+/// proxy, upstream and admin ports. The proxy and upstream ports stop at `shutdown`; the
+/// cluster and admin ports when [`drain_then_leave`] says.
+async fn start_ports(
+    listeners: Listeners,
+    config: &Config,
+    member: cluster::Member,
+    cluster: &Arc<cluster::Cluster>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Ports, RunError> {
+    let registry = Arc::new(Registry::new(cluster.clone()));
     let proxy_tls = port_tls("proxy.tls", &config.proxy_tls, &[b"h2", b"http/1.1"])?;
     let upstream_tls = port_tls("upstream.tls", &config.upstream_tls, &[b"http/1.1"])?;
     let admin_tls = port_tls("admin.tls", &config.admin_tls, &[b"http/1.1"])?;
@@ -218,14 +309,14 @@ pub async fn run(
         .into_iter()
         .flatten()
     {
-        tokio::spawn(t.clone().watch(shutdown.clone()));
+        tasks.spawn(t.clone().watch(shutdown.clone()));
     }
     for (key, auth) in [
         ("proxy.auth.jwks", &config.proxy_auth),
         ("upstream.auth.jwks", &config.upstream_auth),
         ("admin.auth.jwks", &config.admin_auth),
     ] {
-        auth.start(shutdown.clone())
+        auth.start(tasks, shutdown.clone())
             .await
             .map_err(|message| RunError::Jwks { key, message })?;
     }
@@ -245,8 +336,6 @@ pub async fn run(
             grace,
         }
     };
-    // Admin stays up until the data ports have drained, so probes see /ready = 503 meanwhile.
-    let admin_shutdown = CancellationToken::new();
 
     let metrics = Arc::new(metrics::Metrics::new());
     let proxy = Arc::new(
@@ -260,17 +349,19 @@ pub async fn run(
         .with_trusted_proxies(config.trusted_proxies.clone())
         .with_cluster(cluster.clone()),
     );
-    // The cluster port serves Raft RPC until the very end, so this node can leave cleanly.
-    let cluster_shutdown = CancellationToken::new();
-    let cluster_port = Arc::new(cluster::ClusterPort::new(cluster.clone(), proxy.clone()));
-    let cluster_task = tokio::spawn(http::serve(
-        listeners.cluster,
-        opts("cluster", cluster_tls, &cluster_shutdown),
-        move |req, conn| cluster_port.clone().handle(req, conn),
+    let forwarded = proxy.clone();
+    let cluster_port = Arc::new(cluster::ClusterPort::new(
+        cluster.clone(),
+        move |req, conn| forwarded.clone().handle_forwarded(req, conn),
     ));
+    let cluster_port = LastPort::serve(
+        listeners.cluster,
+        opts("cluster", cluster_tls, &CancellationToken::new()),
+        move |req, conn| cluster_port.clone().handle(req, conn),
+    );
     tasks.spawn(http::serve(
         listeners.proxy,
-        opts("proxy", proxy_tls, &shutdown),
+        opts("proxy", proxy_tls, shutdown),
         move |req, conn| proxy.clone().handle(req, conn),
     ));
     let upstreams = Arc::new(upstream::UpstreamServer::new(
@@ -286,50 +377,79 @@ pub async fn run(
     ));
     tasks.spawn(http::serve(
         listeners.upstream,
-        opts("upstream", upstream_tls, &shutdown),
+        opts("upstream", upstream_tls, shutdown),
         move |req, conn| upstreams.clone().handle(req, conn),
     ));
+    let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
         admin::Admin::new(
             registry.clone(),
             ready.clone(),
-            node,
+            member,
             config.admin_auth.clone(),
             metrics,
         )
         .with_cluster(cluster.clone()),
     );
-    let admin_task = tokio::spawn(http::serve(
+    let admin_port = LastPort::serve(
         listeners.admin,
-        opts("admin", admin_tls, &admin_shutdown),
+        opts("admin", admin_tls, &CancellationToken::new()),
         move |req, conn| admin.clone().handle(req, conn),
-    ));
+    );
+    Ok(Ports {
+        ready,
+        registry,
+        cluster: cluster_port,
+        admin: admin_port,
+    })
+}
 
-    cluster.start(&shutdown).await?;
-    cluster.caught_up(std::time::Duration::from_secs(5)).await;
+/// Bootstrap, rejoin or join the cluster (returns early at `shutdown`), catch up with its
+/// endpoint table, then keep this node's endpoint entries in step with `registry` and, while
+/// it leads, tend the group.
+async fn join_cluster(
+    cluster: &Arc<cluster::Cluster>,
+    registry: &Arc<Registry>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    cluster.start(shutdown).await?;
+    cluster.caught_up(Duration::from_secs(5)).await;
     tasks.spawn(
         cluster
             .clone()
             .sync_endpoints(registry.clone(), shutdown.clone()),
     );
     tasks.spawn(cluster.clone().lead(shutdown.clone()));
-    if !shutdown.is_cancelled() {
-        ready.store(true, Ordering::SeqCst);
-        info!("node is ready");
-    }
+    Ok(())
+}
 
-    shutdown.cancelled().await;
-    ready.store(false, Ordering::SeqCst);
+/// The shutdown, in the order that loses no request and leaves the cluster clean.
+async fn drain_then_leave(
+    ports: Ports,
+    cluster: &cluster::Cluster,
+    tasks: TaskTracker,
+    grace: Duration,
+) {
+    // 1. `/ready` answers 503: load balancers stop sending clients here.
+    ports.ready.store(false, Ordering::SeqCst);
+    // 2. Other nodes stop forwarding here: this node's endpoint entries are cleared (the
+    //    cluster port still serves the Raft calls this takes).
     cluster.withdraw().await;
     info!(grace = ?grace, "shutting down: draining upstreams and requests");
+    // 3. The proxy and upstream ports, which watch `shutdown`, stop accepting; open requests
+    //    get `grace`, upstreams are told to go away and their sessions close; the cluster's
+    //    background loops end. Wait for all of it.
     tasks.close();
     tasks.wait().await;
+    // 4. Leave the Raft group: the leader removes this node (handing over leadership if this
+    //    node leads), over the cluster port, which is still serving.
     cluster.leave().await;
+    // 5. Stop Raft.
     cluster.shutdown().await;
-    cluster_shutdown.cancel();
-    let _ = cluster_task.await;
-    admin_shutdown.cancel();
-    let _ = admin_task.await;
+    // 6. No Raft call is needed any more: the cluster port can go.
+    ports.cluster.stop().await;
+    // 7. The admin port last, so probes saw 503 through the whole drain.
+    ports.admin.stop().await;
     info!("shutdown complete");
-    Ok(())
 }

@@ -279,6 +279,8 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    // Not tracked: the connection of one fetch ends when its response does (or the fetch's
+    // timeout drops it).
     tokio::spawn(conn);
     sender.send_request(req).await
 }

@@ -354,12 +354,17 @@ impl PortAuth {
         Ok(token)
     }
 
-    /// Load every JWKS once (startup fails if one cannot be loaded) and keep them refreshed.
-    pub async fn start(&self, shutdown: tokio_util::sync::CancellationToken) -> Result<(), String> {
+    /// Load every JWKS once (startup fails if one cannot be loaded) and keep them refreshed,
+    /// on `tasks`, until `shutdown`.
+    pub async fn start(
+        &self,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
         for v in self.verifiers() {
             if let Some(jwks) = v.jwks() {
                 jwks.refresh().await?;
-                tokio::spawn(jwks.clone().keep_fresh(shutdown.clone()));
+                tasks.spawn(jwks.clone().keep_fresh(shutdown.clone()));
             }
         }
         Ok(())

@@ -7,19 +7,25 @@
 //! - [`node`]: bootstrap and join, writes through the leader, endpoint sync, the leader's lease
 //!   on nodes and voter promotion.
 //! - [`service`]: the cluster port's routes.
+//! - [`error`]: [`ClusterError`], typed.
 //! - [`trust`]: what the cluster port trusts: peers, certificates naming nodes, Raft terms.
+//! - [`voters`]: the leader's voter policy (promotions, replacing voters that stopped
+//!   answering), a pure function.
 //!
 //! Every `openraft::` path of the server stays inside this module.
 
+pub mod error;
 pub mod network;
 pub mod node;
 pub mod service;
 pub mod store;
 pub mod trust;
 pub mod types;
+pub mod voters;
 
+pub use error::ClusterError;
 pub use network::PeerClient;
-pub use node::{Cluster, ClusterError, ClusterSettings, NodeStatus};
+pub use node::{Cluster, ClusterSettings, NodeStatus};
 pub use service::ClusterPort;
 pub use trust::PeerPolicy;
 pub use types::{Member, NodeId};
@@ -35,15 +41,17 @@ pub fn stable_node_id(
         return Ok(id.to_string());
     };
     let path = dir.join("node_id");
-    let io = |e: std::io::Error| ClusterError::Store(format!("{}: {e}", path.display()));
+    let io = |source| ClusterError::NodeIdFile {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(saved) => {
             let saved = saved.trim().to_string();
-            check_node_id(&saved).map_err(|e| {
-                ClusterError::Store(format!(
-                    "{}: invalid node id {saved:?}: {e}; delete the file or set cluster.node_id",
-                    path.display()
-                ))
+            check_node_id(&saved).map_err(|reason| ClusterError::InvalidNodeIdFile {
+                path: path.clone(),
+                id: saved.clone(),
+                reason,
             })?;
             Ok(saved)
         }

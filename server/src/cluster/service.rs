@@ -7,6 +7,7 @@
 //! only from members (votes from voters) with believable terms, and under mutual TLS only
 //! from a certificate that names the node the call speaks for.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,26 +19,27 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use super::error::ClusterError;
 use super::network::{
     APPEND_PATH, CLUSTER_TOKEN_HEADER, FORWARD_PATH, FORWARD_TARGET_HEADER, INFO_PATH, JOIN_PATH,
     LEAVE_PATH, MAX_RPC_BYTES, MAX_SMALL_BYTES, MAX_WRITE_BYTES, SNAPSHOT_PATH, VOTE_PATH,
     WRITE_PATH,
 };
-use super::node::{Cluster, ClusterError, JoinRequest};
+use super::node::{Cluster, JoinRequest};
 use super::trust::{
     certificate_is, host_of, term_acceptable, KnownPeers, RaftRequest, UNAUTHENTICATED_PEER,
 };
 use super::types::{raft_id, Command, Member};
 use crate::http::{json_error, json_response, Body, ConnInfo, PeerCertificates};
-use crate::proxy::Proxy;
 
 /// A refused call is logged at `warn` at most this often; the others at `debug`.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves the cluster port.
-pub struct ClusterPort {
+/// Serves the cluster port; `F` serves the requests other nodes forward (the proxy, which
+/// sits above the cluster and is handed in, so the cluster never names it).
+pub struct ClusterPort<F> {
     cluster: Arc<Cluster>,
-    proxy: Arc<Proxy>,
+    forward: F,
     last_warning: Mutex<Option<Instant>>,
 }
 
@@ -123,18 +125,23 @@ fn cluster_error(e: ClusterError) -> Response<Body> {
         ClusterError::NoLeader | ClusterError::Peer(_) | ClusterError::TimedOut(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ClusterError::Refused(_) => StatusCode::CONFLICT,
+        ClusterError::Refused(_) | ClusterError::Rejected(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json_error(status, &e.to_string())
 }
 
-impl ClusterPort {
-    /// The cluster port of `cluster`, handing forwarded requests to `proxy`.
-    pub fn new(cluster: Arc<Cluster>, proxy: Arc<Proxy>) -> Self {
+impl<F, Fut> ClusterPort<F>
+where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send,
+{
+    /// The cluster port of `cluster`, handing forwarded requests to `forward` (the proxy's
+    /// `handle_forwarded`).
+    pub fn new(cluster: Arc<Cluster>, forward: F) -> Self {
         Self {
             cluster,
-            proxy,
+            forward,
             last_warning: Mutex::new(None),
         }
     }
@@ -203,7 +210,8 @@ impl ClusterPort {
     }
 
     /// A client request forwarded by another node's proxy: its path and query come back from
-    /// [`FORWARD_TARGET_HEADER`], then the proxy serves it from a local upstream.
+    /// [`FORWARD_TARGET_HEADER`], then the proxy serves it from a local upstream
+    /// (`forward`).
     async fn forwarded(
         self: Arc<Self>,
         mut req: Request<Incoming>,
@@ -221,7 +229,7 @@ impl ClusterPort {
             );
         };
         *req.uri_mut() = Uri::from(target);
-        self.proxy.clone().handle_forwarded(req, conn).await
+        (self.forward)(req, conn).await
     }
 
     /// Read a Raft request and check it before openraft sees it: a believable term, a sender

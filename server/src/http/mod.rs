@@ -1,7 +1,9 @@
 //! Serving HTTP on a listener: HTTP/1.1 and h2c, upgrades, limits and graceful drain.
 //!
-//! [`timeouts`] holds the header and idle timers of client connections.
+//! [`timeouts`] holds the header and idle timers of client connections; [`body`] the body
+//! type every port writes.
 
+pub mod body;
 pub mod timeouts;
 
 use std::convert::Infallible;
@@ -23,11 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::proxy::pool::PooledBody;
-use crate::tls::ReloadingTls;
+pub use body::{Body, PoolReturn, PooledBody};
 
-/// The body of every response the server writes: a proxied body or a small one of its own.
-pub type Body = Either<PooledBody, Full<Bytes>>;
+use crate::tls::ReloadingTls;
 
 /// A JSON error response: `{"error": message}` with `Content-Type: application/json`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {

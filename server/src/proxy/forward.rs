@@ -12,11 +12,10 @@ use piko_protocol::paths::FORWARD_HEADER;
 use piko_protocol::EndpointId;
 use tracing::debug;
 
-use super::pool::PooledBody;
 use super::{rewrite_head, Hop, Proxy, ProxyError};
 use crate::cluster::network::{full, ClientBody, FORWARD_PATH, FORWARD_TARGET_HEADER};
 use crate::cluster::NodeId;
-use crate::http::{Body, ConnInfo};
+use crate::http::{Body, ConnInfo, PooledBody};
 
 /// Nodes tried for one request before giving up.
 const MAX_NODES: usize = 3;

@@ -3,7 +3,6 @@
 
 mod error;
 mod forward;
-pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +25,12 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 pub use error::ProxyError;
-use pool::{CheckoutError, PooledBody, SendError};
 
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::cluster::Cluster;
-use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo};
+use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo, PooledBody};
 use crate::metrics::Metrics;
+use crate::upstream::pool::{self, CheckoutError, SendError};
 use crate::upstream::{Registry, Upstream};
 use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
 use piko_protocol::{access_enabled, access_record};
@@ -380,6 +379,8 @@ impl Proxy {
                 .insert(HALF_CLOSE_HEADER, HeaderValue::from_static("1"));
         }
         let on_upgrade = hyper::upgrade::on(req);
+        // Not tracked, as before this refactor: a TCP tunnel lives as long as its upstream
+        // stream, which the upstream's drain closes after the grace period.
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,

@@ -1,5 +1,8 @@
 //! The upstream port: upstreams register endpoints over WebSocket and serve yamux streams.
+//!
+//! [`pool`] keeps each upstream's idle keep-alive HTTP connections for the proxy.
 
+pub mod pool;
 mod registry;
 
 use std::net::SocketAddr;
@@ -170,8 +173,10 @@ impl UpstreamServer {
             let session = session.clone();
             async move { while session.accept().await.is_some() {} }
         };
+        // Not on `tasks`: it ends with the session, which this (tracked) task closes below.
         tokio::spawn(refuse);
-        // The session runs in its own task so it keeps moving while this one waits to drain.
+        // The session runs in its own task so it keeps moving while this one waits to drain;
+        // this task awaits it on every path, so it needs no tracker of its own.
         let mut driver = tokio::spawn(driver);
         let expired = async {
             match expiry {

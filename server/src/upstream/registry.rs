@@ -30,7 +30,13 @@ pub struct Upstream {
     /// Its network address.
     pub remote: SocketAddr,
     /// Idle keep-alive HTTP connections to it.
-    pub pool: crate::proxy::pool::ConnPool,
+    pub pool: super::pool::ConnPool,
+}
+
+impl crate::http::PoolReturn for Upstream {
+    fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<hyper::body::Incoming>) {
+        self.pool.put(sender);
+    }
 }
 
 /// Told when this node's upstream count for an endpoint changes; asked whether another node

@@ -1,4 +1,7 @@
-//! `piko-server`: parse options, set up logging, bind, run.
+//! `piko-server`: parse options, set up logging, bind, run; or ask a node for its status
+//! ([`status`]).
+
+mod status;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -12,6 +15,11 @@ fn cli() -> Command {
     let mut cmd = Command::new("piko-server")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Run a Piko server node: proxy (8000), upstream (8001), admin (8002) and cluster (8003) ports")
+        .after_help(format!(
+            "SIGINT or SIGTERM stops the node gracefully (drain, then leave the cluster) and exits 0; \
+             a second signal exits at once with code {}.",
+            piko_protocol::process::SECOND_SIGNAL_EXIT
+        ))
         .arg(Arg::new("config.path").long("config.path").value_name("FILE").help("YAML configuration file"))
         .arg(
             Arg::new("config.expand-env")
@@ -110,69 +118,9 @@ fn init_logging(log: &config::LogFile) {
     }
 }
 
-async fn status(m: &ArgMatches) -> anyhow::Result<()> {
-    let base = m
-        .get_one::<String>("server.url")
-        .map(String::as_str)
-        .unwrap_or("http://localhost:8002");
-    let id = m.get_one::<String>("id");
-    let path = match (m.get_one::<String>("what").map(String::as_str), id) {
-        (Some("node"), Some(id)) => format!("/status/cluster/nodes/{id}"),
-        (Some("node"), None) => {
-            anyhow::bail!("status node: give the node id, as in `piko-server status node node-1`")
-        }
-        (Some("nodes"), _) => "/status/cluster/nodes".into(),
-        (Some("raft"), _) => "/status/cluster/raft".into(),
-        (Some("health"), _) => "/health".into(),
-        _ => "/status/upstream/endpoints".into(),
-    };
-    let url: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
-        .parse()
-        .context("--server.url: invalid URL")?;
-    let authority = url
-        .authority()
-        .context("--server.url: missing host")?
-        .clone();
-    let stream = tokio::net::TcpStream::connect(authority.as_str())
-        .await
-        .with_context(|| {
-            format!("cannot reach {authority}; is the admin port right (--server.url)?")
-        })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(url.path()).header("host", authority.as_str());
-    if let Some(token) = m.get_one::<String>("server.token") {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(
-        serde_json::Value::String(String::from_utf8_lossy(&body).into()),
-    );
-    if !status.is_success() {
-        anyhow::bail!("{path}: {status}: {value}");
-    }
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // PIKO_WORKER_THREADS pins the runtime's size (default: one worker per core).
-    if let Some(n) = std::env::var("PIKO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match piko_protocol::process::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -180,7 +128,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(("status", sub)) = matches.subcommand() {
-        return match runtime.block_on(status(sub)) {
+        return match runtime.block_on(status::run(sub)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -207,7 +155,14 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        let stop = shutdown.clone();
+        // The process's own task: a second signal exits the process, whatever else runs.
+        tokio::spawn(piko_protocol::process::stop_on_signals(move || {
+            stop.cancel();
+            tracing::info!(
+                "signal received; shutting down gracefully (send again to exit at once)"
+            );
+        }));
         match piko_server::run(listeners, config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -216,41 +171,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// First SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
-async fn signals(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        for n in 0..2 {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!(
-                    "signal received; shutting down gracefully (send again to exit at once)"
-                );
-                shutdown.cancel();
-            } else {
-                tracing::warn!("second signal; exiting at once");
-                std::process::exit(1);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        shutdown.cancel();
-        let _ = tokio::signal::ctrl_c().await;
-        std::process::exit(1);
-    }
 }

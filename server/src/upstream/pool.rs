@@ -3,22 +3,18 @@
 //! Opening a stream and an HTTP connection per request costs frames, tasks and allocations
 //! on both sides; reusing idle connections saves them. An upstream's HTTP server (this
 //! project's connector or the original Go agent) serves any number of requests per stream.
-//! A connection goes back to the pool when its response body has been read to the end.
+//! A connection goes back to the pool when its response body has been read to the end
+//! ([`PooledBody`](crate::http::PooledBody), through [`PoolReturn`](crate::http::PoolReturn)).
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use piko_protocol::mux::Session;
 use tracing::debug;
-
-use crate::upstream::Upstream;
 
 /// Idle connections kept per upstream at most.
 const MAX_IDLE: usize = 256;
@@ -95,6 +91,8 @@ pub async fn connect(session: &Session) -> Result<SendRequest<Incoming>, Checkou
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
+    // Not tracked: the connection ends with its stream, which the session's drain (tracked
+    // by the upstream port) closes; tracking each one would cost the hot path.
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "upstream connection ended with an error");
@@ -133,69 +131,4 @@ pub enum SendError {
     /// The request failed on the connection.
     #[error("{0}")]
     Request(hyper::Error),
-}
-
-/// A response body that returns its connection to the pool once read to the end.
-pub struct PooledBody {
-    inner: Incoming,
-    give_back: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
-}
-
-impl PooledBody {
-    /// A body that returns `sender` to `upstream`'s pool at its end.
-    pub fn new(inner: Incoming, sender: SendRequest<Incoming>, upstream: Arc<Upstream>) -> Self {
-        Self {
-            inner,
-            give_back: Some((sender, upstream)),
-        }
-    }
-
-    /// A body whose connection is not reused (upgrades).
-    pub fn unpooled(inner: Incoming) -> Self {
-        Self {
-            inner,
-            give_back: None,
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some((sender, upstream)) = self.give_back.take() {
-            upstream.pool.put(sender);
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        match &res {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.give_back = None,
-            _ => {}
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body dropped before its end leaves the connection mid-response: not reusable.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-    }
 }

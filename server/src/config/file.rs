@@ -1,0 +1,330 @@
+//! The configuration file's shape (the original Piko's keys), with the defaults every layer
+//! starts from. Each key is also a flag and an environment variable (see [`super::leaf_keys`]).
+
+use std::time::Duration;
+
+use piko_protocol::access_log::AccessLogConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretString;
+
+/// A duration written like `30s`, `1m30s` or `500ms`, at most [`MAX_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// The longest duration any key takes: one year (`1y`). More is a typo, and deadlines are
+/// `Instant::now() + d`, which panics on overflow (std's `Instant` holds i64 seconds:
+/// `10000000000000000000s` made every proxy and admin connection panic). A year is far below
+/// that on every platform and longer than any timeout, lease or grace period needs.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &humantime::format_duration(self.0)
+                .to_string()
+                .replace(' ', ""),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "0" {
+            return Ok(Dur(Duration::ZERO));
+        }
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use a value like 30s, 1m or 500ms"
+            ))
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is too long; the limit is {}",
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(Dur(d))
+    }
+}
+
+/// The configuration file's shape (the original Piko's keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Proxy port settings.
+    pub proxy: ProxyFile,
+    /// Upstream port settings.
+    pub upstream: UpstreamFile,
+    /// Admin port settings.
+    pub admin: PortFile,
+    /// Cluster settings.
+    pub cluster: ClusterFile,
+    /// Logging.
+    pub log: LogFile,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub grace_period: Dur,
+}
+
+/// `proxy.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyFile {
+    /// Listen address.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this port.
+    pub advertise_addr: String,
+    /// Time an upstream has to start its response.
+    pub timeout: Dur,
+    /// HTTP server limits.
+    pub http: HttpFile,
+    /// Client token verification.
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
+    /// One record per request (`proxy.access_log.*`, as in the original).
+    pub access_log: AccessLogConfig,
+    /// Addresses or CIDR networks of proxies in front of this node (load balancers) whose
+    /// `X-Forwarded-*` headers are kept; every other client's are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `proxy.http.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpFile {
+    /// Time a client has to send a request head (408 after).
+    pub read_header_timeout: Dur,
+    /// How long a keep-alive connection waits for its next request.
+    pub idle_timeout: Dur,
+    /// Largest request head accepted, in bytes.
+    pub max_header_bytes: u64,
+}
+
+/// `upstream.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    /// Listen address.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this port.
+    pub advertise_addr: String,
+    /// Upstream token verification.
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
+    /// Tenants, each with its own keys, selected by `x-piko-tenant-id` (file only).
+    pub tenants: Vec<TenantFile>,
+    /// Streams open at once on one upstream connection; more requests get 502.
+    pub max_streams: u64,
+    /// Upstreams one endpoint may have on this node (0: no limit); more registrations get 429.
+    pub max_upstreams_per_endpoint: u64,
+}
+
+/// `admin.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortFile {
+    /// Listen address.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this port.
+    pub advertise_addr: String,
+    /// Token verification (`/health` and `/ready` stay open).
+    pub auth: AuthFile,
+    /// TLS.
+    pub tls: TlsFile,
+}
+
+/// `*.auth.*`: how a port verifies JWTs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFile {
+    /// HMAC secret (HS256/384/512).
+    pub hmac_secret_key: SecretString,
+    /// PEM RSA public key (RS*/PS*).
+    pub rsa_public_key: String,
+    /// PEM ECDSA public key (ES256/ES384).
+    pub ecdsa_public_key: String,
+    /// PEM Ed25519 public key (EdDSA).
+    pub ed25519_public_key: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Keep connections open after their token expires.
+    pub disable_disconnect_on_expiry: bool,
+    /// Reject tokens without the `piko.endpoints` claim.
+    pub require_endpoints: bool,
+    /// A JSON Web Key Set instead of the keys above.
+    pub jwks: JwksFile,
+}
+
+/// `*.auth.jwks.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksFile {
+    /// `file:///path` or `https://…`.
+    pub endpoint: String,
+    /// Reload interval.
+    pub cache_ttl: Dur,
+    /// Fetch timeout.
+    pub timeout: Dur,
+}
+
+impl Default for JwksFile {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            cache_ttl: Dur(Duration::from_secs(3600)),
+            timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `upstream.tenants[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantFile {
+    /// Tenant id, sent by upstreams in `x-piko-tenant-id`.
+    pub id: String,
+    /// The tenant's keys.
+    pub auth: AuthFile,
+}
+
+/// `*.tls.*`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    /// PEM certificate chain file (enables TLS).
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA file that client certificates must chain to (enables mTLS).
+    pub client_cas: String,
+}
+
+/// `cluster.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterFile {
+    /// This node's id (generated when empty).
+    pub node_id: String,
+    /// Listen address of the node-to-node port.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this node.
+    pub advertise_addr: String,
+    /// Addresses of nodes to join.
+    pub join: Vec<String>,
+    /// Where Raft log and snapshots persist.
+    pub data_dir: String,
+    /// How long a node may go unheard by the leader before its endpoints are removed.
+    pub node_lease: Dur,
+    /// TLS between nodes.
+    pub tls: ClusterTlsFile,
+    /// A secret every node sends on the cluster port; calls without it are refused (empty:
+    /// none required).
+    pub token: SecretString,
+    /// Accept cluster peers from any address without `token` or mutual TLS (a private
+    /// network only). Off: without either, the cluster port answers loopback peers only.
+    pub allow_unauthenticated_peers: bool,
+}
+
+/// `cluster.tls.*`: the cluster port's certificate (also presented to other nodes as a
+/// client certificate), the CAs peers' client certificates must chain to, and the CAs that
+/// other nodes' certificates are verified against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTlsFile {
+    /// PEM certificate chain file (enables TLS between nodes).
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA file that other nodes' client certificates must chain to (enables mTLS).
+    pub client_cas: String,
+    /// PEM CA file other nodes' certificates are verified against (empty: the OS trust store).
+    pub root_cas: String,
+}
+
+/// `log.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    /// Minimum level: error, warn, info, debug, trace.
+    pub level: String,
+    /// Subsystems logged at debug level whatever the level (e.g. `proxy`, `upstream`).
+    pub subsystems: Vec<String>,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyFile::default(),
+            upstream: UpstreamFile {
+                bind_addr: ":8001".into(),
+                max_streams: 65_536,
+                ..UpstreamFile::default()
+            },
+            admin: PortFile {
+                bind_addr: ":8002".into(),
+                ..PortFile::default()
+            },
+            cluster: ClusterFile::default(),
+            log: LogFile::default(),
+            grace_period: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl Default for ProxyFile {
+    fn default() -> Self {
+        Self {
+            bind_addr: ":8000".into(),
+            advertise_addr: String::new(),
+            timeout: Dur(Duration::from_secs(30)),
+            http: HttpFile::default(),
+            auth: AuthFile::default(),
+            tls: TlsFile::default(),
+            access_log: AccessLogConfig::default(),
+            trusted_proxies: vec![],
+        }
+    }
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        Self {
+            read_header_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(300)),
+            max_header_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for ClusterFile {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            bind_addr: ":8003".into(),
+            advertise_addr: String::new(),
+            join: vec![],
+            data_dir: String::new(),
+            node_lease: Dur(Duration::from_secs(10)),
+            tls: ClusterTlsFile::default(),
+            token: SecretString::default(),
+            allow_unauthenticated_peers: false,
+        }
+    }
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            subsystems: vec![],
+            format: "text".into(),
+        }
+    }
+}
