@@ -39,6 +39,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --exclude piko-server --exclude piko-connector
 cargo build --workspace --bins
 # The real image, for tests/tests/docker.rs (built here so its release build runs alone).
 export PIKO_TEST_IMAGE="$(bash installers/docker/build.sh piko-server:ci)"
