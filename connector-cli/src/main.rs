@@ -6,6 +6,9 @@
 //! stdout, logs to stderr.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// The clap types' doc comments are `--help` text (URLs and `[user:pass@]` as users type
+// them), not rustdoc markup.
+#![allow(rustdoc::bare_urls, rustdoc::broken_intra_doc_links)]
 
 mod cli;
 mod commands;
