@@ -24,10 +24,11 @@ command -v gnome-keyring-daemon >/dev/null 2>&1 || need+=(gnome-keyring)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The tray app (tests/gui/run.sh): WebKitGTK, the tray indicator and SVG libraries to build it;
-# Xvfb, a tray host (trayer), xdotool and imagemagick (`import`) to drive and photograph it;
+# Xvfb, a tray host (trayer), xdotool, xclip (the clipboard) and imagemagick (`import`) to drive
+# and photograph it;
 # WebKitWebDriver for tauri-driver; clang/llvm for the Windows and macOS cross-checks.
 for pkg in libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev \
-  webkit2gtk-driver xvfb xauth trayer xdotool imagemagick clang llvm python3-venv; do
+  webkit2gtk-driver xvfb xauth trayer xdotool xclip imagemagick clang llvm python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -44,6 +45,9 @@ step "format, lint"
 cargo fmt --all -- --check
 bash tests/layers.sh
 cargo clippy --workspace --all-targets -- -D warnings
+step "docs"
+# Every public item documented (missing_docs in the library crates), no broken doc link.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 step "build"
 # One build for the binaries and the tests: with --all-targets, dev-dependency features
 # (tokio's test-util) are unified once, so nextest and tests/gui/run.sh rebuild nothing

@@ -11,6 +11,8 @@
 //! - [`procfs`]: RSS and CPU of processes, machine info.
 //! - [`run`]: one run, scenario by scenario; [`report`]: the JSON and Markdown results.
 
+#![warn(missing_docs)]
+
 pub mod idle;
 pub mod load;
 pub mod procfs;

@@ -400,7 +400,9 @@ pub async fn piko(
         agent
             .args(["agent", "tcp", "benchtcp"])
             .arg(svc.tcp.to_string())
-            .args(["--connect.url", &connect, "--log.level", "warn"]);
+            .args(["--connect.url", &connect, "--log.level", "warn"])
+            // Agents serve an inspector whatever their endpoints; this one needs none.
+            .args(["--inspect.addr", ""]);
         running
             .procs
             .push(Proc::spawn("piko agent tcp", agent, dir)?);

@@ -5,6 +5,7 @@
 //! types that cannot be wrong: [`EndpointId`], [`Target`], [`Duration`].
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -323,6 +324,50 @@ pub struct ConfigFile {
     pub log_level: Option<String>,
     /// `connect.tls.*` and `connect.proxy_url`.
     pub transport: TransportConfig,
+    /// `inspect.addr`, if set: where the agent serves its request inspector.
+    pub inspect: Option<InspectAddr>,
+}
+
+/// Where agents serve the request inspector unless told otherwise (ngrok users expect 4040).
+pub const DEFAULT_INSPECT_ADDR: &str = "127.0.0.1:4040";
+
+/// Where an agent serves its request inspector's JSON API (`inspect.addr`, `--inspect.addr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InspectAddr {
+    /// `""`: no inspector, nothing recorded.
+    Off,
+    /// Serve on this address (keep it on loopback: it shows bodies and replays requests).
+    At(SocketAddr),
+}
+
+impl Default for InspectAddr {
+    fn default() -> Self {
+        InspectAddr::At(SocketAddr::from(([127, 0, 0, 1], 4040)))
+    }
+}
+
+impl InspectAddr {
+    /// `host:port`, a bare port or `localhost:port` (both on 127.0.0.1), or `""` for off.
+    pub fn parse(addr: &str) -> Result<Self, ConfigError> {
+        let a = addr.trim();
+        if a.is_empty() {
+            return Ok(InspectAddr::Off);
+        }
+        let with_host = if a.bytes().all(|b| b.is_ascii_digit()) {
+            format!("127.0.0.1:{a}")
+        } else {
+            a.replace("localhost:", "127.0.0.1:")
+        };
+        with_host
+            .parse()
+            .map(InspectAddr::At)
+            .map_err(|_| ConfigError::Addr {
+                addr: a.to_string(),
+                reason: format!(
+                    "use host:port such as {DEFAULT_INSPECT_ADDR}, or \"\" to turn the inspector off"
+                ),
+            })
+    }
 }
 
 impl AgentConfig {
@@ -392,6 +437,14 @@ struct RawFile {
     log: RawLog,
     #[serde(default, deserialize_with = "de_duration")]
     grace_period: Option<Duration>,
+    #[serde(default)]
+    inspect: RawInspect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInspect {
+    addr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -502,6 +555,13 @@ impl RawFile {
             token: None,
             timeout: self.connect.timeout.unwrap_or(DEFAULT_TIMEOUT),
         };
+        let inspect = match self.inspect.addr {
+            Some(a) => Some(InspectAddr::parse(&a).map_err(|e| ConfigError::Invalid {
+                key: "inspect.addr".into(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         Ok(ConfigFile {
             agent: AgentConfig {
                 connect,
@@ -510,6 +570,7 @@ impl RawFile {
             },
             log_level: self.log.level,
             transport,
+            inspect,
         })
     }
 }
@@ -740,6 +801,8 @@ connect:
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log: 3\n", "listeners[0].access_log: use true, false or a section"),
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      lvl: info\n", "listeners[0].access_log: unknown field `lvl`"),
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      level: loud\n", "listeners[0].access_log.level: invalid level \"loud\""),
+            ("inspect:\n  addr: nowhere\n", "inspect.addr: invalid address \"nowhere\": use host:port such as 127.0.0.1:4040, or \"\" to turn the inspector off"),
+            ("inspect:\n  port: 4040\n", "inspect.port: unknown field `port`"),
             ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    access_log:\n      response_headers:\n        allow_list: [a]\n        block_list: [b]\n", "listeners[0].access_log.response_headers: set allow_list or block_list, not both"),
         ];
         for (yaml, want) in cases {
@@ -751,6 +814,35 @@ connect:
                 "yaml {yaml:?}\n got: {err}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn inspect_addr_is_read_from_the_file_and_empty_turns_it_off() {
+        let cases: &[(&str, Option<InspectAddr>)] = &[
+            ("", None),
+            ("inspect: {}\n", None),
+            (
+                "inspect:\n  addr: 127.0.0.1:4141\n",
+                Some(InspectAddr::At(([127, 0, 0, 1], 4141).into())),
+            ),
+            (
+                "inspect:\n  addr: '4242'\n",
+                Some(InspectAddr::At(([127, 0, 0, 1], 4242).into())),
+            ),
+            (
+                "inspect:\n  addr: localhost:0\n",
+                Some(InspectAddr::At(([127, 0, 0, 1], 0).into())),
+            ),
+            ("inspect:\n  addr: ''\n", Some(InspectAddr::Off)),
+        ];
+        for (yaml, want) in cases {
+            let f = ConfigFile::from_yaml_str(yaml).unwrap_or_else(|e| panic!("{yaml:?}: {e}"));
+            assert_eq!(f.inspect, *want, "{yaml:?}");
+        }
+        assert_eq!(
+            InspectAddr::parse(DEFAULT_INSPECT_ADDR).unwrap(),
+            InspectAddr::default()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Instant;
 
-/// The header map records are made of (re-exported for [`access_record!`]).
+/// The header map records are made of (re-exported for [`access_record!`](crate::access_record!)).
 pub use http::header::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -302,7 +302,7 @@ impl AccessLog {
     }
 
     /// Start the record of `req`, or `None` when no record of it could be written. `enabled`
-    /// says whether a level is on for the caller's target (see [`access_enabled!`]).
+    /// says whether a level is on for the caller's target (see [`access_enabled!`](crate::access_enabled!)).
     pub fn begin<B>(
         &self,
         req: &http::Request<B>,

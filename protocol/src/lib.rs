@@ -13,6 +13,8 @@
 //! This crate holds no policy (no routing, no reconnects): only the format on the wire and the
 //! record format of the access log.
 
+#![warn(missing_docs)]
+
 pub mod access_log;
 pub mod endpoint;
 pub mod http;

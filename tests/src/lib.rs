@@ -8,11 +8,17 @@
 //! - [`original::OriginalServer`]: a double of the original Go server's upstream port.
 //! - [`rawmux`]: yamux frames by hand over a WebSocket, for wire-format tests.
 //! - [`wait_until`]: poll a condition instead of sleeping.
-//! - [`bin`]: the path of a workspace binary, for tests that run the real programs.
+//! - [`NodeProcess`] and [`AgentProcess`]: the real `piko-server` and `piko` binaries (found
+//!   by [`bin`]), on port 0, their addresses read from their logs ([`process`]).
 
+#![warn(missing_docs)]
+
+pub mod agent;
 pub mod echo;
 pub mod live;
+pub mod node;
 pub mod original;
+pub mod process;
 pub mod rawmux;
 pub mod tls;
 
@@ -29,7 +35,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use agent::AgentProcess;
 pub use echo::EchoUpstream;
+pub use node::NodeProcess;
 
 /// Install a test log subscriber once (RUST_LOG controls it).
 pub fn init_logs() {
@@ -542,14 +550,16 @@ pub async fn tcp_half_closing_first(
     (addr, rx)
 }
 
-/// A loopback port free at the moment of asking, for real binaries that take a port number
-/// (another process may take it first: prefer port 0 and reading the port from the logs).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port()
+/// A loopback address that refuses connections while the returned socket lives: bound, never
+/// listening, so no other process can take the port meanwhile (unlike a port picked and
+/// released).
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("its address");
+    (socket, addr)
 }
 
 /// Start `cmd` with its output piped, killed when the handle is dropped.

@@ -8,7 +8,7 @@ use piko_server::auth::{PortAuth, Verifier, VerifierSettings};
 use piko_server::tls::TlsFiles;
 use piko_tests::tls::{client_config, https_get, temp_dir, TestCa};
 use piko_tests::{
-    client, hs256_token, now_secs, wait_until, EchoUpstream, TestConnector, TestServer,
+    client, hs256_token, now_secs, wait_until, EchoUpstream, NodeProcess, TestConnector, TestServer,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -539,43 +539,21 @@ async fn certificates_reload_without_a_restart() {
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
     let token = hs256_token(SECRET, json!({"piko": {"endpoints": ["quiet"]}}));
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let addr = |p: u16| format!("127.0.0.1:{p}");
-    let mut server = tokio::process::Command::new(piko_tests::bin("piko-server"))
-        .args([
-            "--proxy.bind-addr",
-            &addr(ports[0]),
-            "--upstream.bind-addr",
-            &addr(ports[1]),
-            "--admin.bind-addr",
-            &addr(ports[2]),
-            "--log.level",
-            "trace",
-        ])
-        .env("PIKO_UPSTREAM_AUTH_HMAC_SECRET_KEY", SECRET)
-        .env("PIKO_PROXY_AUTH_HMAC_SECRET_KEY", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut server = NodeProcess::alone()
+        .with_args(&["--log.level", "trace"])
+        .with_env("PIKO_UPSTREAM_AUTH_HMAC_SECRET_KEY", SECRET)
+        .with_env("PIKO_PROXY_AUTH_HMAC_SECRET_KEY", SECRET);
+    server.spawn().await;
+    server.wait_ready().await;
     let echo = EchoUpstream::start().await;
-    let mut agent = tokio::process::Command::new(piko_tests::bin("piko"))
+    let agent = tokio::process::Command::new(piko_tests::bin("piko"))
         .args([
             "agent",
             "http",
             "quiet",
             &echo.target(),
             "--connect.url",
-            &format!("http://{}", addr(ports[1])),
+            &server.upstream(),
             // Asking for tungstenite's frame dumps by name must not bring them back.
             "--log.level",
             "trace,tungstenite::protocol=trace",
@@ -586,7 +564,7 @@ async fn tokens_never_reach_the_logs() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let url = format!("http://{}/name", addr(ports[0]));
+    let url = format!("{}/name", server.proxy());
     wait_until("an authenticated request goes through", Duration::from_secs(10), || async {
         matches!(client().get(&url).header("x-piko-endpoint", "quiet").header("x-piko-authorization", format!("Bearer {token}")).send().await, Ok(r) if r.status() == 200)
     })
@@ -605,7 +583,7 @@ async fn tokens_never_reach_the_logs() {
     assert_eq!(resp.status(), 200);
     // A client that gives up before the response head: its record says 499.
     let gave_up = client()
-        .get(format!("http://{}/slow/3000", addr(ports[0])))
+        .get(format!("{}/slow/3000", server.proxy()))
         .header("x-piko-endpoint", "quiet")
         .header("x-piko-authorization", format!("Bearer {token}"))
         .timeout(Duration::from_millis(300))
@@ -619,19 +597,14 @@ async fn tokens_never_reach_the_logs() {
         .bearer_auth("not-a-valid-token")
         .send()
         .await;
-    for child in [&mut agent, &mut server] {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().unwrap().to_string())
-            .status();
-    }
-    let (a, s) = (
-        agent.wait_with_output().await.unwrap(),
-        server.wait_with_output().await.unwrap(),
-    );
-    let logs = [a.stdout, a.stderr, s.stdout, s.stderr]
+    piko_tests::process::sigterm(agent.id().unwrap());
+    server.terminate().await;
+    let a = agent.wait_with_output().await.unwrap();
+    let logs = [a.stdout, a.stderr]
         .map(|b| String::from_utf8_lossy(&b).to_string())
-        .join("\n");
+        .join("\n")
+        + "\n"
+        + &server.log();
     assert!(logs.len() > 200, "the run logged something: {logs}");
     // The access log recorded the request, its headers, and masked the credentials.
     let record = logs

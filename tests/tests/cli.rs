@@ -2,38 +2,26 @@
 
 use std::time::Duration;
 
-use piko_tests::{bin, client, free_port, spawn, wait_until, EchoUpstream};
+use piko_tests::{
+    bin, client, refused_addr, spawn, wait_until, AgentProcess, EchoUpstream, NodeProcess,
+};
 use tokio::process::Command;
 
 #[tokio::test]
 async fn quick_start_with_the_real_binaries() {
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let addr = |p: u16| format!("127.0.0.1:{p}");
-    let mut server = spawn(
-        Command::new(bin("piko-server"))
-            .arg("--proxy.bind-addr")
-            .arg(addr(ports[0]))
-            .arg("--upstream.bind-addr")
-            .arg(addr(ports[1]))
-            .arg("--admin.bind-addr")
-            .arg(addr(ports[2]))
-            .arg("--cluster.bind-addr")
-            .arg(addr(ports[3])),
-    );
-    let admin = format!("http://{}", addr(ports[2]));
-    wait_until("the server is ready", Duration::from_secs(10), || async {
-        matches!(client().get(format!("{admin}/ready")).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
+    let mut server = NodeProcess::start(&[]).await;
     let echo = EchoUpstream::start().await;
-    let mut agent = spawn(
-        Command::new(bin("piko"))
-            .args(["agent", "http", "demo"])
-            .arg(echo.addr.port().to_string())
-            .arg("--connect.url")
-            .arg(format!("http://{}", addr(ports[1]))),
-    );
-    let url = format!("http://{}/name", addr(ports[0]));
+    let mut agent = AgentProcess::spawn(&[
+        "agent",
+        "http",
+        "demo",
+        &echo.addr.port().to_string(),
+        "--connect.url",
+        &server.upstream(),
+        "--inspect.addr",
+        "127.0.0.1:0",
+    ]);
+    let url = format!("{}/name", server.proxy());
     wait_until("the demo endpoint answers through the proxy", Duration::from_secs(10), || async {
         matches!(client().get(&url).header("x-piko-endpoint", "demo").send().await, Ok(r) if r.status() == 200)
     })
@@ -48,7 +36,7 @@ async fn quick_start_with_the_real_binaries() {
 
     // `piko-server status endpoints` shows the registration.
     let out = Command::new(bin("piko-server"))
-        .args(["status", "endpoints", "--server.url", &admin])
+        .args(["status", "endpoints", "--server.url", &server.admin()])
         .output()
         .await
         .unwrap();
@@ -60,18 +48,10 @@ async fn quick_start_with_the_real_binaries() {
     );
 
     // SIGTERM: both exit 0.
-    for child in [&mut agent, &mut server] {
-        let pid = child.id().unwrap() as i32;
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "graceful exit is 0: {status:?}");
-    }
+    let status = agent.terminate().await;
+    assert!(status.success(), "graceful exit is 0: {status:?}");
+    let status = server.terminate().await;
+    assert!(status.success(), "graceful exit is 0: {status:?}");
 }
 
 async fn run(cmd: &mut Command) -> (i32, String) {
@@ -229,24 +209,35 @@ async fn agent_usage_errors_exit_2() {
 
 #[tokio::test]
 async fn agent_against_an_absent_server_keeps_retrying_with_status_lines() {
-    let port = free_port();
-    let mut agent = spawn(
-        Command::new(bin("piko"))
-            .args(["agent", "http", "demo", "3000", "--connect.url"])
-            .arg(format!("http://127.0.0.1:{port}")),
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    agent.start_kill().unwrap();
-    let out = agent.wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("reconnecting in"), "{stdout}");
+    let (_refusing, addr) = refused_addr();
+    let mut agent = AgentProcess::spawn(&[
+        "agent",
+        "http",
+        "demo",
+        "3000",
+        "--inspect.addr",
+        "",
+        "--connect.url",
+        &format!("http://{addr}"),
+    ]);
+    // Backs off and retries: a second "reconnecting in" line.
+    wait_until(
+        "the agent says twice that it reconnects",
+        Duration::from_secs(10),
+        || {
+            let n = agent
+                .output()
+                .lines()
+                .filter(|l| l.contains("reconnecting in"))
+                .count();
+            async move { n >= 2 }
+        },
+    )
+    .await;
     assert!(
-        stdout
-            .lines()
-            .filter(|l| l.contains("reconnecting in"))
-            .count()
-            >= 2,
-        "backs off and retries: {stdout}"
+        agent.is_running(),
+        "the agent keeps running: {}",
+        agent.output()
     );
 }
 
@@ -341,4 +332,58 @@ async fn the_agent_prints_no_debug_lines_at_the_default_or_warn_level() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_second_signal_while_the_agent_drains_exits_130_at_once() {
+    let server = NodeProcess::start(&[]).await;
+    // A local service that takes requests and never answers.
+    let service = piko_tests::loopback_listener().await;
+    let port = service.local_addr().unwrap().port();
+    let (arrived, mut arrivals) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = service.accept().await {
+            held.push(stream);
+            let _ = arrived.send(()).await;
+        }
+    });
+    let mut agent = AgentProcess::spawn(&[
+        "agent",
+        "http",
+        "slowpoke",
+        &port.to_string(),
+        "--connect.url",
+        &server.upstream(),
+        "--inspect.addr",
+        "",
+        "--grace-period",
+        "30s",
+    ]);
+    server.wait_for_upstreams("slowpoke", 1).await;
+    // A request in flight keeps the first signal's graceful stop waiting.
+    let url = format!("{}/hang", server.proxy());
+    let slow = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("x-piko-endpoint", "slowpoke")
+            .send()
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the request reaches the service within 10 s");
+    let pid = agent.pid();
+    piko_tests::process::sigterm(pid);
+    agent.wait_for_line("press Ctrl-C again to exit now").await;
+    assert!(agent.is_running(), "draining: {}", agent.output());
+    piko_tests::process::sigterm(pid);
+    let started = std::time::Instant::now();
+    let status = agent.wait().await;
+    assert_eq!(status.code(), Some(130), "{}", agent.output());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "at once, not after the drain"
+    );
+    slow.abort();
 }

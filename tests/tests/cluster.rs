@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use piko_connector_core::config::Protocol;
 use piko_tests::tls::{temp_dir, TestCa};
-use piko_tests::{client, wait_until, EchoUpstream, TestCluster, TestConnector};
+use piko_tests::{client, wait_until, EchoUpstream, NodeProcess, TestCluster, TestConnector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -446,140 +446,6 @@ async fn bad_cluster_rpc_gets_a_json_error() {
     cluster.stop().await;
 }
 
-/// A `piko-server` process of a cluster, for tests that kill nodes. It binds port 0 the
-/// first time and reads its ports from its log, so no port is ever guessed; a restart binds
-/// the same ports again.
-struct NodeProcess {
-    name: String,
-    ports: Option<[u16; 4]>,
-    data_dir: std::path::PathBuf,
-    join: Vec<String>,
-    child: Option<tokio::process::Child>,
-}
-
-impl NodeProcess {
-    fn new(name: &str, data_dir: std::path::PathBuf) -> Self {
-        Self {
-            name: name.to_string(),
-            ports: None,
-            data_dir,
-            join: vec![],
-            child: None,
-        }
-    }
-
-    fn port(&self, i: usize) -> u16 {
-        self.ports.expect("node started")[i]
-    }
-
-    fn cluster_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port(3))
-    }
-
-    fn admin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port(2))
-    }
-
-    fn proxy(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port(0))
-    }
-
-    fn upstream(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port(1))
-    }
-
-    fn log_path(&self) -> std::path::PathBuf {
-        self.data_dir.with_extension("log")
-    }
-
-    /// Start the process and wait until it listens on its four ports.
-    async fn spawn(&mut self) {
-        let a = |p: Option<u16>| format!("127.0.0.1:{}", p.unwrap_or(0));
-        let port = |i: usize| self.ports.map(|p| p[i]);
-        let log_path = self.log_path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("node log");
-        let offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
-        let mut cmd = tokio::process::Command::new(piko_tests::bin("piko-server"));
-        cmd.arg("--cluster.node-id")
-            .arg(&self.name)
-            .arg("--proxy.bind-addr")
-            .arg(a(port(0)))
-            .arg("--upstream.bind-addr")
-            .arg(a(port(1)))
-            .arg("--admin.bind-addr")
-            .arg(a(port(2)))
-            .arg("--cluster.bind-addr")
-            .arg(a(port(3)))
-            .arg("--cluster.data-dir")
-            .arg(&self.data_dir)
-            .arg("--cluster.node-lease")
-            .arg("2s")
-            .arg("--grace-period")
-            .arg("2s")
-            .arg("--cluster.join")
-            .arg(self.join.join(","))
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        self.child = Some(cmd.spawn().expect("spawn piko-server"));
-        let mut found = [0u16; 4];
-        wait_until(
-            &format!("{} listens", self.name),
-            Duration::from_secs(20),
-            || {
-                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let text = text.get(offset..).unwrap_or("").to_string();
-                for line in text.lines() {
-                    for (i, name) in ["proxy", "upstream", "admin", "cluster"].iter().enumerate() {
-                        let tag = format!("listening port=\"{name}\" addr=127.0.0.1:");
-                        if let Some(rest) = line.split(&tag).nth(1) {
-                            found[i] = rest
-                                .split(|c: char| !c.is_ascii_digit())
-                                .next()
-                                .and_then(|p| p.parse().ok())
-                                .unwrap_or(0);
-                        }
-                    }
-                }
-                let done = found.iter().all(|p| *p != 0);
-                async move { done }
-            },
-        )
-        .await;
-        self.ports = Some(found);
-    }
-
-    /// SIGKILL: no goodbye to the cluster.
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().await.expect("kill");
-        }
-    }
-
-    async fn json(&self, path: &str) -> serde_json::Value {
-        piko_tests::get_json(format!("{}{path}", self.admin())).await
-    }
-
-    async fn replicated(&self, endpoint: &str) -> u64 {
-        piko_tests::replicated_count(&self.json("/status/cluster/nodes").await, endpoint)
-            .unwrap_or(u64::MAX)
-    }
-
-    async fn leader(&self) -> Option<String> {
-        self.json("/status/cluster/raft").await["leader"]
-            .as_str()
-            .map(str::to_string)
-    }
-
-    async fn get(&self, endpoint: &str, path: &str) -> Option<(u16, String)> {
-        piko_tests::get_endpoint(&self.proxy(), endpoint, path).await
-    }
-}
-
 async fn process_cluster(tag: &str) -> Vec<NodeProcess> {
     process_cluster_of(tag, 3).await
 }
@@ -588,7 +454,14 @@ async fn process_cluster(tag: &str) -> Vec<NodeProcess> {
 async fn process_cluster_of(tag: &str, n: usize) -> Vec<NodeProcess> {
     let dir = temp_dir(tag);
     let mut nodes: Vec<NodeProcess> = (0..n)
-        .map(|i| NodeProcess::new(&format!("node-{i}"), dir.join(format!("node-{i}"))))
+        .map(|i| {
+            NodeProcess::new(&format!("node-{i}"), dir.join(format!("node-{i}"))).with_args(&[
+                "--cluster.node-lease",
+                "2s",
+                "--grace-period",
+                "2s",
+            ])
+        })
         .collect();
     nodes[0].spawn().await;
     let seed = vec![nodes[0].cluster_addr()];
@@ -831,16 +704,7 @@ async fn a_leader_without_quorum_changes_nothing_and_still_exits_on_sigterm() {
     let raft = nodes[li].json("/status/cluster/raft").await;
     assert_eq!(raft["voters"].as_array().map(Vec::len), Some(3), "{raft}");
     // SIGTERM still ends the leader promptly, with exit code 0.
-    let child = nodes[li].child.as_mut().unwrap();
-    let pid = child.id().unwrap();
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the node exits within 30 s of SIGTERM")
-        .unwrap();
+    let status = nodes[li].terminate().await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -853,16 +717,15 @@ async fn a_voter_that_lost_its_data_rejoins_as_a_learner_first() {
         .find(|i| format!("node-{i}") != leader)
         .expect("a voter that does not lead");
     nodes[vi].kill().await;
-    std::fs::remove_dir_all(&nodes[vi].data_dir).unwrap();
+    std::fs::remove_dir_all(nodes[vi].data_dir()).unwrap();
     nodes[vi].join = vec![nodes[(vi + 1) % 3].cluster_addr()];
     nodes[vi].spawn().await;
     let li: usize = leader.trim_start_matches("node-").parse().unwrap();
-    let leader_log = nodes[li].log_path();
     wait_until(
         "the leader demotes the forgetful voter, then promotes it again",
         Duration::from_secs(30),
         || async {
-            let log = std::fs::read_to_string(&leader_log).unwrap_or_default();
+            let log = nodes[li].log();
             let raft = nodes[vi].json("/status/cluster/raft").await;
             log.contains("without its raft state; it rejoins as a learner")
                 && raft["voters"].as_array().map(Vec::len) == Some(3)

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
-use piko_tests::{bin, client, free_port, spawn, wait_until, EchoUpstream};
+use piko_tests::{
+    bin, client, refused_addr, spawn, wait_until, AgentProcess, EchoUpstream, NodeProcess,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// A server, an agent exposing an echo service as `demo`, and the agent's inspector address.
 struct Setup {
-    _data: tempfile::TempDir,
-    _server: Child,
-    _agent: Child,
+    _server: NodeProcess,
+    _agent: AgentProcess,
     _echo: EchoUpstream,
     proxy: String,
     inspect: String,
@@ -19,34 +20,20 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Self {
-        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let addr = |p: u16| format!("127.0.0.1:{p}");
-        let data = tempfile::tempdir().unwrap();
-        let server = spawn(
-            Command::new(bin("piko-server"))
-                .arg("--proxy.bind-addr")
-                .arg(addr(ports[0]))
-                .arg("--upstream.bind-addr")
-                .arg(addr(ports[1]))
-                .arg("--admin.bind-addr")
-                .arg(addr(ports[2]))
-                .arg("--cluster.bind-addr")
-                .arg(addr(ports[3]))
-                .arg("--cluster.data-dir")
-                .arg(data.path()),
-        );
+        let server = NodeProcess::start(&[]).await;
         let echo = EchoUpstream::start().await;
-        let inspect = addr(free_port());
-        let agent = spawn(
-            Command::new(bin("piko"))
-                .args(["agent", "http", "demo"])
-                .arg(echo.addr.port().to_string())
-                .arg("--connect.url")
-                .arg(format!("http://{}", addr(ports[1])))
-                .arg("--inspect.addr")
-                .arg(&inspect),
-        );
-        let proxy = format!("http://{}", addr(ports[0]));
+        let agent = AgentProcess::spawn(&[
+            "agent",
+            "http",
+            "demo",
+            &echo.addr.port().to_string(),
+            "--connect.url",
+            &server.upstream(),
+            "--inspect.addr",
+            "127.0.0.1:0",
+        ]);
+        let inspect = agent.inspector_addr().await.to_string();
+        let proxy = server.proxy();
         let url = format!("{proxy}/name");
         wait_until(
             "the demo endpoint answers through the proxy",
@@ -57,7 +44,6 @@ impl Setup {
         )
         .await;
         let setup = Self {
-            _data: data,
             _server: server,
             _agent: agent,
             _echo: echo,
@@ -265,7 +251,8 @@ async fn piko_inspect_follow_prints_new_requests_as_they_arrive() {
 
 #[tokio::test]
 async fn piko_inspect_without_an_agent_says_to_start_one() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let (_refusing, addr) = refused_addr();
+    let addr = addr.to_string();
     for args in [vec![], vec!["show", "1"], vec!["replay", "1"]] {
         let (code, out, err) = run(Command::new(bin("piko"))
             .arg("inspect")
@@ -287,56 +274,99 @@ async fn piko_inspect_without_an_agent_says_to_start_one() {
 async fn an_agent_whose_inspector_port_is_taken_warns_and_serves_anyway() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let addr = |p: u16| format!("127.0.0.1:{p}");
-    let data = tempfile::tempdir().unwrap();
-    let _server = spawn(
-        Command::new(bin("piko-server"))
-            .arg("--proxy.bind-addr")
-            .arg(addr(ports[0]))
-            .arg("--upstream.bind-addr")
-            .arg(addr(ports[1]))
-            .arg("--admin.bind-addr")
-            .arg(addr(ports[2]))
-            .arg("--cluster.bind-addr")
-            .arg(addr(ports[3]))
-            .arg("--cluster.data-dir")
-            .arg(data.path()),
-    );
+    let server = NodeProcess::start(&[]).await;
     let echo = EchoUpstream::start().await;
-    let mut agent = spawn(
-        Command::new(bin("piko"))
-            .args(["agent", "http", "demo"])
-            .arg(echo.addr.port().to_string())
-            .arg("--connect.url")
-            .arg(format!("http://{}", addr(ports[1])))
-            .arg("--inspect.addr")
-            .arg(&taken_addr),
-    );
-    let url = format!("http://{}/name", addr(ports[0]));
+    let mut agent = AgentProcess::spawn(&[
+        "agent",
+        "http",
+        "demo",
+        &echo.addr.port().to_string(),
+        "--connect.url",
+        &server.upstream(),
+        "--inspect.addr",
+        &taken_addr,
+    ]);
+    let url = format!("{}/name", server.proxy());
     wait_until("the demo endpoint answers", Duration::from_secs(20), || async {
         matches!(client().get(&url).header("x-piko-endpoint", "demo").send().await, Ok(r) if r.status() == 200)
     })
     .await;
-    let mut err = BufReader::new(agent.stderr.take().unwrap()).lines();
-    let warning = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(l) = err.next_line().await.unwrap() {
-            if l.contains("inspector") {
-                return l;
-            }
-        }
-        String::new()
-    })
-    .await
-    .expect("a warning line");
+    let warning = agent.wait_for_line("inspector").await;
     assert!(warning.contains("WARN"), "{warning}");
     assert!(
         warning.contains(&format!("cannot listen on {taken_addr}")),
         "{warning}"
     );
-    assert!(
-        agent.try_wait().unwrap().is_none(),
-        "the agent keeps running"
-    );
+    assert!(agent.is_running(), "the agent keeps running");
     drop(taken);
+}
+
+/// `agent start` with a TCP endpoint only: the inspector is served all the same, so when
+/// the file gains an HTTP endpoint its requests are recorded.
+#[tokio::test]
+async fn an_agent_started_with_tcp_only_inspects_http_endpoints_a_reload_adds() {
+    let server = NodeProcess::start(&[]).await;
+    let (echo, tcp) = (EchoUpstream::start().await, piko_tests::tcp_echo().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    let yaml = |extra: &str| {
+        format!(
+            "connect:\n  url: {}\ninspect:\n  addr: 127.0.0.1:0\nlisteners:\n  - endpoint_id: db\n    addr: {tcp}\n    protocol: tcp\n{extra}",
+            server.upstream()
+        )
+    };
+    // As an editor saves: a new file renamed over the old one.
+    let save = |text: String| {
+        let tmp = dir.path().join(".agent.yaml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    save(yaml(""));
+    let agent = AgentProcess::spawn(&[
+        "agent",
+        "start",
+        "--config.path",
+        &path.display().to_string(),
+    ]);
+    // The file's `inspect.addr` (port 0) is where it serves, TCP endpoints only or not.
+    let inspect = agent.inspector_addr().await.to_string();
+    server.wait_for_upstreams("db", 1).await;
+    agent.wait_for_line("following the config file").await;
+
+    save(yaml(&format!(
+        "  - endpoint_id: web\n    addr: {}\n    protocol: http\n",
+        echo.target()
+    )));
+    server.wait_for_upstreams("web", 1).await;
+    let r = client()
+        .get(format!("{}/name?after=reload", server.proxy()))
+        .header("x-piko-endpoint", "web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "echo");
+    wait_until(
+        "piko inspect lists the request to the added endpoint",
+        Duration::from_secs(10),
+        || {
+            let inspect = inspect.clone();
+            async move {
+                let (code, out, _) = run(Command::new(bin("piko"))
+                    .args(["inspect", "web", "--inspect.addr"])
+                    .arg(&inspect))
+                .await;
+                code == 0 && out.contains("/name?after=reload")
+            }
+        },
+    )
+    .await;
+    let (_, out, _) = run(Command::new(bin("piko"))
+        .args(["inspect", "web", "--inspect.addr"])
+        .arg(&inspect))
+    .await;
+    let row = out
+        .lines()
+        .find(|l| l.contains("/name?after=reload"))
+        .unwrap();
+    assert!(row.contains(" web ") && row.contains(" 200 "), "{row}");
 }

@@ -6,99 +6,23 @@
 //! `/proc`, so that what is measured is the server alone (`cargo build --bins` first).
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use piko_connector_core::config::Protocol;
-use piko_tests::{bin, client, get_json, wait_until, EchoUpstream, TestConnector, TestServer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use piko_tests::{client, EchoUpstream, NodeProcess, TestConnector, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 
-/// A `piko-server` process on ephemeral loopback ports.
-struct RealServer {
-    child: Child,
-    proxy: SocketAddr,
-    upstream: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl RealServer {
-    /// Start the binary with every port on `127.0.0.1:0`; the ports are read from its log
-    /// (on stderr).
-    async fn start() -> Self {
-        let mut cmd = Command::new(bin("piko-server"));
-        for port in ["proxy", "upstream", "admin", "cluster"] {
-            cmd.arg(format!("--{port}.bind-addr")).arg("127.0.0.1:0");
-        }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn piko-server");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (mut proxy, mut upstream, mut admin) = (None, None, None);
-        let mut log = String::new();
-        let mut ready = false;
-        let found = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.expect("server log") {
-                log.push_str(&line);
-                log.push('\n');
-                let addr = |l: &str| -> Option<SocketAddr> {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                        .and_then(|a| a.parse().ok())
-                };
-                if line.contains("listening port=\"proxy\"") {
-                    proxy = addr(&line);
-                } else if line.contains("listening port=\"upstream\"") {
-                    upstream = addr(&line);
-                } else if line.contains("listening port=\"admin\"") {
-                    admin = addr(&line);
-                } else if line.contains("node is ready") {
-                    ready = true;
-                }
-                // The ports log from their own tasks, in any order around "ready".
-                if ready && proxy.is_some() && upstream.is_some() && admin.is_some() {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "piko-server did not become ready:\n{log}");
-        // Keep draining the log so that the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            proxy: proxy.unwrap_or_else(|| panic!("no proxy address in the log:\n{log}")),
-            upstream: upstream.unwrap_or_else(|| panic!("no upstream address in the log:\n{log}")),
-            admin: admin.unwrap_or_else(|| panic!("no admin address in the log:\n{log}")),
-        }
-    }
-
-    /// The server's resident set size in bytes.
-    fn rss(&self) -> u64 {
-        let pid = self.child.id().expect("server running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status");
-        kib * 1024
-    }
-
-    async fn wait_for_upstreams(&self, endpoint: &str, count: u64) {
-        let url = format!("http://{}/status/upstream/endpoints", self.admin);
-        wait_until(
-            &format!("{endpoint} has {count} upstream(s)"),
-            Duration::from_secs(10),
-            || async { get_json(url.clone()).await[endpoint].as_u64() == Some(count) },
-        )
-        .await;
-    }
+/// The resident set size of `server`'s process in bytes.
+fn rss(server: &NodeProcess) -> u64 {
+    let pid = server.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status");
+    kib * 1024
 }
 
 /// A TCP connection with a small receive buffer, so that the kernel holds little of what
@@ -210,8 +134,8 @@ async fn flood(s: &mut TcpStream, batch: impl FnMut() -> Vec<u8>, secs: u64) -> 
 /// limits the same floods grew it by gigabytes (pongs and yamux answers queued for ever).
 const RSS_BUDGET: u64 = 8 << 20;
 
-fn assert_bounded(server: &RealServer, before: u64, what: &str, sent: u64) {
-    let after = server.rss();
+fn assert_bounded(server: &NodeProcess, before: u64, what: &str, sent: u64) {
+    let after = rss(server);
     eprintln!(
         "{what}: sent {} MiB; server RSS {} -> {} MiB",
         sent >> 20,
@@ -228,15 +152,15 @@ fn assert_bounded(server: &RealServer, before: u64, what: &str, sent: u64) {
 
 #[tokio::test]
 async fn a_tcp_client_that_floods_websocket_pings_and_never_reads_is_bounded_and_cut() {
-    let server = RealServer::start().await;
+    let server = NodeProcess::start(&[]).await;
     let echo = piko_tests::tcp_echo().await;
     let _conn = TestConnector::start(
-        &format!("http://{}", server.upstream),
+        &server.upstream(),
         &[("flood-tcp", &echo.to_string(), Protocol::Tcp)],
     );
     server.wait_for_upstreams("flood-tcp", 1).await;
-    let mut s = ws_upgrade(server.proxy, "/_piko/v1/tcp/flood-tcp").await;
-    let before = server.rss();
+    let mut s = ws_upgrade(server.proxy_addr(), "/_piko/v1/tcp/flood-tcp").await;
+    let before = rss(&server);
     let pings = ws_pings();
     let sent = flood(&mut s, || pings.clone(), 8).await;
     assert_bounded(&server, before, "pings on a TCP connection", sent);
@@ -266,13 +190,13 @@ async fn a_tcp_client_that_floods_websocket_pings_and_never_reads_is_bounded_and
 
 #[tokio::test]
 async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
-    let server = RealServer::start().await;
+    let server = NodeProcess::start(&[]).await;
     let path = "/piko/v1/upstream/flood-up";
 
     // WebSocket pings on the upstream connection.
-    let mut ws_pinger = ws_upgrade(server.upstream, path).await;
+    let mut ws_pinger = ws_upgrade(server.upstream_addr(), path).await;
     server.wait_for_upstreams("flood-up", 1).await;
-    let before = server.rss();
+    let before = rss(&server);
     let pings = ws_pings();
     let sent = flood(&mut ws_pinger, || pings.clone(), 8).await;
     assert_bounded(&server, before, "websocket pings on an upstream", sent);
@@ -282,9 +206,9 @@ async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
     );
 
     // Yamux pings, 1 MiB of them per binary message.
-    let mut yamux_pinger = ws_upgrade(server.upstream, path).await;
+    let mut yamux_pinger = ws_upgrade(server.upstream_addr(), path).await;
     server.wait_for_upstreams("flood-up", 2).await;
-    let before = server.rss();
+    let before = rss(&server);
     let mut id = 0u32;
     let sent = flood(
         &mut yamux_pinger,
@@ -306,9 +230,9 @@ async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
     );
 
     // Yamux SYNs: each is answered (and refused: upstreams do not open streams).
-    let mut syn_flooder = ws_upgrade(server.upstream, path).await;
+    let mut syn_flooder = ws_upgrade(server.upstream_addr(), path).await;
     server.wait_for_upstreams("flood-up", 3).await;
-    let before = server.rss();
+    let before = rss(&server);
     let mut stream = 1u32;
     let sent = flood(
         &mut syn_flooder,

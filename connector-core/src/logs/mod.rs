@@ -3,7 +3,7 @@
 //! GUI's log view.
 //!
 //! Both go through the same filter, made safe by
-//! [`redacted_log_filter`](crate::credentials::redacted_log_filter): even at trace level no
+//! [`crate::credentials::redacted_log_filter`]: even at trace level no
 //! token reaches a file or the tail.
 //!
 //! Layout: this file (the log dir, [`layers`], [`init`]), `tail` ([`LogTail`], [`TailLayer`]).

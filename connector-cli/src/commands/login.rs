@@ -8,7 +8,7 @@ use piko_connector_core::credentials::{
 };
 use piko_connector_core::Secret;
 
-use crate::Failure;
+use crate::exit::Failure;
 
 /// Longest token read from stdin; real JWTs are a few KiB at most.
 const MAX_TOKEN: u64 = 64 * 1024;

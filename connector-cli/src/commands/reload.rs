@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{setting_error, token_for, TransportArgs};
+use super::agent::{setting_error, token_for};
+use crate::cli::TransportArgs;
 
 /// Editors write a file in several steps (truncate, write, rename): wait this long after
 /// the last event before reading it.

@@ -6,60 +6,24 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use piko_connector_core::config::{InspectAddr, DEFAULT_INSPECT_ADDR};
 use piko_connector_core::inspector::{
     api, Body, BodyEncoding, Exchange, ExchangeKind, ExchangeSummary, Inspector, Recorded,
     ReplayEdit,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::Failure;
-
-/// Where agents serve the inspector unless told otherwise (ngrok users expect 4040).
-pub const DEFAULT_INSPECT_ADDR: &str = "127.0.0.1:4040";
-
-/// `--inspect.addr` of the agent commands.
-#[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// Serve the request inspector's JSON API here (for `piko inspect`); "" turns the
-    /// inspector off. Keep it on loopback: it shows request bodies and replays requests.
-    #[arg(long = "inspect.addr", id = "inspect_addr", default_value = DEFAULT_INSPECT_ADDR, value_name = "ADDR")]
-    pub addr: String,
-}
-
-impl ServeArgs {
-    /// The address to serve on, `None` when turned off.
-    pub fn addr(&self) -> Result<Option<SocketAddr>, Failure> {
-        let a = self.addr.trim();
-        if a.is_empty() {
-            return Ok(None);
-        }
-        parse_addr(a).map(Some)
-    }
-}
-
-fn parse_addr(a: &str) -> Result<SocketAddr, Failure> {
-    let a = a.trim();
-    let with_host = if a.bytes().all(|b| b.is_ascii_digit()) {
-        format!("127.0.0.1:{a}")
-    } else {
-        a.replace("localhost:", "127.0.0.1:")
-    };
-    with_host.parse().map_err(|_| {
-        Failure::Usage(format!(
-            "--inspect.addr {a:?} is not an address; use host:port such as {DEFAULT_INSPECT_ADDR}, or \"\" to turn the inspector off"
-        ))
-    })
-}
+use crate::cli::{parse_inspect_addr, InspectArgs, InspectCommand};
+use crate::exit::Failure;
 
 /// Start serving `inspector` on `addr`; a port that cannot be bound is a warning (the agent
 /// runs without an inspector) and gives `None`.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     inspector: Inspector,
     shutdown: CancellationToken,
@@ -75,130 +39,73 @@ pub async fn serve(
     if !bound.ip().is_loopback() {
         warn!("inspector: listening on {bound}, which is not loopback: anyone who reaches it can read request bodies and replay requests");
     }
+    // The log line tells scripts (and tests) the port when `--inspect.addr` asked for port 0.
+    info!(addr = %bound, "inspector listening");
     let _ = writeln!(std::io::stdout(), "inspector: http://{bound}");
     Some(tokio::spawn(api::serve(listener, inspector, shutdown)))
 }
 
-/// `--inspect.addr` of `piko inspect`.
-#[derive(Args, Debug, Clone)]
-pub struct AddrArg {
-    /// The agent's inspector address (its --inspect.addr).
-    #[arg(long = "inspect.addr", id = "inspect_addr", default_value = DEFAULT_INSPECT_ADDR, value_name = "ADDR")]
-    pub addr: String,
-}
-
-/// `piko inspect`.
-#[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct InspectArgs {
-    #[command(subcommand)]
-    command: Option<InspectCommand>,
-    /// Only this endpoint's requests.
-    endpoint: Option<String>,
-    /// Keep printing new requests as they arrive.
-    #[arg(long, short)]
-    follow: bool,
-    /// How many recent requests to print.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
-    #[command(flatten)]
-    addr: AddrArg,
-}
-
-#[derive(Subcommand, Debug)]
-enum InspectCommand {
-    /// Print one request and its response: headers (credentials as ***) and bodies.
-    Show {
-        /// The request id (the first column of `piko inspect`).
-        id: String,
-        /// Print the exchange as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        addr: AddrArg,
-    },
-    /// Send a recorded request to the local target again, maybe changed first.
-    Replay {
-        /// The request id.
-        id: String,
-        /// Another method.
-        #[arg(long = "method")]
-        method: Option<String>,
-        /// Another path and query (/orders?id=7).
-        #[arg(long = "path")]
-        path: Option<String>,
-        /// Send these headers instead of the recorded ones ("Name: value", repeatable); a
-        /// credential given as *** keeps its recorded value.
-        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
-        headers: Vec<String>,
-        /// Another body (text).
-        #[arg(long = "body", conflicts_with = "body_file")]
-        body: Option<String>,
-        /// Another body, read from a file.
-        #[arg(long = "body-file", value_name = "FILE")]
-        body_file: Option<std::path::PathBuf>,
-        #[command(flatten)]
-        addr: AddrArg,
-    },
+/// The agent's inspector address `piko inspect` reads (its `--inspect.addr`).
+fn parse_addr(a: &str) -> Result<SocketAddr, Failure> {
+    match parse_inspect_addr(a)? {
+        InspectAddr::At(addr) => Ok(addr),
+        // "" turns an agent's inspector off; there is nothing to read at "".
+        InspectAddr::Off => Err(Failure::Usage(format!(
+            "--inspect.addr \"\" is not an address; use host:port such as {DEFAULT_INSPECT_ADDR}"
+        ))),
+    }
 }
 
 /// Run `piko inspect ...`.
-pub fn run(args: InspectArgs) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
-        match args.command {
-            None => {
-                let addr = parse_addr(&args.addr.addr)?;
-                list(addr, args.endpoint.as_deref(), args.limit, args.follow).await
-            }
-            Some(InspectCommand::Show { id, json, addr }) => {
-                let addr = parse_addr(&addr.addr)?;
-                let id = check_id(&id)?;
-                let (_, body) =
-                    call(addr, Method::GET, &format!("/api/requests/{id}"), None).await?;
-                if json {
-                    out(&format!("{}\n", String::from_utf8_lossy(&body)));
-                    return Ok(());
-                }
-                let x: Exchange = decode(&body)?;
-                out(&show(&x));
-                Ok(())
-            }
-            Some(InspectCommand::Replay {
-                id,
-                method,
-                path,
-                headers,
-                body,
-                body_file,
-                addr,
-            }) => {
-                let addr = parse_addr(&addr.addr)?;
-                let id = check_id(&id)?;
-                let edit = edit(method, path, headers, body, body_file)?;
-                let payload = match &edit {
-                    Some(e) => Some(
-                        serde_json::to_vec(e)
-                            .map_err(|e| Failure::Runtime(format!("cannot write the edit: {e}")))?,
-                    ),
-                    None => None,
-                };
-                let (_, body) = call(
-                    addr,
-                    Method::POST,
-                    &format!("/api/requests/{id}/replay"),
-                    payload,
-                )
-                .await?;
-                let x: Exchange = decode(&body)?;
-                out(&format!("{}\n{}\n", header_row(), row(&x.summary)));
-                Ok(())
-            }
+pub(crate) async fn run(args: InspectArgs) -> Result<(), Failure> {
+    match args.command {
+        None => {
+            let addr = parse_addr(&args.addr.addr)?;
+            list(addr, args.endpoint.as_deref(), args.limit, args.follow).await
         }
-    })
+        Some(InspectCommand::Show { id, json, addr }) => {
+            let addr = parse_addr(&addr.addr)?;
+            let id = check_id(&id)?;
+            let (_, body) = call(addr, Method::GET, &format!("/api/requests/{id}"), None).await?;
+            if json {
+                out(&format!("{}\n", String::from_utf8_lossy(&body)));
+                return Ok(());
+            }
+            let x: Exchange = decode(&body)?;
+            out(&show(&x));
+            Ok(())
+        }
+        Some(InspectCommand::Replay {
+            id,
+            method,
+            path,
+            headers,
+            body,
+            body_file,
+            addr,
+        }) => {
+            let addr = parse_addr(&addr.addr)?;
+            let id = check_id(&id)?;
+            let edit = edit(method, path, headers, body, body_file)?;
+            let payload = match &edit {
+                Some(e) => Some(
+                    serde_json::to_vec(e)
+                        .map_err(|e| Failure::Runtime(format!("cannot write the edit: {e}")))?,
+                ),
+                None => None,
+            };
+            let (_, body) = call(
+                addr,
+                Method::POST,
+                &format!("/api/requests/{id}/replay"),
+                payload,
+            )
+            .await?;
+            let x: Exchange = decode(&body)?;
+            out(&format!("{}\n{}\n", header_row(), row(&x.summary)));
+            Ok(())
+        }
+    }
 }
 
 fn check_id(id: &str) -> Result<u64, Failure> {
@@ -598,8 +505,17 @@ mod tests {
             e.starts_with("--inspect.addr \"nowhere\" is not an address"),
             "{e}"
         );
-        let off = ServeArgs { addr: " ".into() };
-        assert!(matches!(off.addr(), Ok(None)));
+        let Err(Failure::Usage(e)) = parse_addr(" ") else {
+            panic!("piko inspect needs an address")
+        };
+        assert!(
+            e.starts_with("--inspect.addr \"\" is not an address"),
+            "{e}"
+        );
+        let off = crate::cli::ServeArgs {
+            addr: Some(" ".into()),
+        };
+        assert!(matches!(off.resolve(None), Ok(InspectAddr::Off)));
     }
 
     #[test]

@@ -1,0 +1,306 @@
+//! `piko agent http|tcp|start`: register endpoints and forward their traffic, print each
+//! status change on stdout, serve the request inspector, and (for `start`) follow the file.
+
+use piko_connector_core::config::{
+    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, InspectAddr, Protocol,
+    TransportConfig,
+};
+use piko_connector_core::credentials::{
+    default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
+};
+use piko_connector_core::{Agent, AgentError, Connector, Inspector, Secret};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{init_logging, inspect, reload, runtime, stop_on_signals};
+use crate::cli::{ExposeArgs, StartArgs};
+use crate::exit::Failure;
+
+/// An agent to run: its config and how it connects, reloads and is inspected.
+pub(crate) struct AgentJob {
+    config: AgentConfig,
+    transport: TransportConfig,
+    /// `--connect.token`, if given.
+    token: Option<String>,
+    /// For `agent start`: how to read the config file again when it changes.
+    reload: Option<reload::Spec>,
+    /// Where to serve the request inspector.
+    inspect: InspectAddr,
+    /// `log.level` of the config file, used unless `--log.level` is given.
+    file_level: Option<String>,
+}
+
+/// `piko agent http|tcp ENDPOINT ADDR`: one endpoint from the flags.
+pub(crate) fn expose(a: ExposeArgs, protocol: Protocol) -> Result<AgentJob, Failure> {
+    let ExposeArgs {
+        endpoint,
+        addr,
+        url,
+        token,
+        transport,
+        connect_timeout,
+        timeout,
+        grace_period,
+        access_log,
+        inspect,
+    } = a;
+    let ep = EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
+        ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
+        e => Failure::Usage(e.to_string()),
+    })?;
+    let ep = EndpointConfig {
+        access_log: access_log.access_log()?,
+        ..ep
+    };
+    let config = AgentConfig {
+        connect: ConnectConfig {
+            url,
+            token: None,
+            timeout: connect_timeout,
+        },
+        endpoints: vec![ep],
+        grace_period,
+    };
+    Ok(AgentJob {
+        config,
+        transport: transport.over(TransportConfig::default()),
+        token: token.token,
+        reload: None,
+        inspect: inspect.resolve(None)?,
+        file_level: None,
+    })
+}
+
+/// `piko agent start --config.path FILE`: the file's endpoints, flags over the file.
+pub(crate) fn start(a: StartArgs) -> Result<AgentJob, Failure> {
+    let file = ConfigFile::from_yaml_file(&a.config_path).map_err(|e| match e {
+        ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
+        e => Failure::Usage(e.to_string()),
+    })?;
+    let mut config = file.agent;
+    if let Some(url) = a.url.clone() {
+        config.connect.url = url;
+    }
+    if let Some(g) = a.grace_period {
+        config.grace_period = g;
+    }
+    let reload = reload::Spec {
+        path: a.config_path.clone(),
+        url: a.url.clone(),
+        grace_period: a.grace_period,
+        transport: a.transport.clone(),
+        token: a.token.token.clone(),
+    };
+    Ok(AgentJob {
+        config,
+        transport: a.transport.over(file.transport),
+        token: a.token.token,
+        reload: Some(reload),
+        inspect: a.inspect.resolve(file.inspect)?,
+        file_level: file.log_level,
+    })
+}
+
+/// Run the agent until a stop signal, or until the server rejects it.
+pub(crate) fn run(job: AgentJob, log_level: Option<String>) -> Result<(), Failure> {
+    let level = log_level
+        .or(job.file_level)
+        .unwrap_or_else(|| "info".to_string());
+    init_logging(&level)?;
+
+    // Read the TLS files and settle the proxy before anything runs: mistakes there are
+    // config errors (exit 2) naming the setting.
+    let connector = Connector::new(&job.transport).map_err(|e| Failure::Usage(setting_error(e)))?;
+    let mut config = job.config;
+    config.connect.token = token_for(job.token, &config.connect.url);
+
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        stop_on_signals(&shutdown);
+        let mut agent = Agent::new(config).with_connector(connector);
+        if let Some(spec) = job.reload {
+            agent = agent.with_updates(reload::watch(spec, job.transport, shutdown.clone()));
+        }
+        // Served whatever the endpoints are (an idle inspector costs a listener): a reload
+        // may add HTTP endpoints to an agent that started with TCP ones only.
+        let mut api = None;
+        if let InspectAddr::At(addr) = job.inspect {
+            let inspector = Inspector::default();
+            api = inspect::serve(addr, inspector.clone(), shutdown.clone()).await;
+            if api.is_some() {
+                agent = agent.with_inspector(inspector);
+            }
+        }
+        let result = run_agent(agent, shutdown.clone()).await;
+        if let Some(api) = api {
+            // The agent may have stopped on its own (a rejected token).
+            shutdown.cancel();
+            let _ = api.await;
+        }
+        result
+    })
+}
+
+async fn run_agent(agent: Agent, shutdown: CancellationToken) -> Result<(), Failure> {
+    let mut events = agent.subscribe();
+    let printer = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(ev) => {
+                    use std::io::Write;
+                    // Not println!: a closed stdout (piped into `head`) must not panic.
+                    let _ = writeln!(std::io::stdout(), "{ev}");
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    let result = agent.run(shutdown).await;
+    // The agent and its tunnels are gone, so the channel closes once drained.
+    let _ = printer.await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(
+            e @ AgentError::Rejected {
+                status: 401 | 403, ..
+            },
+        ) => Err(Failure::Runtime(format!(
+            "{e}; check --connect.token, PIKO_TOKEN or `piko login`"
+        ))),
+        Err(
+            e @ (AgentError::InvalidToken
+            | AgentError::NoEndpoints
+            | AgentError::Unusable { .. }
+            | AgentError::Config(_)),
+        ) => Err(Failure::Usage(e.to_string())),
+        Err(e) => Err(Failure::Runtime(e.to_string())),
+    }
+}
+
+/// A transport config error, naming the flag beside the YAML key
+/// (`connect.tls.root_cas (--connect.tls.root-cas): cannot read ...`).
+pub(crate) fn setting_error(e: ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { key, message } if key.starts_with("connect.") => {
+            format!("{key} (--{}): {message}", key.replace('_', "-"))
+        }
+        e => e.to_string(),
+    }
+}
+
+/// The token for `server_url`: `--connect.token`, else `PIKO_TOKEN`, else the stored one.
+/// Logs where it came from, never the token. A store that cannot be read is a warning: the
+/// server says whether a token was needed.
+pub(crate) fn token_for(flag: Option<String>, server_url: &str) -> Option<Secret> {
+    let env = std::env::var(TOKEN_ENV).ok();
+    match resolve_token(flag, env, server_url, default_store) {
+        Ok((token, TokenSource::None)) => {
+            info!("no token for {server_url}: connecting without one (`piko login --server {server_url}` stores one)");
+            token
+        }
+        Ok((token, source)) => {
+            info!("using the token from {source}");
+            token
+        }
+        // The agent reports a bad URL itself, with the flag to fix.
+        Err(CredentialError::InvalidServer { .. }) => None,
+        Err(e) => {
+            warn!("cannot read the stored token: {e}; connecting without one");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{AgentCommand, Cli, Command};
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(args).unwrap().command
+    }
+
+    #[test]
+    fn parses_agent_http() {
+        let Command::Agent(AgentCommand::Http(a)) = parse(&[
+            "piko",
+            "agent",
+            "http",
+            "shop",
+            "3000",
+            "--connect.url",
+            "http://10.0.0.1:8001",
+            "--timeout",
+            "5s",
+        ]) else {
+            panic!("not agent http")
+        };
+        let job = expose(a, Protocol::Http).unwrap();
+        assert_eq!(job.transport, TransportConfig::default());
+        assert_eq!(job.token, None);
+        assert_eq!(job.inspect, InspectAddr::default());
+        let c = job.config;
+        assert_eq!(c.connect.url, "http://10.0.0.1:8001");
+        assert_eq!(c.endpoints[0].timeout, Duration::from_secs(5));
+        assert_eq!(c.endpoints[0].target.to_string(), "http://127.0.0.1:3000");
+        assert_eq!(c.grace_period, Duration::from_secs(5));
+    }
+
+    /// `agent start` with `inspect` in `yaml` and `flags` after the path.
+    fn start_inspect(yaml: &str, flags: &[&str]) -> Result<InspectAddr, Failure> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let path = path.display().to_string();
+        let mut args = vec!["piko", "agent", "start", "--config.path", &path];
+        args.extend_from_slice(flags);
+        let Command::Agent(AgentCommand::Start(a)) = parse(&args) else {
+            panic!("not agent start")
+        };
+        start(a).map(|job| job.inspect)
+    }
+
+    #[test]
+    fn the_inspect_flag_beats_the_file_which_beats_the_default() {
+        let at = |port: u16| InspectAddr::At(([127, 0, 0, 1], port).into());
+        let file = "inspect:\n  addr: 127.0.0.1:4141\n";
+        let off = "inspect:\n  addr: \"\"\n";
+        let cases: &[(&str, &[&str], InspectAddr)] = &[
+            ("", &[], InspectAddr::default()),
+            (file, &[], at(4141)),
+            (off, &[], InspectAddr::Off),
+            (file, &["--inspect.addr", "4242"], at(4242)),
+            (file, &["--inspect.addr", ""], InspectAddr::Off),
+            (off, &["--inspect.addr", "127.0.0.1:4343"], at(4343)),
+        ];
+        for (yaml, flags, want) in cases {
+            let got =
+                start_inspect(yaml, flags).unwrap_or_else(|e| panic!("{yaml:?} {flags:?}: {e:?}"));
+            assert_eq!(got, *want, "{yaml:?} {flags:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_inspect_addr_is_a_usage_error_naming_the_flag_or_key() {
+        let Err(Failure::Usage(e)) = start_inspect("", &["--inspect.addr", "nowhere"]) else {
+            panic!("a bad flag is a usage error")
+        };
+        assert!(
+            e.starts_with("--inspect.addr \"nowhere\" is not an address"),
+            "{e}"
+        );
+        let Err(Failure::Usage(e)) = start_inspect("inspect:\n  addr: nowhere\n", &[]) else {
+            panic!("a bad key is a usage error")
+        };
+        assert!(
+            e.starts_with("inspect.addr: invalid address \"nowhere\""),
+            "{e}"
+        );
+    }
+}
