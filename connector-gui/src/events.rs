@@ -116,21 +116,32 @@ pub fn publish<R: Runtime>(app: &AppHandle<R>, view: &View) {
 /// A desktop notification for each endpoint that was connected and is not any more (when
 /// the user asked for them).
 fn notify_disconnects<R: Runtime>(app: &AppHandle<R>, before: &View, after: &View) {
+    for (title, body) in disconnect_notices(before, after) {
+        notify(app, &title, &body);
+    }
+}
+
+/// The notifications (title, body) that going from `before` to `after` calls for: one per
+/// endpoint that was connected and now is meant to be but is not, none when the user turned
+/// them off. Switching an endpoint off is no disconnect.
+pub fn disconnect_notices(before: &View, after: &View) -> Vec<(String, String)> {
     if !after.preferences.notify_on_disconnect {
-        return;
+        return Vec::new();
     }
     let was: HashMap<&str, Tone> = before
         .endpoints
         .iter()
         .map(|e| (e.id.as_str(), e.tone))
         .collect();
-    for e in after.endpoints.iter().filter(|e| e.tone == Tone::Warn) {
-        if was.get(e.id.as_str()) != Some(&Tone::Ok) {
-            continue;
-        }
-        let body = e.error.clone().unwrap_or_else(|| e.state.clone());
-        notify(app, &format!("{} disconnected", e.id), &body);
-    }
+    after
+        .endpoints
+        .iter()
+        .filter(|e| e.tone == Tone::Warn && was.get(e.id.as_str()) == Some(&Tone::Ok))
+        .map(|e| {
+            let body = e.error.clone().unwrap_or_else(|| e.state.clone());
+            (format!("{} disconnected", e.id), body)
+        })
+        .collect()
 }
 
 /// Show a desktop notification (when the plugin runs).
@@ -234,5 +245,83 @@ pub fn on_tray_action<R: Runtime>(app: &AppHandle<R>, action: TrayAction) {
                 publish(&app, &app.state::<AppState>().view());
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use piko_connector_core::status::TunnelState;
+
+    use super::*;
+    use crate::view::{EndpointFacts, EndpointView, PreferencesView};
+
+    fn view(notify: bool, endpoints: &[(&str, bool, TunnelState)]) -> View {
+        View {
+            seq: 0,
+            servers: Vec::new(),
+            endpoints: endpoints
+                .iter()
+                .map(|(id, enabled, state)| {
+                    EndpointView::from_facts(EndpointFacts {
+                        id: (*id).into(),
+                        server: "s".into(),
+                        target: "3000".into(),
+                        protocol: "http".into(),
+                        enabled: *enabled,
+                        signed_in: true,
+                        state: Some(state.clone()),
+                        url: None,
+                        retry_at: None,
+                    })
+                })
+                .collect(),
+            preferences: PreferencesView {
+                start_at_login: false,
+                start_tunnels_on_launch: true,
+                notify_on_disconnect: notify,
+                theme: "system".into(),
+            },
+            banner: None,
+            token_store: "memory".into(),
+            summary: String::new(),
+            summary_dot: "●",
+        }
+    }
+
+    fn up() -> TunnelState {
+        TunnelState::Connected {
+            server: "ws://s".into(),
+        }
+    }
+
+    fn lost() -> TunnelState {
+        TunnelState::Reconnecting {
+            delay: Duration::from_secs(1),
+            error: "the server closed the tunnel".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_tunnel_is_notified_once_and_only_when_asked() {
+        let before = view(true, &[("web", true, up()), ("db", true, lost())]);
+        let after = view(true, &[("web", true, lost()), ("db", true, lost())]);
+        assert_eq!(
+            disconnect_notices(&before, &after),
+            [(
+                "web disconnected".to_string(),
+                "the server closed the tunnel".to_string()
+            )],
+            "db was not connected before: no news"
+        );
+        // Still down on the next view: nothing new.
+        assert!(disconnect_notices(&after, &after).is_empty());
+        // Turned off by the user: no notification.
+        let quiet = view(false, &[("web", true, lost()), ("db", true, lost())]);
+        assert!(disconnect_notices(&before, &quiet).is_empty());
+        // Switched off is not a disconnect.
+        let off = view(true, &[("web", false, up()), ("db", true, lost())]);
+        assert!(disconnect_notices(&before, &off).is_empty());
     }
 }

@@ -31,6 +31,8 @@ pub struct StartOptions {
     pub credentials: Arc<dyn CredentialStore>,
     /// Why the token file stands in for the keychain, if it does.
     pub credentials_fallback: Option<String>,
+    /// Time each token read or write may take (a locked keychain may never answer).
+    pub credential_timeout: Duration,
     /// Running logs (file and tail), when set up.
     pub logs: Option<Logs>,
     /// What the request inspector keeps (the last 200 requests per endpoint, 64 KiB of each
@@ -60,6 +62,7 @@ impl StartOptions {
             settings_path: SettingsStore::default_path()?,
             credentials: Arc::from(selected.store),
             credentials_fallback: selected.fallback,
+            credential_timeout: credentials::DEFAULT_TIMEOUT,
             logs,
             inspector: InspectorConfig::default(),
         })
@@ -91,6 +94,7 @@ impl AppState {
         let inspector = Inspector::new(options.inspector);
         let mut core_options = CoreOptions::new(options.settings_path, options.credentials);
         core_options.inspector = Some(inspector.clone());
+        core_options.credential_timeout = options.credential_timeout;
         let core = Core::start(core_options, shutdown.child_token()).await;
         Self {
             core,
@@ -155,6 +159,7 @@ pub fn view_of(snap: &Snapshot, token_store: &str, seq: u64) -> View {
                 signed_in: server.is_some_and(|s| s.signed_in),
                 state: Some(e.state.clone()),
                 url: e.public_url.clone(),
+                retry_at: e.retry_at,
             });
             // A server that cannot be used (an unreadable TLS file) explains every endpoint on it.
             if view.enabled && view.error.is_none() && view.tone != crate::view::Tone::Ok {

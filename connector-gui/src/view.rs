@@ -4,6 +4,9 @@
 //! `piko://view` event) and the tray (icon, tooltip, menu), so the two never disagree, and the
 //! wording is tested here without a window.
 
+use std::time::SystemTime;
+
+use piko_connector_core::core::epoch_millis;
 use piko_connector_core::status::{DisplayDuration, TunnelState};
 use serde::Serialize;
 
@@ -52,8 +55,11 @@ pub struct EndpointView {
     /// Machine-readable state for tests and styling: connected, connecting, reconnecting,
     /// stopped, off, signed-out.
     pub state_kind: &'static str,
-    /// The state in plain words ("connected", "reconnecting in 4s").
+    /// The state in plain words ("connected", "reconnecting in 4s"), as of this view.
     pub state: String,
+    /// While reconnecting: when the next attempt is due, in milliseconds since the Unix
+    /// epoch, so the page counts down to it by itself.
+    pub retry_at_ms: Option<u64>,
     /// The last error in plain words, when there is one.
     pub error: Option<String>,
     /// The URL clients use, when known.
@@ -114,6 +120,8 @@ pub struct EndpointFacts {
     pub state: Option<TunnelState>,
     /// The URL clients use, when known.
     pub url: Option<String>,
+    /// When the next connection attempt is due, while reconnecting.
+    pub retry_at: Option<SystemTime>,
 }
 
 impl EndpointView {
@@ -144,6 +152,10 @@ impl EndpointView {
                 (Tone::Warn, "stopped", "stopped".to_string(), reason.clone())
             }
         };
+        let retry_at_ms = match state_kind {
+            "reconnecting" => f.retry_at.map(epoch_millis),
+            _ => None,
+        };
         Self {
             id: f.id,
             server: f.server,
@@ -153,6 +165,7 @@ impl EndpointView {
             tone,
             state_kind,
             state,
+            retry_at_ms,
             error,
             url: f.url,
         }
@@ -252,6 +265,7 @@ mod tests {
             signed_in: true,
             state,
             url: None,
+            retry_at: None,
         }
     }
 
@@ -305,6 +319,21 @@ mod tests {
                 (tone, state, error)
             );
         }
+    }
+
+    #[test]
+    fn only_a_reconnecting_endpoint_carries_the_moment_of_its_next_attempt() {
+        let due = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let mut f = facts("a", true, refused());
+        f.retry_at = Some(due);
+        let v = EndpointView::from_facts(f);
+        assert_eq!(v.retry_at_ms, Some(1_700_000_000_123));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["retry_at_ms"], 1_700_000_000_123_u64);
+        // Switched off meanwhile: nothing to count down to.
+        let mut f = facts("a", false, refused());
+        f.retry_at = Some(due);
+        assert_eq!(EndpointView::from_facts(f).retry_at_ms, None);
     }
 
     #[test]

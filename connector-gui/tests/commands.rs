@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use piko_connector::state::{AppState, StartOptions};
-use piko_connector_core::credentials::MemoryStore;
+use piko_connector_core::credentials::{CredentialError, CredentialStore, MemoryStore, ServerKey};
+use piko_connector_core::Secret;
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime};
@@ -27,11 +28,17 @@ struct TestApp {
 
 impl TestApp {
     fn new() -> Self {
+        Self::with_credentials(Arc::new(MemoryStore::new()))
+    }
+
+    /// An app whose tokens go to `credentials`, each call allowed 300 ms.
+    fn with_credentials(credentials: Arc<dyn CredentialStore>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let options = StartOptions {
             settings_path: dir.path().join("settings.yaml"),
-            credentials: Arc::new(MemoryStore::new()),
+            credentials,
             credentials_fallback: None,
+            credential_timeout: Duration::from_millis(300),
             logs: None,
             inspector: Default::default(),
         };
@@ -122,6 +129,90 @@ fn a_malformed_token_is_refused_next_to_its_field_and_no_server_is_kept() {
         view["servers"],
         json!([]),
         "the refused server was removed again"
+    );
+}
+
+/// A keychain that never answers: locked, waiting on an unlock prompt nobody sees.
+struct LockedKeychain;
+
+impl LockedKeychain {
+    fn hang() -> ! {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+impl CredentialStore for LockedKeychain {
+    fn describe(&self) -> String {
+        "the OS keychain (Secret Service)".into()
+    }
+    fn get(&self, _: &ServerKey) -> Result<Option<Secret>, CredentialError> {
+        Self::hang()
+    }
+    fn set(&self, _: &ServerKey, _: &Secret) -> Result<(), CredentialError> {
+        Self::hang()
+    }
+    fn delete(&self, _: &ServerKey) -> Result<bool, CredentialError> {
+        Self::hang()
+    }
+    fn servers(&self) -> Result<Vec<ServerKey>, CredentialError> {
+        Self::hang()
+    }
+}
+
+#[test]
+fn a_locked_keychain_fails_sign_in_in_bounded_time_with_the_reason_for_the_page() {
+    let t = TestApp::with_credentials(Arc::new(LockedKeychain));
+    let began = std::time::Instant::now();
+    let port = closed_port();
+    let err = t
+        .invoke(
+            "sign_in",
+            json!({"url": format!("http://127.0.0.1:{port}"), "publicUrl": null, "token": TOKEN}),
+        )
+        .unwrap_err();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        err,
+        json!({
+            "message": "the OS keychain (Secret Service) did not answer within 300 ms (is it locked?); unlock it and try again, or set PIKO_CREDENTIALS_STORE=file to keep tokens in a file",
+            "field": null,
+        })
+    );
+    let view = t.invoke("snapshot", json!({})).unwrap();
+    assert_eq!(view["servers"], json!([]), "the new server was not kept");
+}
+
+#[test]
+fn the_diagnostics_show_the_state_but_never_the_token() {
+    let t = TestApp::new();
+    let server = t.sign_in()["servers"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.invoke("add_endpoint", endpoint_form(&server, "shop", "3000"))
+        .unwrap();
+    let state = t.app.state::<AppState>();
+    let text = piko_connector::diagnostics::report(&state, Some("2.50".into()));
+    for part in [
+        "Piko Connector ",
+        "webview 2.50",
+        "tokens in memory",
+        "--- settings",
+        "--- state",
+        "shop -> 3000 [http]",
+    ] {
+        assert!(text.contains(part), "{part:?} in:\n{text}");
+    }
+    assert!(!text.contains(TOKEN), "the token is not in:\n{text}");
+    assert!(
+        !text.contains("c2lnbmF0dXJl"),
+        "no part of the token in:\n{text}"
     );
 }
 

@@ -1,6 +1,7 @@
 // The endpoints view: one row per endpoint with its live state, and the add/edit panel.
 
 import { call } from "./api.js";
+import { runCountdowns, stateText } from "./countdown.js";
 import { h, showAlert, toast } from "./dom.js";
 import { openPanel, closePanel, clearErrors, showFieldError } from "./panel.js";
 import { openSignIn } from "./servers.js";
@@ -26,6 +27,7 @@ export function renderEndpoints(next) {
   document.getElementById("first-sign-in").classList.toggle("primary", !next.servers.some((s) => s.signed_in));
   document.getElementById("first-add").classList.toggle("primary", next.servers.some((s) => s.signed_in));
   list.replaceChildren(...next.endpoints.map(row));
+  runCountdowns(list);
   const signedIn = next.servers.filter((s) => s.signed_in);
   note.textContent = signedIn.length
     ? signedIn.map((s) => `Signed in to ${s.name} · token in ${s.token_store}`).join(" · ")
@@ -59,7 +61,7 @@ function row(ep) {
         h("span", { class: "ep-target" }, `→ ${ep.target}`),
         h("span", { class: "tag" }, ep.protocol)),
       h("div", { class: "ep-line2" },
-        h("span", { class: "ep-state" }, ep.state),
+        h("span", { class: "ep-state", dataset: countdown(ep) }, stateText(ep)),
         ep.url ? h("code", { class: "ep-url" }, ep.url) : null,
         copy),
     ),
@@ -68,6 +70,11 @@ function row(ep) {
       h("label", { class: "switch", title: ep.enabled ? "On" : "Off" }, toggle, h("span", { class: "sr-only" }, ep.enabled ? "On" : "Off"))),
     ep.error ? h("div", { class: "ep-error" }, ep.error) : null,
   );
+}
+
+/** The countdown's data attribute, while the endpoint waits to reconnect. */
+function countdown(ep) {
+  return ep.state_kind === "reconnecting" && typeof ep.retry_at_ms === "number" ? { retryAt: String(ep.retry_at_ms) } : {};
 }
 
 async function copyUrl(ep) {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use piko_protocol::EndpointId;
 use tokio::time::Instant;
@@ -48,7 +49,9 @@ pub(super) struct ServerLive {
 pub(super) struct EndpointLive {
     state: TunnelState,
     last_error: Option<String>,
-    retry_at: Option<Instant>,
+    /// When the next attempt is due, while reconnecting: on the monotonic clock (for
+    /// `retry_in`) and on the wall clock (for a page that counts down to it).
+    retry_at: Option<(Instant, SystemTime)>,
     running: Option<Running>,
     /// The previous tunnel of an edited endpoint, still serving until its successor is
     /// connected (then it drains), so an edit leaves no moment without an upstream.
@@ -110,7 +113,7 @@ impl EndpointLive {
             }
             TunnelState::Reconnecting { delay, error } => {
                 self.last_error = Some(error.clone());
-                self.retry_at = Some(Instant::now() + *delay);
+                self.retry_at = Some((Instant::now() + *delay, SystemTime::now() + *delay));
             }
             TunnelState::Stopped { reason } => {
                 if reason.is_some() {
@@ -183,7 +186,8 @@ impl Table {
             last_error: live.and_then(|l| l.last_error.clone()),
             retry_in: live
                 .and_then(|l| l.retry_at)
-                .map(|at| at.saturating_duration_since(now)),
+                .map(|(at, _)| at.saturating_duration_since(now)),
+            retry_at: live.and_then(|l| l.retry_at).map(|(_, wall)| wall),
             public_url: self
                 .settings
                 .server(&e.server)

@@ -33,9 +33,9 @@ use tracing::{info, warn};
 pub use self::error::CoreError;
 pub use self::event::CoreEvent;
 use self::live::{ServerLive, Table};
-pub use self::view::{EndpointView, ServerView, Snapshot};
+pub use self::view::{epoch_millis, EndpointView, ServerView, Snapshot};
 use crate::config::{ConfigError, TransportConfig, DEFAULT_TIMEOUT};
-use crate::credentials::{check_jwt_shape, CredentialStore, Secret, ServerKey};
+use crate::credentials::{check_jwt_shape, BoundedStore, CredentialStore, Secret, ServerKey};
 use crate::inspector::Inspector;
 use crate::settings::{
     EndpointSettings, FieldError, Preferences, ServerSettings, Settings, SettingsStore,
@@ -57,6 +57,9 @@ pub struct CoreOptions {
     pub settings_path: PathBuf,
     /// Where tokens are kept.
     pub credentials: Arc<dyn CredentialStore>,
+    /// Time each call to the credential store may take before it fails (a locked keychain
+    /// waits on an unlock prompt, possibly for ever).
+    pub credential_timeout: Duration,
     /// Time allowed to open the connection to a server.
     pub connect_timeout: Duration,
     /// Per-request timeout to the local target.
@@ -75,6 +78,7 @@ impl CoreOptions {
         Self {
             settings_path,
             credentials,
+            credential_timeout: crate::credentials::DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_TIMEOUT,
             grace_period: DEFAULT_GRACE_PERIOD,
@@ -153,6 +157,11 @@ impl Core {
             .error
             .map(|e| format!("{e}; running with the last good settings until you save"));
         let token_store = options.credentials.describe();
+        // Every token read and write, including the ones at start, is bounded.
+        let credentials: Arc<dyn CredentialStore> = Arc::new(BoundedStore::new(
+            options.credentials,
+            options.credential_timeout,
+        ));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let inner = Arc::new(Inner {
             tuning: Tuning {
@@ -163,7 +172,7 @@ impl Core {
             },
             inspector: options.inspector,
             store,
-            credentials: options.credentials,
+            credentials,
             token_store,
             events,
             table: Mutex::new(Table {

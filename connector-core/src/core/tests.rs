@@ -221,6 +221,79 @@ async fn signing_in_keeps_the_token_in_the_credential_store_only() {
     assert!(f.credentials.get(&key).unwrap().is_none());
 }
 
+/// A locked keychain (a store whose calls hang, as the Secret Service's do while it waits on
+/// an unlock prompt) fails sign-in within the time limit with a line saying why, and a core
+/// started with it comes up within the limit too, its server saying why it cannot connect.
+#[tokio::test]
+async fn a_locked_keychain_fails_in_bounded_time_and_says_why() {
+    let f = Fixture::new();
+    let keychain = crate::credentials::HangingStore::new();
+    let limit = Duration::from_millis(300);
+    let start = |keychain: Arc<crate::credentials::HangingStore>| {
+        let mut options = CoreOptions::new(f.path(), keychain);
+        options.credential_timeout = limit;
+        options.grace_period = Duration::from_millis(100);
+        let shutdown = CancellationToken::new();
+        async move { (Core::start(options, shutdown.clone()).await, shutdown) }
+    };
+    let (core, shutdown) = start(keychain.clone()).await;
+    core.upsert_server(f.server("local")).await.unwrap();
+    core.add_endpoint(ep("shop", "local", "3000"))
+        .await
+        .unwrap();
+
+    keychain.hold();
+    let began = std::time::Instant::now();
+    let err = core
+        .sign_in("local", Secret::new(JWT.into()))
+        .await
+        .unwrap_err();
+    let took = began.elapsed();
+    assert!(took >= limit && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        matches!(
+            err,
+            CoreError::Credentials(crate::credentials::CredentialError::Timeout { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the test keychain did not answer within 300 ms (is it locked?); unlock it and try \
+         again, or set PIKO_CREDENTIALS_STORE=file to keep tokens in a file"
+    );
+    assert_eq!(err.field(), None);
+    assert!(!core.snapshot().servers[0].signed_in);
+    shutdown.cancel();
+    core.closed().await;
+
+    // Launching with the keychain still locked: the core starts within the limit (reading
+    // the token times out) and the server and its endpoint say why.
+    let began = std::time::Instant::now();
+    let (core, shutdown) = start(keychain.clone()).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+    let s = core.snapshot();
+    let why = s.servers[0].error.clone().unwrap_or_default();
+    assert!(
+        why.starts_with("cannot read the token: the test keychain did not answer within 300 ms"),
+        "{why}"
+    );
+    let shop = s.endpoint("shop").unwrap();
+    assert!(
+        shop.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("(is it locked?)")),
+        "{shop:?}"
+    );
+    keychain.release();
+    shutdown.cancel();
+    core.closed().await;
+}
+
 #[tokio::test]
 async fn a_bad_hand_edit_starts_with_the_last_good_state_and_a_banner() {
     let f = Fixture::new();
@@ -290,6 +363,17 @@ async fn endpoints_show_their_live_state_and_stop_when_disabled() {
         v.retry_in.is_some_and(|d| d <= Duration::from_secs(1)),
         "{v:?}"
     );
+    // The wall-clock deadline (for a page's countdown) is the same moment as `retry_in`.
+    let due = v.retry_at.expect("a deadline while reconnecting");
+    let wall_left = due
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        wall_left <= v.retry_in.unwrap() + Duration::from_millis(50),
+        "{wall_left:?} vs {v:?}"
+    );
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["retry_at_ms"], super::view::epoch_millis(due));
     assert_eq!(
         v.public_url.as_deref(),
         Some("https://shop.piko.example.com")
@@ -299,7 +383,7 @@ async fn endpoints_show_their_live_state_and_stop_when_disabled() {
     let v = core.snapshot().endpoints[0].clone();
     assert!(!v.enabled);
     assert_eq!(v.state, TunnelState::Stopped { reason: None });
-    assert_eq!((v.last_error, v.retry_in), (None, None));
+    assert_eq!((v.last_error, v.retry_in, v.retry_at), (None, None, None));
     // The stopped tunnel's own last words do not overwrite the state.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -374,6 +458,7 @@ async fn snapshots_and_events_serialize_for_the_page() {
         serde_json::json!({"state": "stopped", "reason": null})
     );
     assert_eq!(e["retry_in_ms"], serde_json::Value::Null);
+    assert_eq!(e["retry_at_ms"], serde_json::Value::Null);
     assert_eq!(json["data"]["servers"][0]["signed_in"], false);
     assert_eq!(json["data"]["preferences"]["theme"], "system");
     let reconnecting = serde_json::to_value(TunnelState::Reconnecting {

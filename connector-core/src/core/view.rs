@@ -1,6 +1,6 @@
 //! What the core shows: a [`Snapshot`] of every server and endpoint with its live state.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use piko_protocol::EndpointId;
 use serde::Serialize;
@@ -62,6 +62,11 @@ pub struct EndpointView {
     /// `retry_in_ms`.
     #[serde(rename = "retry_in_ms", serialize_with = "opt_millis")]
     pub retry_in: Option<Duration>,
+    /// When the next connection attempt is due, while reconnecting: a fixed moment (unlike
+    /// `retry_in`), so a view shown later can count down to it. Serialized as `retry_at_ms`,
+    /// milliseconds since the Unix epoch.
+    #[serde(rename = "retry_at_ms", serialize_with = "opt_epoch_millis")]
+    pub retry_at: Option<SystemTime>,
     /// The URL clients use to reach it, when its server says.
     pub public_url: Option<String>,
 }
@@ -71,6 +76,19 @@ fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok,
         Some(d) => crate::status::millis(d, s),
         None => s.serialize_none(),
     }
+}
+
+fn opt_epoch_millis<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_u64(epoch_millis(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it), as JavaScript's `Date.now()` counts.
+pub fn epoch_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Snapshot {

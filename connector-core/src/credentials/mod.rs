@@ -8,19 +8,27 @@
 //!   without a Secret Service (a Raspberry Pi);
 //! - [`MemoryStore`]: for tests.
 //!
+//! [`BoundedStore`] wraps any of them so that every call answers within a time limit (a
+//! locked keychain can wait on an unlock prompt forever); the live core uses it.
+//!
 //! [`default_store`] picks the keychain when one answers, else the file, and says which.
 //! [`resolve_token`] applies the order the agent uses: `--connect.token`, `PIKO_TOKEN`, the
 //! stored token.
 
+mod bounded;
 mod file;
 mod keychain;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::Engine;
 
+#[cfg(test)]
+pub(crate) use self::bounded::hanging::HangingStore;
+pub use self::bounded::{BoundedStore, DEFAULT_TIMEOUT};
 pub use self::file::FileStore;
 pub use self::keychain::KeyringStore;
 use crate::config::ConfigError;
@@ -172,12 +180,33 @@ pub enum CredentialError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// The store did not answer in time: a locked keychain waiting on an unlock prompt.
+    #[error("{store} did not answer within {} (is it locked?); unlock it and try again, or set {STORE_ENV}=file to keep tokens in a file", Wait(*.after))]
+    Timeout {
+        /// Which store.
+        store: String,
+        /// How long it was given.
+        after: Duration,
+    },
     /// `PIKO_CREDENTIALS_STORE` asked for something unknown or unavailable.
     #[error("{STORE_ENV}: {0}")]
     Choice(String),
     /// The config directory is unknown.
     #[error(transparent)]
     Config(#[from] ConfigError),
+}
+
+/// A wait for people: `5 s`, `300 ms`.
+struct Wait(Duration);
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_millis() == 0 && self.0.as_secs() > 0 {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{} ms", self.0.as_millis())
+        }
+    }
 }
 
 /// Where tokens are kept, keyed by server. Implementations block (keychains are synchronous
@@ -262,7 +291,7 @@ impl SelectedStore {
 }
 
 /// How long to wait for the keychain to answer before falling back to the file store.
-const KEYCHAIN_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const KEYCHAIN_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The credential store to use: `PIKO_CREDENTIALS_STORE=keychain|file` forces one; otherwise
 /// the OS keychain when it answers, else the token file in the config dir.
