@@ -2,7 +2,7 @@
 //! events for the page, and tray updates.
 //!
 //! Events (all to every window):
-//! - `piko://view`: the whole [`View`](crate::view::View) after any change of the core;
+//! - `piko://view`: the whole [`View`] after any change of the core;
 //! - `piko://log`: one [`LogLine`](piko_connector_core::logs::LogLine);
 //! - `piko://exchange`: one inspector summary.
 //!
