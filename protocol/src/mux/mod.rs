@@ -543,10 +543,13 @@ impl Shared {
                 )));
             }
             let mut t = lock(&self.table);
-            if t.streams.contains_key(&id) || id <= t.max_peer_id {
+            // Only an id still open is a reopen. A lower id than the last is not: Go's yamux
+            // picks ids before it takes the write lock, so its SYNs can arrive out of order
+            // (seen against the original server under 2 concurrent clients).
+            if t.streams.contains_key(&id) {
                 return Err(MuxError::Protocol(format!("peer reopened stream {id}")));
             }
-            t.max_peer_id = id;
+            t.max_peer_id = t.max_peer_id.max(id);
             if t.local_go_away
                 || t.closed.is_some()
                 || t.accept_queue.len() >= self.config.accept_backlog

@@ -565,6 +565,38 @@ async fn wrong_parity_and_reused_ids_are_protocol_errors() {
 }
 
 #[tokio::test]
+async fn streams_the_peer_opens_out_of_order_are_accepted() {
+    let mut h = start(Mode::Client);
+    for id in [6, 2, 4] {
+        h.peer
+            .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_SYN, id, 0, &[]))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let s = timeout(T, h.session.accept())
+            .await
+            .unwrap()
+            .expect("a stream");
+        got.push(s.id());
+    }
+    assert_eq!(got, [6, 2, 4]);
+    // Frames for the lower ids reach their streams, and the session stays up.
+    h.peer
+        .write_all(&raw_frame(TYPE_PING, FLAG_SYN, 0, 5, &[]))
+        .await
+        .unwrap();
+    loop {
+        let (hdr, _) = read_frame(&mut h.peer).await;
+        if hdr.ty == FrameType::Ping {
+            assert_eq!(hdr.length, 5);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn truncated_input_is_an_error_and_closes_streams() {
     let mut h = start(Mode::Server);
     let mut stream = h.session.open().unwrap();
