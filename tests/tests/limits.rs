@@ -191,11 +191,12 @@ async fn a_tcp_client_that_floods_websocket_pings_and_never_reads_is_bounded_and
 #[tokio::test]
 async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
     let server = NodeProcess::start(&[]).await;
-    let path = "/piko/v1/upstream/flood-up";
+    // One endpoint per flood: a raw client answers no keepalive pings, so the server drops it
+    // once it has been quiet for its keepalive timeout; each flood counts only its own session.
 
     // WebSocket pings on the upstream connection.
-    let mut ws_pinger = ws_upgrade(server.upstream_addr(), path).await;
-    server.wait_for_upstreams("flood-up", 1).await;
+    let mut ws_pinger = ws_upgrade(server.upstream_addr(), "/piko/v1/upstream/flood-ws").await;
+    server.wait_for_upstreams("flood-ws", 1).await;
     let before = rss(&server);
     let pings = ws_pings();
     let sent = flood(&mut ws_pinger, || pings.clone(), 8).await;
@@ -206,8 +207,9 @@ async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
     );
 
     // Yamux pings, 1 MiB of them per binary message.
-    let mut yamux_pinger = ws_upgrade(server.upstream_addr(), path).await;
-    server.wait_for_upstreams("flood-up", 2).await;
+    let mut yamux_pinger =
+        ws_upgrade(server.upstream_addr(), "/piko/v1/upstream/flood-pings").await;
+    server.wait_for_upstreams("flood-pings", 1).await;
     let before = rss(&server);
     let mut id = 0u32;
     let sent = flood(
@@ -230,8 +232,8 @@ async fn an_upstream_that_floods_pings_and_never_reads_is_bounded() {
     );
 
     // Yamux SYNs: each is answered (and refused: upstreams do not open streams).
-    let mut syn_flooder = ws_upgrade(server.upstream_addr(), path).await;
-    server.wait_for_upstreams("flood-up", 3).await;
+    let mut syn_flooder = ws_upgrade(server.upstream_addr(), "/piko/v1/upstream/flood-syns").await;
+    server.wait_for_upstreams("flood-syns", 1).await;
     let before = rss(&server);
     let mut stream = 1u32;
     let sent = flood(

@@ -281,6 +281,27 @@ async fn a_black_holed_link_is_noticed_within_seconds_and_redialled() {
         noticed <= KEEPALIVE_TIMEOUT + Duration::from_secs(2),
         "noticed after {noticed:?}"
     );
+    // The server drops its side of the dead session on its own keepalive, so requests stop
+    // going to it (before, up to 30 s later).
+    let server_timeout = piko_server::upstream::KEEPALIVE_TIMEOUT;
+    wait_until(
+        "the server drops the dead session",
+        server_timeout + Duration::from_secs(3) - cut.elapsed().min(server_timeout),
+        || async {
+            server
+                .endpoints()
+                .await
+                .get("roam")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+                == 0
+        },
+    )
+    .await;
+    eprintln!(
+        "the server dropped the dead session {:?} after the black hole",
+        cut.elapsed()
+    );
 
     relay.black_hole(false);
     let back = Instant::now();
@@ -292,11 +313,9 @@ async fn a_black_holed_link_is_noticed_within_seconds_and_redialled() {
     )
     .await;
     eprintln!("redialled {:?} after the network came back", back.elapsed());
-    // The server drops its side of the dead session on its own keepalive; until then some
-    // requests may be routed to it.
     wait_until(
         "a request reaches the service again",
-        Duration::from_secs(60),
+        Duration::from_secs(20),
         || async {
             get_endpoint(&server.proxy_url(), "roam", "/name").await == Some((200, "svc".into()))
         },

@@ -27,6 +27,15 @@ pub use registry::{Refusal, Registry, RegistryObserver, Standalone, Upstream};
 use crate::auth::PortAuth;
 use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body, ConnInfo};
 
+/// How often the server pings each upstream session.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an upstream session may send nothing before the server drops it. A connector whose
+/// link died without closing (laptop sleep, a Wi-Fi change) is dropped within seconds, so
+/// requests stop going to it; with the mux's default (a ping unanswered at the next one, every
+/// 15 s) that took up to 30 s. Any byte counts, so a busy session is never dropped for queued
+/// answers. The same figure as the connector's, which redials after it.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// Accepts upstream registrations.
 pub struct UpstreamServer {
     registry: Arc<Registry>,
@@ -145,6 +154,8 @@ impl UpstreamServer {
             Mode::Server,
             mux::Config {
                 max_streams: self.limits.max_streams,
+                keepalive_interval: Some(KEEPALIVE_INTERVAL),
+                keepalive_timeout: Some(KEEPALIVE_TIMEOUT),
                 ..mux::Config::default()
             },
         );
