@@ -157,11 +157,18 @@ impl Core {
             .error
             .map(|e| format!("{e}; running with the last good settings until you save"));
         let token_store = options.credentials.describe();
-        // Every token read and write, including the ones at start, is bounded.
-        let credentials: Arc<dyn CredentialStore> = Arc::new(BoundedStore::new(
-            options.credentials,
-            options.credential_timeout,
-        ));
+        // Every token read and write, including the ones at start, is bounded. A call that
+        // timed out may still land (the user unlocked the keychain after all): the core is told,
+        // and re-reads that server's token so what it shows is what is stored.
+        let (late_tx, late_rx) = tokio::sync::mpsc::unbounded_channel();
+        let credentials: Arc<dyn CredentialStore> = Arc::new(
+            BoundedStore::new(options.credentials, options.credential_timeout).on_late_answer(
+                move |answer| {
+                    // Gone only after shutdown, when nothing needs it.
+                    let _ = late_tx.send(answer);
+                },
+            ),
+        );
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let inner = Arc::new(Inner {
             tuning: Tuning {
@@ -189,7 +196,7 @@ impl Core {
         let core = Core { inner };
         {
             let _op = core.inner.ops.lock().await;
-            let built = core.build_servers(&settings, None).await;
+            let built = core.build_servers(&settings, &[]).await;
             core.install(settings, built, false);
         }
         // On shutdown the tunnels stop on their own (child tokens); record it in the table so
@@ -202,6 +209,11 @@ impl Core {
                 inner.lock().stop_all();
             }
         });
+        core.inner.tasks.spawn(late_answers(
+            Arc::downgrade(&core.inner),
+            core.inner.shutdown.clone(),
+            late_rx,
+        ));
         core.inner.tasks.close();
         info!(
             path = %core.inner.store.path().display(),
@@ -350,7 +362,7 @@ impl Core {
             Some(s) => *s = server.clone(),
             None => next.servers.push(server.clone()),
         }
-        let built = self.build_servers(&next, None).await;
+        let built = self.build_servers(&next, &[]).await;
         // Unusable TLS files or proxy: say so at the form rather than save a broken server.
         if let Some(Err(e)) = built
             .iter()
@@ -451,7 +463,7 @@ impl Core {
             self.inner.publish(CoreEvent::Snapshot(snapshot));
             return Err(e.into());
         }
-        let built = self.build_servers(&loaded.settings, None).await;
+        let built = self.build_servers(&loaded.settings, &[]).await;
         self.install(loaded.settings, built, true);
         Ok(())
     }
@@ -472,7 +484,7 @@ impl Core {
         self.ensure_running()?;
         let mut next = self.inner.lock().settings.clone();
         f(&mut next)?;
-        let built = self.build_servers(&next, None).await;
+        let built = self.build_servers(&next, &[]).await;
         self.save(&next).await?;
         self.install(next, built, true);
         Ok(())
@@ -495,9 +507,30 @@ impl Core {
         let key = ServerKey::parse(&s.url)?;
         let store = self.inner.credentials.clone();
         blocking(move || f(store.as_ref(), &key)).await?;
-        let built = self.build_servers(&settings, Some(server)).await;
+        let built = self.build_servers(&settings, &[server.to_string()]).await;
         self.install(settings, built, true);
         Ok(())
+    }
+
+    /// Read again the tokens of the servers whose key is `key` (all servers when `None`),
+    /// reconnecting them: a keychain call that timed out has landed since.
+    async fn reread_tokens(&self, key: Option<&ServerKey>) {
+        let _op = self.inner.ops.lock().await;
+        if self.ensure_running().is_err() {
+            return;
+        }
+        let settings = self.inner.lock().settings.clone();
+        let names: Vec<String> = settings
+            .servers
+            .iter()
+            .filter(|s| key.is_none_or(|k| ServerKey::parse(&s.url).is_ok_and(|sk| &sk == k)))
+            .map(|s| s.name.clone())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let built = self.build_servers(&settings, &names).await;
+        self.install(settings, built, false);
     }
 
     async fn save(&self, next: &Settings) -> Result<(), CoreError> {
@@ -508,15 +541,15 @@ impl Core {
     }
 
     /// Connection settings for every server of `settings` that is new or changed (and for
-    /// `force`, whose token changed). Reads tokens and TLS files: blocking work.
-    async fn build_servers(&self, settings: &Settings, force: Option<&str>) -> Vec<ServerLive> {
+    /// those named in `force`, whose token changed). Reads tokens and TLS files: blocking work.
+    async fn build_servers(&self, settings: &Settings, force: &[String]) -> Vec<ServerLive> {
         let todo: Vec<ServerSettings> = {
             let t = self.inner.lock();
             settings
                 .servers
                 .iter()
                 .filter(|s| {
-                    force == Some(s.name.as_str())
+                    force.contains(&s.name)
                         || t.servers.get(&s.name).is_none_or(|l| l.settings != **s)
                 })
                 .cloned()
@@ -557,6 +590,37 @@ impl Core {
             t.snapshot(&self.inner.token_store)
         };
         self.inner.publish(CoreEvent::Snapshot(snapshot));
+    }
+}
+
+/// Apply each late keychain answer (see [`BoundedStore::on_late_answer`]) until shutdown.
+/// Any late answer may have changed what the store holds or made it readable again (a read
+/// that timed out at launch finishing means the keychain was unlocked), so the servers it
+/// names read their tokens again, successful or not.
+async fn late_answers(
+    inner: std::sync::Weak<Inner>,
+    shutdown: CancellationToken,
+    mut answers: tokio::sync::mpsc::UnboundedReceiver<crate::credentials::LateAnswer>,
+) {
+    use crate::credentials::LateCall;
+    loop {
+        // The sender lives as long as the core: only shutdown ends this loop.
+        let answer = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            answer = answers.recv() => match answer {
+                Some(answer) => answer,
+                None => return,
+            },
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let key = match &answer.call {
+            LateCall::Get(k) | LateCall::Set(k) | LateCall::Delete(k) => Some(k.clone()),
+            LateCall::Servers => None,
+        };
+        info!(call = ?answer.call, ok = answer.ok, "the keychain answered late; reading the token again");
+        Core { inner }.reread_tokens(key.as_ref()).await;
     }
 }
 

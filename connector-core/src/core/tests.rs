@@ -294,6 +294,79 @@ async fn a_locked_keychain_fails_in_bounded_time_and_says_why() {
     core.closed().await;
 }
 
+/// Wait (bounded) for a snapshot event in which server `name` is signed in.
+async fn signed_in_event(
+    events: &mut tokio::sync::broadcast::Receiver<CoreEvent>,
+    name: &str,
+) -> Snapshot {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(CoreEvent::Snapshot(s)) if s.server(name).is_some_and(|v| v.signed_in) => {
+                    return s;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never showed as signed in"))
+}
+
+/// A keychain call that timed out and lands later (the user unlocked the keychain after all)
+/// is shown without another try: a sign-in that timed out turns the server signed in, and a
+/// core launched with the keychain locked reads the token once it is unlocked.
+#[tokio::test]
+async fn a_keychain_answer_after_the_timeout_is_applied() {
+    let f = Fixture::new();
+    let keychain = crate::credentials::HangingStore::new();
+    let limit = Duration::from_millis(300);
+    let start = |keychain: Arc<crate::credentials::HangingStore>| {
+        let mut options = CoreOptions::new(f.path(), keychain);
+        options.credential_timeout = limit;
+        options.grace_period = Duration::from_millis(100);
+        let shutdown = CancellationToken::new();
+        async move { (Core::start(options, shutdown.clone()).await, shutdown) }
+    };
+    let (core, shutdown) = start(keychain.clone()).await;
+    core.upsert_server(f.server("local")).await.unwrap();
+    let mut events = core.subscribe();
+
+    keychain.hold();
+    let err = core
+        .sign_in("local", Secret::new(JWT.into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoreError::Credentials(crate::credentials::CredentialError::Timeout { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!core.snapshot().servers[0].signed_in);
+    keychain.release();
+    signed_in_event(&mut events, "local").await;
+    assert!(core.snapshot().servers[0].signed_in);
+    shutdown.cancel();
+    core.closed().await;
+
+    // Launched while locked: the read times out and the server says why; unlocked, it is read
+    // again and the error goes.
+    keychain.hold();
+    let (core, shutdown) = start(keychain.clone()).await;
+    let s = core.snapshot();
+    assert!(!s.servers[0].signed_in);
+    assert!(s.servers[0].error.is_some(), "{s:?}");
+    let mut events = core.subscribe();
+    keychain.release();
+    let s = signed_in_event(&mut events, "local").await;
+    assert_eq!(s.servers[0].error, None, "{s:?}");
+    shutdown.cancel();
+    core.closed().await;
+}
+
 #[tokio::test]
 async fn a_bad_hand_edit_starts_with_the_last_good_state_and_a_banner() {
     let f = Fixture::new();

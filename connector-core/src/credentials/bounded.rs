@@ -7,12 +7,15 @@
 //! most the limit, then gets [`CredentialError::Timeout`], which says why and what to do.
 //!
 //! A call that timed out cannot be taken back: it finishes on the worker if the keychain
-//! ever answers. While it hangs, later calls fail at once instead of queueing behind it, and
-//! a call still queued when its caller gave up is skipped, so a change the user was told had
-//! failed does not happen later behind their back.
+//! ever answers (the user typed their password into the unlock prompt after all). Such a
+//! late answer goes to the hook set with [`BoundedStore::on_late_answer`], so the owner can
+//! show the change that did happen (the live core re-reads the token and reconnects). While
+//! a call hangs, later calls fail at once instead of queueing behind it, and a call still
+//! queued when its caller gave up is skipped, so a change the user was told had failed does
+//! not happen later unless that one hung call lands.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,13 +28,48 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One call for the worker.
 type Job = Box<dyn FnOnce(&dyn CredentialStore) + Send>;
 
+/// What the owner is told of a late answer.
+type LateHook = Arc<dyn Fn(LateAnswer) + Send + Sync>;
+
+/// A call's progress, shared by its caller and the worker; whoever moves it off
+/// [`WAITING`] first decides whether the answer is on time or late.
+const WAITING: u8 = 0;
+/// The worker answered before the caller gave up.
+const ANSWERED: u8 = 1;
+/// The caller gave up first: a queued call is skipped, a running one answers late.
+const GAVE_UP: u8 = 2;
+
+/// Which call answered late.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LateCall {
+    /// A token read.
+    Get(ServerKey),
+    /// A token stored.
+    Set(ServerKey),
+    /// A token removed.
+    Delete(ServerKey),
+    /// The list of servers with a token.
+    Servers,
+}
+
+/// A call that finished after its caller had been told it timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateAnswer {
+    /// The call.
+    pub call: LateCall,
+    /// Whether it succeeded (for a [`LateCall::Set`]: the token is stored after all).
+    pub ok: bool,
+}
+
 /// A [`CredentialStore`] that answers within a time limit (see the module docs).
 pub struct BoundedStore {
     describe: String,
     timeout: Duration,
     jobs: mpsc::Sender<Job>,
-    /// The call running on the worker, if one is: the flag its caller sets on giving up.
-    running: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+    /// The call running on the worker, if one is: its progress (see [`WAITING`]).
+    running: Arc<Mutex<Option<Arc<AtomicU8>>>>,
+    /// Told of every late answer, when set.
+    late: Option<LateHook>,
 }
 
 impl BoundedStore {
@@ -57,7 +95,15 @@ impl BoundedStore {
             timeout,
             jobs,
             running: Arc::new(Mutex::new(None)),
+            late: None,
         }
+    }
+
+    /// Call `hook` (on the worker thread) with each call that finishes after its caller gave
+    /// up; it should be quick, e.g. a channel send.
+    pub fn on_late_answer(mut self, hook: impl Fn(LateAnswer) + Send + Sync + 'static) -> Self {
+        self.late = Some(Arc::new(hook));
+        self
     }
 
     fn timed_out(&self) -> CredentialError {
@@ -75,38 +121,53 @@ impl BoundedStore {
     }
 
     /// Run `f` on the worker; its answer, or [`CredentialError::Timeout`] after the limit.
+    /// `call` names it for the late-answer hook.
     fn call<T: Send + 'static>(
         &self,
+        call: LateCall,
         f: impl FnOnce(&dyn CredentialStore) -> Result<T, CredentialError> + Send + 'static,
     ) -> Result<T, CredentialError> {
         if lock(&self.running)
             .as_ref()
-            .is_some_and(|gave_up| gave_up.load(Ordering::SeqCst))
+            .is_some_and(|state| state.load(Ordering::SeqCst) == GAVE_UP)
         {
             // A call whose caller gave up still hangs; this one would only wait behind it.
             return Err(self.timed_out());
         }
         let (answer, answered) = mpsc::sync_channel(1);
-        let abandoned = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(WAITING));
         let job: Job = Box::new({
-            let abandoned = abandoned.clone();
+            let state = state.clone();
             let running = self.running.clone();
             let describe = self.describe.clone();
+            let late = self.late.clone();
             move |store| {
-                if abandoned.load(Ordering::SeqCst) {
+                if state.load(Ordering::SeqCst) == GAVE_UP {
+                    // Its caller was told it failed before it began: it must not happen.
                     return;
                 }
-                *lock(&running) = Some(abandoned.clone());
+                *lock(&running) = Some(state.clone());
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(store)))
                     .unwrap_or_else(|_| {
                         Err(CredentialError::Store {
-                            store: describe,
+                            store: describe.clone(),
                             message: "the call failed unexpectedly (a bug); see the log".into(),
                         })
                     });
                 *lock(&running) = None;
-                // The caller may have given up: then nobody needs the answer.
-                let _ = answer.send(result);
+                if state
+                    .compare_exchange(WAITING, ANSWERED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    let _ = answer.send(result);
+                    return;
+                }
+                // The caller was told it timed out, but it happened (or failed) after all.
+                let ok = result.is_ok();
+                tracing::info!(store = %describe, call = ?call, ok, "credential store answered late");
+                if let Some(hook) = late {
+                    hook(LateAnswer { call, ok });
+                }
             }
         });
         if self.jobs.send(job).is_err() {
@@ -115,7 +176,14 @@ impl BoundedStore {
         match answered.recv_timeout(self.timeout) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => {
-                abandoned.store(true, Ordering::SeqCst);
+                if state
+                    .compare_exchange(WAITING, GAVE_UP, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    // The answer came in the same instant: take it rather than report a
+                    // failure that did not happen.
+                    return answered.recv().unwrap_or_else(|_| Err(self.worker_gone()));
+                }
                 tracing::warn!(store = %self.describe, timeout = ?self.timeout, "credential store did not answer");
                 Err(self.timed_out())
             }
@@ -136,21 +204,23 @@ impl CredentialStore for BoundedStore {
 
     fn get(&self, server: &ServerKey) -> Result<Option<Secret>, CredentialError> {
         let server = server.clone();
-        self.call(move |s| s.get(&server))
+        self.call(LateCall::Get(server.clone()), move |s| s.get(&server))
     }
 
     fn set(&self, server: &ServerKey, token: &Secret) -> Result<(), CredentialError> {
         let (server, token) = (server.clone(), token.clone());
-        self.call(move |s| s.set(&server, &token))
+        self.call(LateCall::Set(server.clone()), move |s| {
+            s.set(&server, &token)
+        })
     }
 
     fn delete(&self, server: &ServerKey) -> Result<bool, CredentialError> {
         let server = server.clone();
-        self.call(move |s| s.delete(&server))
+        self.call(LateCall::Delete(server.clone()), move |s| s.delete(&server))
     }
 
     fn servers(&self) -> Result<Vec<ServerKey>, CredentialError> {
-        self.call(|s| s.servers())
+        self.call(LateCall::Servers, |s| s.servers())
     }
 }
 
@@ -262,7 +332,11 @@ mod tests {
     fn a_hanging_store_times_out_with_a_line_that_says_what_to_do() {
         let inner = HangingStore::held();
         let limit = Duration::from_millis(300);
-        let store = BoundedStore::new(inner.clone(), limit);
+        let late = Arc::new(Mutex::new(Vec::new()));
+        let store = BoundedStore::new(inner.clone(), limit).on_late_answer({
+            let late = late.clone();
+            move |answer| late.lock().unwrap().push(answer)
+        });
         let started = Instant::now();
         let err = store
             .set(&key("a.example.com"), &Secret::new("t".into()))
@@ -289,9 +363,26 @@ mod tests {
         inner.release();
         wait_until("the hung call finished", || lock(&store.running).is_none());
         assert_eq!(*inner.done.lock().unwrap(), ["set https://a.example.com"]);
+        // The owner is told the token was stored after all; the read that failed at once
+        // never ran, so it is not reported.
+        wait_until("the late answer is reported", || {
+            !late.lock().unwrap().is_empty()
+        });
+        assert_eq!(
+            *late.lock().unwrap(),
+            [LateAnswer {
+                call: LateCall::Set(key("a.example.com")),
+                ok: true
+            }]
+        );
         assert_eq!(
             store.get(&key("a.example.com")).unwrap().unwrap().expose(),
             "t"
+        );
+        assert_eq!(
+            late.lock().unwrap().len(),
+            1,
+            "an answer on time is not late"
         );
     }
 
@@ -299,7 +390,11 @@ mod tests {
     fn a_call_whose_caller_gave_up_while_queued_never_runs() {
         let inner = HangingStore::held();
         let limit = Duration::from_millis(400);
-        let store = Arc::new(BoundedStore::new(inner.clone(), limit));
+        let late = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(BoundedStore::new(inner.clone(), limit).on_late_answer({
+            let late = late.clone();
+            move |answer| late.lock().unwrap().push(answer)
+        }));
         // The first call hangs inside the store...
         let first = std::thread::spawn({
             let store = store.clone();
@@ -328,6 +423,14 @@ mod tests {
             *inner.done.lock().unwrap(),
             ["set https://first.example.com", "servers"],
             "the second set was skipped"
+        );
+        // Only the call that ran is reported late; the skipped one never happened.
+        assert_eq!(
+            *late.lock().unwrap(),
+            [LateAnswer {
+                call: LateCall::Set(key("first.example.com")),
+                ok: true
+            }]
         );
     }
 }

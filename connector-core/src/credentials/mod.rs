@@ -28,7 +28,7 @@ use base64::Engine;
 
 #[cfg(test)]
 pub(crate) use self::bounded::hanging::HangingStore;
-pub use self::bounded::{BoundedStore, DEFAULT_TIMEOUT};
+pub use self::bounded::{BoundedStore, LateAnswer, LateCall, DEFAULT_TIMEOUT};
 pub use self::file::FileStore;
 pub use self::keychain::KeyringStore;
 use crate::config::ConfigError;
