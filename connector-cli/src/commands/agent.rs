@@ -1,12 +1,15 @@
 //! `piko agent http|tcp|start`: register endpoints and forward their traffic, print each
 //! status change on stdout, serve the request inspector, and (for `start`) follow the file.
 
+use std::time::Duration;
+
 use piko_connector_core::config::{
     AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, InspectAddr, Protocol,
     TransportConfig,
 };
 use piko_connector_core::credentials::{
-    default_store, resolve_token, CredentialError, TokenSource, TOKEN_ENV,
+    default_store, resolve_token, CredentialError, SelectedStore, TokenSource, DEFAULT_TIMEOUT,
+    TOKEN_ENV,
 };
 use piko_connector_core::{Agent, AgentError, Connector, Inspector, Secret};
 use tokio_util::sync::CancellationToken;
@@ -194,8 +197,20 @@ pub(crate) fn setting_error(e: ConfigError) -> String {
 /// Logs where it came from, never the token. A store that cannot be read is a warning: the
 /// server says whether a token was needed.
 pub(crate) fn token_for(flag: Option<String>, server_url: &str) -> Option<Secret> {
+    token_from(flag, server_url, default_store, DEFAULT_TIMEOUT)
+}
+
+/// [`token_for`] with the store `open` gives, every call bounded by `timeout`: a locked
+/// keychain delays the agent's start by at most that, then it connects without a token.
+fn token_from(
+    flag: Option<String>,
+    server_url: &str,
+    open: impl FnOnce() -> Result<SelectedStore, CredentialError>,
+    timeout: Duration,
+) -> Option<Secret> {
     let env = std::env::var(TOKEN_ENV).ok();
-    match resolve_token(flag, env, server_url, default_store) {
+    let open = || open().map(|s| s.bounded(timeout));
+    match resolve_token(flag, env, server_url, open) {
         Ok((token, TokenSource::None)) => {
             info!("no token for {server_url}: connecting without one (`piko login --server {server_url}` stores one)");
             token
@@ -215,11 +230,38 @@ pub(crate) fn token_for(flag: Option<String>, server_url: &str) -> Option<Secret
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use clap::Parser;
 
     use super::*;
+    use crate::commands::locked::Locked;
+
+    #[test]
+    fn a_locked_keychain_delays_the_agent_by_the_bound_then_it_connects_without_a_token() {
+        let (done, result) = std::sync::mpsc::channel();
+        let began = Instant::now();
+        std::thread::spawn(move || {
+            let locked = || {
+                Ok(SelectedStore {
+                    store: Box::new(Locked),
+                    fallback: None,
+                })
+            };
+            let token = token_from(
+                None,
+                "http://127.0.0.1:8001",
+                locked,
+                Duration::from_millis(200),
+            );
+            let _ = done.send(token.is_none());
+        });
+        let none = result
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the agent hung on a locked keychain");
+        assert!(none);
+        assert!(began.elapsed() < Duration::from_secs(3));
+    }
     use crate::cli::{AgentCommand, Cli, Command};
 
     fn parse(args: &[&str]) -> Command {

@@ -2,9 +2,11 @@
 //! `piko-connector-core` picks (the OS keychain, else a 0600 file). Tokens are never printed.
 
 use std::io::{IsTerminal, Read};
+use std::time::Duration;
 
 use piko_connector_core::credentials::{
-    check_jwt_shape, default_store, CredentialError, SelectedStore, ServerKey, STORE_ENV, TOKEN_ENV,
+    check_jwt_shape, default_store, CredentialError, SelectedStore, ServerKey, DEFAULT_TIMEOUT,
+    STORE_ENV, TOKEN_ENV,
 };
 use piko_connector_core::Secret;
 
@@ -17,8 +19,19 @@ fn server_key(url: &str) -> Result<ServerKey, Failure> {
     ServerKey::parse(url).map_err(|e| Failure::Usage(format!("--server: {e}")))
 }
 
+/// The store `piko login`, `logout` and `status` use: [`default_store`] with every call
+/// bounded, so a locked keychain fails in seconds with a line saying what to do instead of
+/// hanging the terminal.
 fn store() -> Result<SelectedStore, Failure> {
-    default_store().map_err(|e| match e {
+    open_store(default_store, DEFAULT_TIMEOUT)
+}
+
+/// The store `open` gives, every call bounded by `timeout`.
+fn open_store(
+    open: impl FnOnce() -> Result<SelectedStore, CredentialError>,
+    timeout: Duration,
+) -> Result<SelectedStore, Failure> {
+    open().map(|s| s.bounded(timeout)).map_err(|e| match e {
         CredentialError::Choice(_) | CredentialError::Config(_) => Failure::Usage(e.to_string()),
         e => Failure::Runtime(e.to_string()),
     })
@@ -61,13 +74,21 @@ fn read_token(server: &ServerKey) -> Result<Secret, Failure> {
 pub(crate) fn login(server_url: &str) -> Result<(), Failure> {
     let key = server_key(server_url)?;
     let token = read_token(&key)?;
-    let selected = store()?;
+    println!("{}", store_token(store()?, &key, &token)?);
+    Ok(())
+}
+
+/// Store `token` for `key` in `selected`; the line saying where.
+fn store_token(
+    selected: SelectedStore,
+    key: &ServerKey,
+    token: &Secret,
+) -> Result<String, Failure> {
     selected
         .store
-        .set(&key, &token)
+        .set(key, token)
         .map_err(|e| Failure::Runtime(format!("cannot store the token: {e}")))?;
-    println!("{}", selected.stored_line(&key));
-    Ok(())
+    Ok(selected.stored_line(key))
 }
 
 /// `piko logout --server URL`.
@@ -125,4 +146,57 @@ pub(crate) fn status(server_url: Option<&str>) -> Result<(), Failure> {
         println!("{STORE_ENV} chooses the store");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use piko_connector_core::credentials::{CredentialStore, MemoryStore};
+
+    use super::*;
+    use crate::commands::locked::Locked;
+
+    fn selected(store: impl CredentialStore + 'static) -> SelectedStore {
+        SelectedStore {
+            store: Box::new(store),
+            fallback: None,
+        }
+    }
+
+    #[test]
+    fn login_with_a_locked_keychain_fails_in_bounded_time_with_what_to_do() {
+        let key = ServerKey::parse("https://piko.example.com").unwrap();
+        let (done, result) = mpsc::channel();
+        let began = Instant::now();
+        std::thread::spawn(move || {
+            let stored = open_store(|| Ok(selected(Locked)), Duration::from_millis(200))
+                .and_then(|s| store_token(s, &key, &Secret::new("a.b.c".into())));
+            let _ = done.send(stored);
+        });
+        let stored = result
+            .recv_timeout(Duration::from_secs(5))
+            .expect("piko login hung on a locked keychain");
+        assert!(began.elapsed() < Duration::from_secs(3));
+        let Err(Failure::Runtime(line)) = stored else {
+            panic!("{stored:?}")
+        };
+        assert_eq!(
+            line,
+            "cannot store the token: the locked keychain did not answer within 200 ms (is it \
+             locked?); unlock it and try again, or set PIKO_CREDENTIALS_STORE=file to keep \
+             tokens in a file"
+        );
+    }
+
+    #[test]
+    fn login_says_where_the_token_went() {
+        let key = ServerKey::parse("https://piko.example.com").unwrap();
+        let s = open_store(|| Ok(selected(MemoryStore::new())), DEFAULT_TIMEOUT).unwrap();
+        assert_eq!(
+            store_token(s, &key, &Secret::new("a.b.c".into())).unwrap(),
+            "token for https://piko.example.com stored in memory"
+        );
+    }
 }

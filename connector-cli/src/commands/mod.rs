@@ -10,6 +10,8 @@
 mod agent;
 mod forward;
 mod inspect;
+#[cfg(test)]
+mod locked;
 mod login;
 mod reload;
 

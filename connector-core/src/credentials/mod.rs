@@ -270,6 +270,15 @@ pub struct SelectedStore {
 }
 
 impl SelectedStore {
+    /// The same store with every call bounded by `timeout` (see [`BoundedStore`]), for
+    /// callers with no core of their own to do it: `piko login`, the CLI agent.
+    pub fn bounded(self, timeout: Duration) -> Self {
+        Self {
+            store: Box::new(BoundedStore::new(std::sync::Arc::from(self.store), timeout)),
+            fallback: self.fallback,
+        }
+    }
+
     /// One line saying where `server`'s token was stored, for `piko login`:
     /// `token for https://x stored in the OS keychain (Secret Service)`, or with the reason
     /// the keychain was not used first.
