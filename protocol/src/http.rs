@@ -97,17 +97,21 @@ fn applied_transfer_codings(headers: &HeaderMap) -> Option<HeaderValue> {
 /// them until either closes. Spawned: returns at once. Upgraded connections (WebSockets) are
 /// many and chatty, so they keep tokio's small copy buffers rather than [`crate::relay`]'s.
 pub fn splice_upgrade(client: OnUpgrade, target: OnUpgrade) {
-    tokio::spawn(async move {
-        match tokio::try_join!(client, target) {
-            Ok((client, target)) => {
-                let (mut client, mut target) = (TokioIo::new(client), TokioIo::new(target));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
-                }
+    tokio::spawn(join_upgrades(client, target));
+}
+
+/// Join the client and target sides of an upgrade and copy between them until either ends.
+/// For a caller that runs the relay in a task of its own (tracked, in its span).
+pub async fn join_upgrades(client: OnUpgrade, target: OnUpgrade) {
+    match tokio::try_join!(client, target) {
+        Ok((client, target)) => {
+            let (mut client, mut target) = (TokioIo::new(client), TokioIo::new(target));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
 }
 
 #[cfg(test)]

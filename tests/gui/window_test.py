@@ -71,10 +71,32 @@ def wait_until(what, timeout, cond, interval=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting until {what}" + (f" (last error: {last_error})" if last_error else ""))
 
 
-def free_port():
+def unused_port():
+    """A port nothing listens on right now. Only for WebKitWebDriver's port, which tauri-driver
+    must be told before it starts it (it has no way to report a port the OS chose); a session
+    that fails because another process took it in between is retried with another port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening_port(pid):
+    """The TCP port process `pid` listens on (read from /proc), or None before it does."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    except OSError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    return int(cols[1].rsplit(":", 1)[1], 16)
+    return None
 
 
 def b64url(data):
@@ -523,14 +545,25 @@ def run(args, app, home, procs, results):
     upstream = f"http://{ports['upstream']}"
     log(f"server ports {ports}, local service on {service.port}")
 
-    driver_port, native_port = free_port(), free_port()
-    procs.start("tauri-driver", [args.driver, "--port", str(driver_port), "--native-port", str(native_port)],
-                env=env, stdout=open(os.path.join(args.out, "tauri-driver.log"), "w"), stderr=subprocess.STDOUT)
-    wait_until("tauri-driver accepts connections", 20, lambda: socket.create_connection(("127.0.0.1", driver_port), 0.2).close() or True)
+    # tauri-driver binds its own port when given 0; the port is read back from /proc.
+    def start_driver(attempt):
+        native = unused_port()
+        p = procs.start("tauri-driver", [args.driver, "--port", "0", "--native-port", str(native)], env=env,
+                        stdout=open(os.path.join(args.out, f"tauri-driver-{attempt}.log"), "w"), stderr=subprocess.STDOUT)
+        return p, wait_until("tauri-driver listens", 20, lambda: listening_port(p.pid))
+    driver_proc, driver_port = start_driver(1)
 
     # 1. First run: the empty state explains what to do.
     launched = time.monotonic()
-    d = new_session(driver_port, app)
+    try:
+        d = new_session(driver_port, app)
+    except WebDriverException as e:
+        log(f"the first WebDriver session failed ({e.msg}); once more with another native port")
+        driver_proc.terminate()
+        driver_proc.wait(5)
+        driver_proc, driver_port = start_driver(2)
+        launched = time.monotonic()
+        d = new_session(driver_port, app)
     wait_until("the page has drawn its first view", 20, lambda: css(d, "body").get_attribute("data-ready") == "true")
     results["launch_to_first_view_s"] = round(time.monotonic() - launched, 2)
     assert visible(d, "#first-run"), "the first-run empty state is shown"
@@ -639,6 +672,17 @@ def run(args, app, home, procs, results):
     wait_until("the proxy serves again", 10, lambda: http("GET", f"{proxy}/again", {"x-piko-endpoint": ENDPOINT})[0] == 200)
     wait_until("the tray is green again", 10, lambda: colour_count(tray_pixels(screen), is_green) > 50)
     screen.window(d, "endpoint-on-again")
+
+    # 8b. "Copy URL of web" from the tray menu (the item after the endpoint's toggle) puts the
+    # same client URL on the clipboard; the clipboard is overwritten first so the tray's copy
+    # is what is read back.
+    subprocess.run(["xclip", "-i", "-selection", "clipboard"], input=b"not the url", env=env, check=True, timeout=5)
+    wait_until("the clipboard was overwritten", 5, lambda: clipboard(env) == "not the url")
+    xdotool(env, "mousemove", str(cx), str(cy), "click", "1")
+    time.sleep(0.5)  # the menu is drawn by GTK (not a readiness wait)
+    screen.root("tray-menu-copy")
+    xdotool(env, "key", "Down", "Down", "Return")
+    wait_until(f"the tray's Copy URL put {url} on the clipboard", 5, lambda: clipboard(env) == url)
 
     # 9. Logs and settings (and the dark theme).
     press(d, css(d, "#nav-logs"))

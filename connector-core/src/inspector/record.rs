@@ -95,9 +95,15 @@ impl Recording {
         })
     }
 
-    /// Join the two sides of an upgrade, counting bytes (and WebSocket frames when
-    /// `websocket`) each way; the entry is stored at once and updated when the session ends.
-    pub fn upgraded(&self, client: OnUpgrade, target: OnUpgrade, websocket: bool) {
+    /// The relay that joins the two sides of an upgrade, counting bytes (and WebSocket frames
+    /// when `websocket`) each way; the entry is stored at once and updated when the relay (which
+    /// the caller runs) ends.
+    pub fn upgraded(
+        &self,
+        client: OnUpgrade,
+        target: OnUpgrade,
+        websocket: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let stats = Arc::new(WsStats::new());
         self.0.state().ws = Some(stats.clone());
         let shared = Arc::downgrade(&self.0.shared);
@@ -106,7 +112,7 @@ impl Recording {
             if let (Some(shared), Some(id)) = (shared.upgrade(), closed.id()) {
                 shared.publish_id(id);
             }
-        });
+        })
     }
 }
 

@@ -569,6 +569,60 @@ async fn a_websocket_session_is_one_entry_with_frames_and_bytes_each_way() {
     assert_eq!(e, ReplayError::WebSocket(opened.id));
 }
 
+/// The relay of an upgraded connection runs in the task that serves the connection (which the
+/// tunnel tracks and drains), not in a detached task: `serve` returns only when the upgraded
+/// session ends, inspected or not, and an inspected session's entry is final by then.
+#[tokio::test]
+async fn an_upgraded_connection_is_relayed_in_the_task_that_serves_it() {
+    let svc = Service::start().await;
+    for inspected in [true, false] {
+        let inspector = Inspector::default();
+        let url = url::Url::parse(&format!("http://{}", svc.addr)).unwrap();
+        let id = EndpointId::new("shop").unwrap();
+        let recorder = inspected.then(|| inspector.recorder(&id, &url, Duration::from_secs(5)));
+        let fwd = HttpForwarder::inspected(
+            &url,
+            Duration::from_secs(5),
+            AccessLog::disabled(),
+            recorder,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            fwd.serve(tcp, CancellationToken::new()).await
+        });
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::text("one")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("one"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !served.is_finished(),
+            "serve returned while the upgraded session was open (inspected: {inspected})"
+        );
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+        drop(ws);
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("serve ends with the upgraded session")
+            .unwrap();
+        if inspected {
+            let entry = inspector.list(None);
+            assert_eq!(entry.len(), 1, "{entry:?}");
+            let stats = inspector.get(entry[0].id).unwrap().websocket.unwrap();
+            assert!(
+                stats.closed,
+                "the entry is final when serve returns: {stats:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn subscribers_see_each_new_exchange() {
     let svc = Service::start().await;

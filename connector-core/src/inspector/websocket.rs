@@ -185,9 +185,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
 }
 
 /// Join the client and target sides of an upgrade like
-/// [`piko_protocol::http::splice_upgrade`], counting into `stats`; `on_close` runs when the
-/// session ends. Spawned: returns at once.
-pub(crate) fn splice(
+/// [`piko_protocol::http::join_upgrades`], counting into `stats`; `on_close` runs when the
+/// session ends. The caller runs it, in the task of the stream that carried the upgrade.
+pub(crate) async fn splice(
     client: OnUpgrade,
     target: OnUpgrade,
     websocket: bool,
@@ -195,30 +195,28 @@ pub(crate) fn splice(
     started: Instant,
     on_close: impl FnOnce() + Send + 'static,
 ) {
-    tokio::spawn(async move {
-        match tokio::try_join!(client, target) {
-            Ok((client, target)) => {
-                let mut client = Counted {
-                    io: TokioIo::new(client),
-                    frames: websocket.then(FrameCounter::default),
-                    frame_total: &stats.frames_in,
-                    byte_total: &stats.bytes_in,
-                };
-                let mut target = Counted {
-                    io: TokioIo::new(target),
-                    frames: websocket.then(FrameCounter::default),
-                    frame_total: &stats.frames_out,
-                    byte_total: &stats.bytes_out,
-                };
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
-                }
+    match tokio::try_join!(client, target) {
+        Ok((client, target)) => {
+            let mut client = Counted {
+                io: TokioIo::new(client),
+                frames: websocket.then(FrameCounter::default),
+                frame_total: &stats.frames_in,
+                byte_total: &stats.bytes_in,
+            };
+            let mut target = Counted {
+                io: TokioIo::new(target),
+                frames: websocket.then(FrameCounter::default),
+                frame_total: &stats.frames_out,
+                byte_total: &stats.bytes_out,
+            };
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-        stats.close(started.elapsed());
-        on_close();
-    });
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+    stats.close(started.elapsed());
+    on_close();
 }
 
 #[cfg(test)]

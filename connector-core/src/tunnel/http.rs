@@ -1,7 +1,9 @@
 //! Serving the HTTP/1.1 requests of one proxied stream from the local HTTP target.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
-use piko_protocol::http::{has_token, is_upgrade, relay_response_head, strip_hop_by_hop};
+use piko_protocol::http::{
+    has_token, is_upgrade, join_upgrades, relay_response_head, strip_hop_by_hop,
+};
 use piko_protocol::{access_enabled, access_record};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +28,25 @@ use crate::inspector::{Recorder, Recording, Tap};
 
 /// Body of responses sent back through the tunnel: the target's, streamed, or our JSON error.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The relay of a connection's upgrade (WebSocket), left by the request that upgraded it for
+/// the connection's own task to run: so it is tracked with the tunnel's streams, runs in the
+/// stream's span, and counts in the tunnel's drain, rather than in a detached task.
+#[derive(Clone, Default)]
+struct UpgradeRelay(Arc<Mutex<Option<Relay>>>);
+
+/// An upgraded connection's relay, until it ends.
+type Relay = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl UpgradeRelay {
+    fn put(&self, relay: impl Future<Output = ()> + Send + 'static) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::pin(relay));
+    }
+
+    fn take(&self) -> Option<Relay> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// Forwards requests to one local HTTP target through a keep-alive connection pool.
 ///
@@ -119,14 +142,17 @@ impl HttpForwarder {
     /// forwarded to the target, bodies streamed both ways, upgrades (WebSocket) relayed.
     /// When `draining` is cancelled the connection finishes its request in flight and closes
     /// (the server keeps idle keep-alive streams, which would otherwise hold a drain open).
+    /// A connection that upgrades returns when the upgraded session ends.
     pub async fn serve<S>(&self, stream: S, draining: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
+        let relay = UpgradeRelay::default();
+        let upgraded = relay.clone();
         let service = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok::<_, Infallible>(this.forward(req).await) }
+            let (this, upgraded) = (this.clone(), upgraded.clone());
+            async move { Ok::<_, Infallible>(this.forward(req, &upgraded).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -143,11 +169,17 @@ impl HttpForwarder {
         if let Err(e) = result {
             debug!(error = %e, "proxied http connection ended with an error");
         }
+        // hyper's connection ends when it hands the stream over to the upgrade; the upgraded
+        // session ends with either side, or when the tunnel's drain closes the stream.
+        if let Some(relay) = relay.take() {
+            relay.await;
+        }
     }
 
     /// Forward one request and return the target's response, or a JSON error response; the
-    /// access log (and the inspector, if any) records it.
-    pub async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// access log (and the inspector, if any) records it. An upgrade leaves its relay in `relay`,
+    /// for the connection's task to run.
+    async fn forward(&self, req: Request<Incoming>, relay: &UpgradeRelay) -> Response<ProxyBody> {
         let record = self
             .inner
             .access
@@ -156,7 +188,7 @@ impl HttpForwarder {
             })
             .map(|r| PendingRecord::new(self.clone(), r));
         let recording = self.inner.recorder.as_ref().map(|r| r.begin(&req));
-        match self.forward_unlogged(req, recording.as_ref()).await {
+        match self.forward_unlogged(req, recording.as_ref(), relay).await {
             Ok(resp) => {
                 if let Some(record) = record {
                     record.finish(resp.status().as_u16(), resp.headers(), None);
@@ -184,6 +216,7 @@ impl HttpForwarder {
         &self,
         req: Request<Incoming>,
         recording: Option<&Recording>,
+        relay: &UpgradeRelay,
     ) -> Result<Response<Incoming>, (StatusCode, &'static str)> {
         let mut req = req.map(|b| match recording {
             Some(r) => r.request_body(b),
@@ -224,13 +257,17 @@ impl HttpForwarder {
             Ok(Ok(resp)) => resp,
         };
 
-        match (recording, client_upgrade) {
-            // A recorded upgrade is joined through the inspector, which counts it.
-            (Some(r), Some(client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                r.upgraded(client, hyper::upgrade::on(&mut resp), websocket);
+        match client_upgrade {
+            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let target = hyper::upgrade::on(&mut resp);
+                match recording {
+                    // A recorded upgrade is joined through the inspector, which counts it.
+                    Some(r) => relay.put(r.upgraded(client, target, websocket)),
+                    None => relay.put(join_upgrades(client, target)),
+                }
             }
-            (_, client_upgrade) => {
-                relay_response_head(&mut resp, client_upgrade);
+            _ => {
+                relay_response_head(&mut resp, None);
             }
         }
         Ok(resp)

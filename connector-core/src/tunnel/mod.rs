@@ -75,6 +75,8 @@ impl Keepalive {
     }
 }
 
+/// How long a stopping tunnel waits for its stream tasks to end after closing the session.
+const STREAM_TASKS_END: Duration = Duration::from_secs(1);
 /// Least and most time a draining session waits, after its GoAway, before closing idle
 /// keep-alive streams (twice the measured round trip in between).
 const DRAIN_SETTLE_MIN: Duration = Duration::from_millis(50);
@@ -683,6 +685,10 @@ impl Tunnel {
             );
         }
         session.close();
+        // Each stream's task (and an upgraded connection relayed in it) ends once its stream
+        // is closed; waiting for them means the inspector's records are final when the
+        // tunnel stops. Bounded: a task cannot hold the shutdown past this.
+        let _ = tokio::time::timeout(STREAM_TASKS_END, streams.wait()).await;
     }
 }
 
