@@ -181,13 +181,13 @@ pub(crate) struct TokenArg {
 #[derive(Args, Debug, Default, Clone)]
 pub(crate) struct TransportArgs {
     /// PEM file of CA certificates to trust besides the OS trust store.
-    #[arg(long = "connect.tls.root-cas", value_name = "FILE")]
+    #[arg(long = "connect.tls.root-cas", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) root_cas: Option<PathBuf>,
     /// PEM client certificate to present to the server (mTLS); needs --connect.tls.key.
-    #[arg(long = "connect.tls.cert", value_name = "FILE")]
+    #[arg(long = "connect.tls.cert", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) cert: Option<PathBuf>,
     /// PEM private key of --connect.tls.cert.
-    #[arg(long = "connect.tls.key", value_name = "FILE")]
+    #[arg(long = "connect.tls.key", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) key: Option<PathBuf>,
     /// Do not verify the server's certificate. Only for testing: the connection can be intercepted.
     #[arg(
@@ -202,6 +202,11 @@ pub(crate) struct TransportArgs {
     /// HTTPS_PROXY/HTTP_PROXY and NO_PROXY decide.
     #[arg(long = "connect.proxy-url", value_name = "URL")]
     pub(crate) proxy_url: Option<String>,
+}
+
+/// A path flag that may be `""` (unset, as in the original agent).
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 impl TransportArgs {
@@ -481,4 +486,101 @@ pub(crate) enum InspectCommand {
         #[command(flatten)]
         addr: AddrArg,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Flags every command of the original Go agent and forwarder registers (v0.9: the
+    /// agent's connect, server, log, grace-period and config flags; the forwarder's connect,
+    /// log and config flags), each with a value.
+    const AGENT_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--connect.url", Some("http://127.0.0.1:8001")),
+        ("--connect.token", Some("abc.def")),
+        ("--connect.tenant-id", Some("acme")),
+        ("--connect.timeout", Some("5s")),
+        ("--connect.tls.cert", Some("")),
+        ("--connect.tls.key", Some("")),
+        ("--connect.tls.root-cas", Some("")),
+        ("--connect.tls.insecure-skip-verify", None),
+        ("--connect.tls.insecure-skip-verify=true", None),
+        ("--connect.proxy-url", Some("http://proxy:3128")),
+        ("--server.enabled", None),
+        ("--server.enabled=false", None),
+        ("--server.bind-addr", Some(":5000")),
+        ("--log.level", Some("debug")),
+        ("--log.subsystems", Some("proxy.http,client")),
+        ("--grace-period", Some("1m")),
+        ("--config.expand-env", None),
+        ("--config.expand-env=true", None),
+    ];
+    const HTTP_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--access-log.level", Some("warn")),
+        ("--access-log.request-headers.block-list", Some("cookie")),
+        (
+            "--access-log.response-headers.allow-list",
+            Some("content-type"),
+        ),
+        ("--access-log.disable", None),
+        ("--timeout", Some("10s")),
+        ("--http-client.keep-alive-timeout", Some("30s")),
+        ("--http-client.idle-conn-timeout", Some("90s")),
+        ("--http-client.max-idle-conns", Some("-1")),
+        ("--http-client.disable-compression", None),
+    ];
+    const TCP_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--access-log.level", Some("warn")),
+        ("--access-log.disable=true", None),
+        ("--timeout", Some("10s")),
+    ];
+    const FORWARD_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--connect.url", Some("http://127.0.0.1:8000")),
+        ("--connect.token", Some("abc.def")),
+        ("--connect.timeout", Some("5s")),
+        ("--connect.tls.cert", Some("")),
+        ("--connect.tls.key", Some("")),
+        ("--connect.tls.root-cas", Some("")),
+        ("--connect.tls.insecure-skip-verify", None),
+        ("--log.level", Some("info")),
+        ("--log.subsystems", Some("forwarder")),
+        ("--config.expand-env", None),
+    ];
+
+    fn accepts(base: &[&str], flags: &[(&str, Option<&str>)]) {
+        assert!(!flags.is_empty());
+        for (flag, value) in flags {
+            let mut args = base.to_vec();
+            args.push(flag);
+            args.extend(value.iter());
+            if let Err(e) = Cli::try_parse_from(&args) {
+                panic!("{args:?} is refused: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_of_the_original_agent_and_forward_commands_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        let file = file.to_str().unwrap();
+        let http = ["piko", "agent", "http", "shop", "3000"];
+        let tcp = ["piko", "agent", "tcp", "db", "5432"];
+        let start = ["piko", "agent", "start", "--config.path", file];
+        let fwd_tcp = ["piko", "forward", "tcp", "5432", "db"];
+        let fwd_start = ["piko", "forward", "start", "--config.path", file];
+        for base in [&http[..], &tcp, &start] {
+            accepts(base, AGENT_FLAGS);
+        }
+        accepts(&http, HTTP_FLAGS);
+        accepts(&tcp, TCP_FLAGS);
+        accepts(&http, &[("--config.path", Some(file))]);
+        accepts(&tcp, &[("--config.path", Some(file))]);
+        for base in [&fwd_tcp[..], &fwd_start] {
+            accepts(base, FORWARD_FLAGS);
+        }
+        accepts(&fwd_tcp, &[("--config.path", Some(file))]);
+    }
 }
