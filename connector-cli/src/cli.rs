@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use piko_connector_core::config::{
-    InspectAddr, TransportConfig, DEFAULT_CONNECT_URL, DEFAULT_INSPECT_ADDR,
-};
-use piko_connector_core::forward::DEFAULT_PROXY_URL;
+use piko_connector_core::config::{InspectAddr, TransportConfig, DEFAULT_INSPECT_ADDR};
 use piko_protocol::access_log::{AccessLog, AccessLogConfig, HeaderListConfig};
 
 use crate::exit::{self, Failure};
@@ -25,10 +22,18 @@ pub(crate) struct Cli {
     #[arg(long = "log.level", global = true, env = "PIKO_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
 
+    /// Log these subsystems at every level, by the original Go agent's names (proxy.http,
+    /// proxy.http.access, proxy.tcp, proxy.tcp.access, client, server, forwarder, main);
+    /// comma-separated or repeated. Overrides `log.subsystems` of the config file.
+    #[arg(long = "log.subsystems", global = true, value_delimiter = ',')]
+    pub(crate) log_subsystems: Vec<String>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
 
+// Parsed once at start and moved into the command that runs: the size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Register endpoints with a Piko server and forward their traffic to local services.
@@ -70,7 +75,7 @@ pub(crate) struct StatusArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum AgentCommand {
     /// Expose a local HTTP service: `piko agent http shop 3000`.
-    Http(ExposeArgs),
+    Http(HttpArgs),
     /// Expose a local TCP service: `piko agent tcp db localhost:5432`.
     Tcp(ExposeArgs),
     /// Run every endpoint of a config file (the original agent's YAML format).
@@ -81,6 +86,90 @@ pub(crate) enum AgentCommand {
 pub(crate) enum ForwardCommand {
     /// Forward local TCP connections to a TCP endpoint: `piko forward tcp 5432 db`.
     Tcp(ForwardArgs),
+    /// Open every port of a config file (`ports[]`, the original forwarder's YAML format).
+    Start(ForwardStartArgs),
+}
+
+/// `--config.path` and `--config.expand-env`.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct FileArgs {
+    /// YAML config file (the original Go Piko's format). For `http`/`tcp` its connect, log,
+    /// server and grace-period settings apply and its listeners are ignored; flags win.
+    #[arg(long = "config.path", value_name = "FILE")]
+    pub(crate) config_path: Option<PathBuf>,
+    /// Replace ${VAR}, $VAR and ${VAR:default} in the config file with environment
+    /// variables first (`token: ${PIKO_TOKEN}`).
+    #[arg(
+        long = "config.expand-env",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) expand_env: bool,
+}
+
+/// The agent's connect and server flags beyond the URL, token and transport.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct AgentFlags {
+    /// Register as this tenant (sent as x-piko-tenant-id), for servers with upstream tenants.
+    #[arg(long = "connect.tenant-id", value_name = "ID")]
+    pub(crate) tenant_id: Option<String>,
+    /// Time allowed to connect to the server; the agent exits 1 when its first registration
+    /// has not succeeded within it (after that it reconnects for ever). [default: 30s]
+    #[arg(long = "connect.timeout", value_parser = humantime::parse_duration)]
+    pub(crate) connect_timeout: Option<Duration>,
+    /// Serve the agent's Prometheus metrics on --server.bind-addr (/metrics).
+    #[arg(
+        long = "server.enabled",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) server_enabled: Option<bool>,
+    /// Where --server.enabled listens (:5000 = every interface). [default: :5000]
+    #[arg(long = "server.bind-addr", value_name = "ADDR")]
+    pub(crate) server_bind_addr: Option<String>,
+    /// On shutdown, time to let in-flight requests finish; overrides `grace_period` of the
+    /// file. [default: 1m]
+    #[arg(long = "grace-period", value_parser = humantime::parse_duration)]
+    pub(crate) grace_period: Option<Duration>,
+}
+
+/// `--http-client.*` of `agent http`: the connection pool towards the local service.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HttpClientArgs {
+    /// TCP keep-alive period of connections to the local service.
+    #[arg(long = "http-client.keep-alive-timeout", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) keep_alive_timeout: Duration,
+    /// Close a pooled connection to the local service after this long idle.
+    #[arg(long = "http-client.idle-conn-timeout", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub(crate) idle_conn_timeout: Duration,
+    /// Most idle connections kept to the local service (-1: no limit).
+    #[arg(
+        long = "http-client.max-idle-conns",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub(crate) max_idle_conns: i64,
+    /// Pass Accept-Encoding through as the client sent it.
+    #[arg(
+        long = "http-client.disable-compression",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) disable_compression: bool,
+}
+
+/// `piko agent http`.
+#[derive(Args, Debug)]
+pub(crate) struct HttpArgs {
+    #[command(flatten)]
+    pub(crate) expose: ExposeArgs,
+    #[command(flatten)]
+    pub(crate) http_client: HttpClientArgs,
 }
 
 #[derive(Args, Debug)]
@@ -94,16 +183,22 @@ pub(crate) struct TokenArg {
 #[derive(Args, Debug, Default, Clone)]
 pub(crate) struct TransportArgs {
     /// PEM file of CA certificates to trust besides the OS trust store.
-    #[arg(long = "connect.tls.root-cas", value_name = "FILE")]
+    #[arg(long = "connect.tls.root-cas", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) root_cas: Option<PathBuf>,
     /// PEM client certificate to present to the server (mTLS); needs --connect.tls.key.
-    #[arg(long = "connect.tls.cert", value_name = "FILE")]
+    #[arg(long = "connect.tls.cert", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) cert: Option<PathBuf>,
     /// PEM private key of --connect.tls.cert.
-    #[arg(long = "connect.tls.key", value_name = "FILE")]
+    #[arg(long = "connect.tls.key", value_name = "FILE", value_parser = path_or_empty)]
     pub(crate) key: Option<PathBuf>,
     /// Do not verify the server's certificate. Only for testing: the connection can be intercepted.
-    #[arg(long = "connect.tls.insecure-skip-verify")]
+    #[arg(
+        long = "connect.tls.insecure-skip-verify",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
     pub(crate) insecure_skip_verify: bool,
     /// HTTP proxy to tunnel through with CONNECT (http://[user:pass@]host:port); by default
     /// HTTPS_PROXY/HTTP_PROXY and NO_PROXY decide.
@@ -111,17 +206,30 @@ pub(crate) struct TransportArgs {
     pub(crate) proxy_url: Option<String>,
 }
 
+/// A path flag that may be `""` (unset, as in the original agent).
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
 impl TransportArgs {
-    /// Flags override the file's values.
+    /// Flags override the file's values; an empty path (`--connect.tls.root-cas ""`) means
+    /// unset, as in the original Go agent.
     pub(crate) fn over(self, mut base: TransportConfig) -> TransportConfig {
-        if self.root_cas.is_some() {
-            base.tls.root_cas = self.root_cas;
+        let given = |p: &Option<PathBuf>| p.as_ref().map(|p| !p.as_os_str().is_empty());
+        match given(&self.root_cas) {
+            Some(true) => base.tls.root_cas = self.root_cas,
+            Some(false) => base.tls.root_cas = None,
+            None => {}
         }
-        if self.cert.is_some() {
-            base.tls.cert = self.cert;
+        match given(&self.cert) {
+            Some(true) => base.tls.cert = self.cert,
+            Some(false) => base.tls.cert = None,
+            None => {}
         }
-        if self.key.is_some() {
-            base.tls.key = self.key;
+        match given(&self.key) {
+            Some(true) => base.tls.key = self.key,
+            Some(false) => base.tls.key = None,
+            None => {}
         }
         base.tls.insecure_skip_verify |= self.insecure_skip_verify;
         if let Some(p) = self.proxy_url.filter(|p| !p.trim().is_empty()) {
@@ -137,22 +245,20 @@ pub(crate) struct ExposeArgs {
     pub(crate) endpoint: String,
     /// The local target: a port (3000), host:port, or http://host:port.
     pub(crate) addr: String,
-    /// Piko server URL (its upstream port).
-    #[arg(long = "connect.url", default_value = DEFAULT_CONNECT_URL)]
-    pub(crate) url: String,
+    /// Piko server URL (its upstream port). [default: http://localhost:8001]
+    #[arg(long = "connect.url")]
+    pub(crate) url: Option<String>,
     #[command(flatten)]
     pub(crate) token: TokenArg,
     #[command(flatten)]
     pub(crate) transport: TransportArgs,
-    /// Time allowed to open the connection to the server.
-    #[arg(long = "connect.timeout", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub(crate) connect_timeout: Duration,
-    /// Per-request timeout to the local target.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[command(flatten)]
+    pub(crate) agent: AgentFlags,
+    #[command(flatten)]
+    pub(crate) file: FileArgs,
+    /// Per-request timeout to the local target (for TCP: connecting to it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) timeout: Duration,
-    /// On shutdown, time to let in-flight requests finish.
-    #[arg(long = "grace-period", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub(crate) grace_period: Duration,
     #[command(flatten)]
     pub(crate) access_log: AccessLogArgs,
     #[command(flatten)]
@@ -228,9 +334,18 @@ pub(crate) struct StartArgs {
     pub(crate) token: TokenArg,
     #[command(flatten)]
     pub(crate) transport: TransportArgs,
-    /// On shutdown, time to let in-flight requests finish; overrides `grace_period` of the file.
-    #[arg(long = "grace-period", value_parser = humantime::parse_duration)]
-    pub(crate) grace_period: Option<Duration>,
+    #[command(flatten)]
+    pub(crate) agent: AgentFlags,
+    /// Replace ${VAR}, $VAR and ${VAR:default} in the config file with environment
+    /// variables first (`token: ${PIKO_TOKEN}`).
+    #[arg(
+        long = "config.expand-env",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) expand_env: bool,
     #[command(flatten)]
     pub(crate) inspect: ServeArgs,
 }
@@ -241,13 +356,44 @@ pub(crate) struct ForwardArgs {
     pub(crate) local_addr: String,
     /// The TCP endpoint to connect to.
     pub(crate) endpoint: String,
-    /// Piko proxy URL (its proxy port).
-    #[arg(long = "connect.url", default_value = DEFAULT_PROXY_URL)]
-    pub(crate) url: String,
+    #[command(flatten)]
+    pub(crate) connect: ForwardConnectArgs,
+    #[command(flatten)]
+    pub(crate) file: FileArgs,
+}
+
+/// How `piko forward` reaches the proxy.
+#[derive(Args, Debug)]
+pub(crate) struct ForwardConnectArgs {
+    /// Piko proxy URL (its proxy port). [default: http://localhost:8000]
+    #[arg(long = "connect.url")]
+    pub(crate) url: Option<String>,
     #[command(flatten)]
     pub(crate) token: TokenArg,
     #[command(flatten)]
     pub(crate) transport: TransportArgs,
+    /// Time allowed to open each connection to the proxy. [default: 30s]
+    #[arg(long = "connect.timeout", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// `piko forward start --config.path FILE`.
+#[derive(Args, Debug)]
+pub(crate) struct ForwardStartArgs {
+    /// The YAML config file with `ports[]`.
+    #[arg(long = "config.path", value_name = "FILE")]
+    pub(crate) config_path: PathBuf,
+    /// Replace ${VAR}, $VAR and ${VAR:default} in the config file first.
+    #[arg(
+        long = "config.expand-env",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
+    pub(crate) expand_env: bool,
+    #[command(flatten)]
+    pub(crate) connect: ForwardConnectArgs,
 }
 
 /// `--inspect.addr` of the agent commands.
@@ -342,4 +488,101 @@ pub(crate) enum InspectCommand {
         #[command(flatten)]
         addr: AddrArg,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Flags every command of the original Go agent and forwarder registers (v0.9: the
+    /// agent's connect, server, log, grace-period and config flags; the forwarder's connect,
+    /// log and config flags), each with a value.
+    const AGENT_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--connect.url", Some("http://127.0.0.1:8001")),
+        ("--connect.token", Some("abc.def")),
+        ("--connect.tenant-id", Some("acme")),
+        ("--connect.timeout", Some("5s")),
+        ("--connect.tls.cert", Some("")),
+        ("--connect.tls.key", Some("")),
+        ("--connect.tls.root-cas", Some("")),
+        ("--connect.tls.insecure-skip-verify", None),
+        ("--connect.tls.insecure-skip-verify=true", None),
+        ("--connect.proxy-url", Some("http://proxy:3128")),
+        ("--server.enabled", None),
+        ("--server.enabled=false", None),
+        ("--server.bind-addr", Some(":5000")),
+        ("--log.level", Some("debug")),
+        ("--log.subsystems", Some("proxy.http,client")),
+        ("--grace-period", Some("1m")),
+        ("--config.expand-env", None),
+        ("--config.expand-env=true", None),
+    ];
+    const HTTP_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--access-log.level", Some("warn")),
+        ("--access-log.request-headers.block-list", Some("cookie")),
+        (
+            "--access-log.response-headers.allow-list",
+            Some("content-type"),
+        ),
+        ("--access-log.disable", None),
+        ("--timeout", Some("10s")),
+        ("--http-client.keep-alive-timeout", Some("30s")),
+        ("--http-client.idle-conn-timeout", Some("90s")),
+        ("--http-client.max-idle-conns", Some("-1")),
+        ("--http-client.disable-compression", None),
+    ];
+    const TCP_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--access-log.level", Some("warn")),
+        ("--access-log.disable=true", None),
+        ("--timeout", Some("10s")),
+    ];
+    const FORWARD_FLAGS: &[(&str, Option<&str>)] = &[
+        ("--connect.url", Some("http://127.0.0.1:8000")),
+        ("--connect.token", Some("abc.def")),
+        ("--connect.timeout", Some("5s")),
+        ("--connect.tls.cert", Some("")),
+        ("--connect.tls.key", Some("")),
+        ("--connect.tls.root-cas", Some("")),
+        ("--connect.tls.insecure-skip-verify", None),
+        ("--log.level", Some("info")),
+        ("--log.subsystems", Some("forwarder")),
+        ("--config.expand-env", None),
+    ];
+
+    fn accepts(base: &[&str], flags: &[(&str, Option<&str>)]) {
+        assert!(!flags.is_empty());
+        for (flag, value) in flags {
+            let mut args = base.to_vec();
+            args.push(flag);
+            args.extend(value.iter());
+            if let Err(e) = Cli::try_parse_from(&args) {
+                panic!("{args:?} is refused: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_of_the_original_agent_and_forward_commands_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        let file = file.to_str().unwrap();
+        let http = ["piko", "agent", "http", "shop", "3000"];
+        let tcp = ["piko", "agent", "tcp", "db", "5432"];
+        let start = ["piko", "agent", "start", "--config.path", file];
+        let fwd_tcp = ["piko", "forward", "tcp", "5432", "db"];
+        let fwd_start = ["piko", "forward", "start", "--config.path", file];
+        for base in [&http[..], &tcp, &start] {
+            accepts(base, AGENT_FLAGS);
+        }
+        accepts(&http, HTTP_FLAGS);
+        accepts(&tcp, TCP_FLAGS);
+        accepts(&http, &[("--config.path", Some(file))]);
+        accepts(&tcp, &[("--config.path", Some(file))]);
+        for base in [&fwd_tcp[..], &fwd_start] {
+            accepts(base, FORWARD_FLAGS);
+        }
+        accepts(&fwd_tcp, &[("--config.path", Some(file))]);
+    }
 }

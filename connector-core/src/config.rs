@@ -13,14 +13,26 @@ use piko_protocol::access_log::{AccessLog, AccessLogConfig};
 use piko_protocol::{EndpointId, EndpointIdError};
 use serde::{Deserialize, Serialize};
 
+pub use self::expand::expand_env;
+pub use self::forward::{local_listen_addr, ForwardFile, PortConfig};
+pub use self::listener::{HttpClientConfig, MetricsServerConfig, DEFAULT_METRICS_ADDR};
 pub use crate::credentials::Secret;
+
+mod expand;
+mod forward;
+mod listener;
+mod load;
 
 /// Default server URL the agent registers with (the upstream port).
 pub const DEFAULT_CONNECT_URL: &str = "http://localhost:8001";
-/// Default per-request timeout to the local target.
+/// Default time allowed to connect to the server (`connect.timeout`), and the tray app's
+/// per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default time to wait for in-flight requests on shutdown.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Default per-request timeout to the local target of `piko agent` and of agent files
+/// (`--timeout`, `listeners[].timeout`): 10 s, as the original Go agent's `--timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time to wait for in-flight requests on shutdown: 1 m, as the original Go agent.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Environment variable naming the connector's config directory (overrides the OS's).
 pub const CONFIG_DIR_ENV: &str = "PIKO_CONFIG_DIR";
@@ -93,11 +105,15 @@ pub struct EndpointConfig {
     pub timeout: Duration,
     /// What the access log records of this endpoint's requests (default: every request at info).
     pub access_log: AccessLog,
+    /// TLS settings towards an `https://` target (`listeners[].tls`).
+    pub tls: TlsConfig,
+    /// Connection pool settings towards an HTTP target (`listeners[].http_client`).
+    pub http_client: HttpClientConfig,
 }
 
 impl EndpointConfig {
-    /// Build an endpoint from user input. `addr` is a port (`3000`, meaning `127.0.0.1:3000`),
-    /// `host:port`, or for HTTP a URL `http://host:port[/base]`.
+    /// Build an endpoint from user input. `addr` is a port (`3000`, meaning `localhost:3000`,
+    /// as the original Go agent), `host:port`, or for HTTP a URL `http[s]://host:port[/base]`.
     pub fn parse(
         id: &str,
         addr: &str,
@@ -115,6 +131,8 @@ impl EndpointConfig {
             protocol,
             timeout,
             access_log: default_access_log(),
+            tls: TlsConfig::default(),
+            http_client: HttpClientConfig::default(),
         })
     }
 }
@@ -208,17 +226,17 @@ fn parse_target(addr: &str, protocol: Protocol) -> Result<Target, ConfigError> {
         let url =
             url::Url::parse(addr).map_err(|e| bad_addr(addr, &format!("not a valid URL: {e}")))?;
         match (url.scheme(), protocol) {
-            ("http", _) | ("tcp", Protocol::Tcp) => {}
-            ("https", _) => {
+            ("http" | "https", Protocol::Http) | ("tcp", Protocol::Tcp) => {}
+            ("https", Protocol::Tcp) => {
                 return Err(bad_addr(
                     addr,
-                    "https targets are not supported yet; use http:// for the local service",
+                    "a TCP endpoint carries raw bytes; give host:port, or use `piko agent http` for an https:// service",
                 ))
             }
             (other, _) => {
                 return Err(bad_addr(
                     addr,
-                    &format!("unsupported scheme {other:?}; use http://"),
+                    &format!("unsupported scheme {other:?}; use http:// or https://"),
                 ))
             }
         }
@@ -232,7 +250,9 @@ fn parse_target(addr: &str, protocol: Protocol) -> Result<Target, ConfigError> {
             .ok_or_else(|| bad_addr(addr, "the URL has no port"))?;
         (host, port, Some(url))
     } else if addr.bytes().all(|b| b.is_ascii_digit()) {
-        ("127.0.0.1".to_string(), parse_port(addr, addr)?, None)
+        // `localhost`, resolved on every connect, as the original Go agent: a service that
+        // listens on ::1 only is reached where `localhost` names ::1 (docs/migrating.md).
+        ("localhost".to_string(), parse_port(addr, addr)?, None)
     } else {
         let (h, p) = parse_host_port(addr)?;
         (h, p, None)
@@ -258,8 +278,11 @@ pub struct ConnectConfig {
     pub url: String,
     /// Token sent as `Authorization: Bearer`, if any.
     pub token: Option<Secret>,
-    /// Time allowed to open the WebSocket to the server.
+    /// Time allowed to open the WebSocket to the server; `piko agent` also gives up when the
+    /// first registration has not succeeded within it.
     pub timeout: Duration,
+    /// The tenant the endpoints belong to, sent as `x-piko-tenant-id` (`connect.tenant_id`).
+    pub tenant_id: Option<String>,
 }
 
 impl Default for ConnectConfig {
@@ -268,6 +291,7 @@ impl Default for ConnectConfig {
             url: DEFAULT_CONNECT_URL.to_string(),
             token: None,
             timeout: DEFAULT_TIMEOUT,
+            tenant_id: None,
         }
     }
 }
@@ -326,6 +350,13 @@ pub struct ConfigFile {
     pub transport: TransportConfig,
     /// `inspect.addr`, if set: where the agent serves its request inspector.
     pub inspect: Option<InspectAddr>,
+    /// `log.subsystems`: the original agent's subsystem names to log at every level.
+    pub log_subsystems: Vec<String>,
+    /// `server.*`: the agent's own metrics port.
+    pub server: MetricsServerConfig,
+    /// Things worth a warning that do not stop the agent (a readable token), to be logged
+    /// once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// Where agents serve the request inspector unless told otherwise (ngrok users expect 4040).
@@ -383,31 +414,34 @@ impl AgentConfig {
 }
 
 impl ConfigFile {
-    /// Read a YAML config file.
+    /// Read a YAML config file (no environment expansion).
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml_str(&text)
+        Self::load(path, false)
+    }
+
+    /// Read a YAML config file; with `expand_env`, `${VAR}`, `$VAR` and `${VAR:default}`
+    /// are replaced from the environment first (`--config.expand-env`).
+    pub fn load(path: &Path, expand_env: bool) -> Result<Self, ConfigError> {
+        let source = load::Source::read(path, expand_env)?;
+        let raw: RawFile = load::parse(&source.text)?;
+        let mut warnings = Vec::new();
+        let token = source.token(raw.connect.token.clone(), &mut warnings)?;
+        let mut file = raw.convert()?;
+        file.agent.connect.token = token;
+        file.warnings = warnings;
+        Ok(file)
     }
 
     /// Parse a YAML config.
     pub fn from_yaml_str(s: &str) -> Result<Self, ConfigError> {
-        let raw: RawFile = if s.trim().is_empty() {
-            RawFile::default()
-        } else {
-            let de = serde_yaml_ng::Deserializer::from_str(s);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let key = if path == "." { String::new() } else { path };
-                ConfigError::Invalid {
-                    key,
-                    message: yaml_message(&e.into_inner().to_string()),
-                }
-            })?
-        };
-        raw.convert()
+        let source = load::Source::text(s);
+        let raw: RawFile = load::parse(&source.text)?;
+        let mut warnings = Vec::new();
+        let token = source.token(raw.connect.token.clone(), &mut warnings)?;
+        let mut file = raw.convert()?;
+        file.agent.connect.token = token;
+        file.warnings = warnings;
+        Ok(file)
     }
 }
 
@@ -439,6 +473,8 @@ struct RawFile {
     grace_period: Option<Duration>,
     #[serde(default)]
     inspect: RawInspect,
+    #[serde(default)]
+    server: listener::RawServer,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,7 +487,8 @@ struct RawInspect {
 #[serde(deny_unknown_fields)]
 struct RawConnect {
     url: Option<String>,
-    token: Option<serde::de::IgnoredAny>,
+    token: Option<String>,
+    tenant_id: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     timeout: Option<Duration>,
     #[serde(default)]
@@ -459,14 +496,28 @@ struct RawConnect {
     proxy_url: Option<String>,
 }
 
+/// `tls` sections (`connect.tls`, `listeners[].tls`). An empty path means unset, as in the
+/// original Go agent (a file that lists every key, or is rendered from a template).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    root_cas: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
+pub(crate) struct RawTls {
+    root_cas: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
     #[serde(default)]
     insecure_skip_verify: bool,
+}
+
+impl RawTls {
+    pub(crate) fn convert(self) -> TlsConfig {
+        let path = |p: Option<String>| p.filter(|p| !p.trim().is_empty()).map(PathBuf::from);
+        TlsConfig {
+            root_cas: path(self.root_cas),
+            cert: path(self.cert),
+            key: path(self.key),
+            insecure_skip_verify: self.insecure_skip_verify,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,19 +532,25 @@ struct RawListener {
     access_log: Option<serde_yaml_ng::Value>,
     #[serde(default, deserialize_with = "de_duration")]
     timeout: Option<Duration>,
+    /// TLS towards an `https://` target.
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    http_client: listener::RawHttpClient,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLog {
-    level: Option<String>,
-    /// Accepted for compatibility with the Go agent's files; not used.
+pub(crate) struct RawLog {
+    pub(crate) level: Option<String>,
+    /// The original agent's subsystem names to log at every level.
     #[serde(default)]
-    #[allow(dead_code)]
-    subsystems: Option<Vec<String>>,
+    pub(crate) subsystems: Option<Vec<String>>,
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn de_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -504,13 +561,10 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
 
 impl RawFile {
     fn convert(self) -> Result<ConfigFile, ConfigError> {
-        if self.connect.token.is_some() {
-            return Err(ConfigError::TokenInFile);
-        }
         let mut endpoints = Vec::with_capacity(self.listeners.len());
         for (i, l) in self.listeners.into_iter().enumerate() {
             let protocol = l.protocol.unwrap_or(Protocol::Http);
-            let timeout = l.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            let timeout = l.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
             let ep =
                 EndpointConfig::parse(&l.endpoint_id, &l.addr, protocol, timeout).map_err(|e| {
                     let field = if matches!(e, ConfigError::EndpointId { .. }) {
@@ -525,6 +579,10 @@ impl RawFile {
                 })?;
             let ep = EndpointConfig {
                 access_log: access_log_of(&format!("listeners[{i}].access_log"), l.access_log)?,
+                tls: l.tls.convert(),
+                http_client: l
+                    .http_client
+                    .convert(&format!("listeners[{i}].http_client"))?,
                 ..ep
             };
             if endpoints.iter().any(|o: &EndpointConfig| o.id == ep.id) {
@@ -539,12 +597,7 @@ impl RawFile {
             endpoints.push(ep);
         }
         let transport = TransportConfig {
-            tls: TlsConfig {
-                root_cas: self.connect.tls.root_cas,
-                cert: self.connect.tls.cert,
-                key: self.connect.tls.key,
-                insecure_skip_verify: self.connect.tls.insecure_skip_verify,
-            },
+            tls: self.connect.tls.convert(),
             proxy_url: self.connect.proxy_url.filter(|u| !u.trim().is_empty()),
         };
         let connect = ConnectConfig {
@@ -554,6 +607,7 @@ impl RawFile {
                 .unwrap_or_else(|| DEFAULT_CONNECT_URL.to_string()),
             token: None,
             timeout: self.connect.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            tenant_id: self.connect.tenant_id.filter(|t| !t.trim().is_empty()),
         };
         let inspect = match self.inspect.addr {
             Some(a) => Some(InspectAddr::parse(&a).map_err(|e| ConfigError::Invalid {
@@ -571,6 +625,9 @@ impl RawFile {
             log_level: self.log.level,
             transport,
             inspect,
+            log_subsystems: self.log.subsystems.unwrap_or_default(),
+            server: self.server.convert()?,
+            warnings: Vec::new(),
         })
     }
 }
@@ -596,11 +653,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// The file holds `connect.token`.
-    #[error(
-        "connect.token: tokens are not stored in config files; use `piko login`, --connect.token or PIKO_TOKEN"
-    )]
-    TokenInFile,
     /// An endpoint id is not valid.
     #[error("invalid endpoint id {id:?}: {source}")]
     EndpointId {
@@ -629,7 +681,7 @@ mod tests {
     #[test]
     fn parses_addresses() {
         let cases: &[(&str, Protocol, &str)] = &[
-            ("3000", Protocol::Http, "http://127.0.0.1:3000"),
+            ("3000", Protocol::Http, "http://localhost:3000"),
             ("localhost:3000", Protocol::Http, "http://localhost:3000"),
             ("10.0.0.5:80", Protocol::Http, "http://10.0.0.5"),
             (":8080", Protocol::Http, "http://127.0.0.1:8080"),
@@ -650,7 +702,12 @@ mod tests {
                 "http://svc.local:3000/api",
             ),
             ("http://svc.local", Protocol::Http, "http://svc.local"),
-            ("5432", Protocol::Tcp, "127.0.0.1:5432"),
+            ("5432", Protocol::Tcp, "localhost:5432"),
+            (
+                "https://svc.local:8443",
+                Protocol::Http,
+                "https://svc.local:8443",
+            ),
             ("db.local:5432", Protocol::Tcp, "db.local:5432"),
             ("[::1]:22", Protocol::Tcp, "[::1]:22"),
             ("tcp://db.local:5432", Protocol::Tcp, "db.local:5432"),
@@ -676,8 +733,8 @@ mod tests {
             ("0", Protocol::Tcp, "port 0"),
             (
                 "https://127.0.0.1:3000",
-                Protocol::Http,
-                "https targets are not supported yet",
+                Protocol::Tcp,
+                "a TCP endpoint carries raw bytes",
             ),
             ("ftp://x:21", Protocol::Http, "unsupported scheme"),
             ("bad host:80", Protocol::Tcp, "not a valid hostname"),
@@ -726,10 +783,20 @@ grace_period: 1m
         assert_eq!(c.connect.token, None);
         assert_eq!(c.grace_period, Duration::from_secs(60));
         assert_eq!(c.endpoints.len(), 2);
-        assert_eq!(c.endpoints[0].target.to_string(), "http://127.0.0.1:3000");
+        assert_eq!(c.endpoints[0].target.to_string(), "http://localhost:3000");
         assert_eq!(c.endpoints[0].timeout, Duration::from_secs(60));
         assert_eq!(c.endpoints[1].target, Target::Tcp("db.local:5432".into()));
-        assert_eq!(c.endpoints[1].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(c.endpoints[1].timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(
+            DEFAULT_REQUEST_TIMEOUT,
+            Duration::from_secs(10),
+            "the original's"
+        );
+        assert_eq!(
+            DEFAULT_GRACE_PERIOD,
+            Duration::from_secs(60),
+            "the original's"
+        );
         assert_eq!(c.endpoints[0].access_log, default_access_log());
         assert_eq!(c.endpoints[1].access_log, default_access_log());
 
@@ -749,6 +816,97 @@ grace_period: 1m
         assert_eq!(d.connect.url, DEFAULT_CONNECT_URL);
         assert_eq!(d.grace_period, DEFAULT_GRACE_PERIOD);
         assert_eq!(d.endpoints[0].protocol, Protocol::Http);
+    }
+
+    /// Every key of the original Go agent's file (v0.9), empty TLS paths included.
+    #[test]
+    fn parses_every_key_of_the_original_agent_file() {
+        let yaml = r#"
+listeners:
+  - endpoint_id: shop
+    addr: https://localhost:8443
+    protocol: http
+    access_log:
+      level: info
+      disable: false
+      request_headers: {block_list: [], allow_list: []}
+      response_headers: {block_list: [], allow_list: []}
+    timeout: 15s
+    http_client:
+      keep_alive_timeout: 10s
+      idle_conn_timeout: 0s
+      max_idle_conns: -1
+      disable_compression: true
+    tls:
+      cert: ""
+      key: ""
+      root_cas: /etc/piko/local-ca.pem
+      insecure_skip_verify: true
+connect:
+  url: http://piko:8001
+  token: abc.def
+  tenant_id: acme
+  timeout: 5s
+  tls: {cert: "", key: "", root_cas: "", insecure_skip_verify: false}
+  proxy_url: ""
+server:
+  enabled: true
+  bind_addr: 127.0.0.1:5001
+log:
+  level: debug
+  subsystems: [proxy.http.access]
+grace_period: 2m
+"#;
+        let f = ConfigFile::from_yaml_str(yaml).unwrap();
+        let c = &f.agent.connect;
+        assert_eq!(c.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("abc.def"));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(
+            f.transport,
+            TransportConfig::default(),
+            "empty paths are unset"
+        );
+        let ep = &f.agent.endpoints[0];
+        assert_eq!(ep.target.to_string(), "https://localhost:8443");
+        assert_eq!(ep.timeout, Duration::from_secs(15));
+        assert_eq!(
+            ep.tls,
+            TlsConfig {
+                root_cas: Some("/etc/piko/local-ca.pem".into()),
+                insecure_skip_verify: true,
+                ..TlsConfig::default()
+            }
+        );
+        assert_eq!(
+            ep.http_client,
+            HttpClientConfig {
+                keep_alive_timeout: Duration::from_secs(10),
+                idle_conn_timeout: Duration::from_secs(90),
+                max_idle_conns: None,
+                disable_compression: true,
+            }
+        );
+        assert_eq!(
+            f.server.addr().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 5001)))
+        );
+        assert_eq!(f.log_subsystems, ["proxy.http.access"]);
+        assert_eq!(f.agent.grace_period, Duration::from_secs(120));
+        let d = ConfigFile::from_yaml_str("server:\n  enabled: true\n").unwrap();
+        assert_eq!(
+            d.server.addr().unwrap(),
+            Some(SocketAddr::from(([0, 0, 0, 0], 5000))),
+            "the original's :5000"
+        );
+        assert_eq!(
+            ConfigFile::from_yaml_str("")
+                .unwrap()
+                .server
+                .addr()
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -784,7 +942,11 @@ connect:
     #[test]
     fn yaml_errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
-            ("connect:\n  url: x\n  token: abc\n", "connect.token: tokens are not stored in config files; use `piko login`, --connect.token or PIKO_TOKEN"),
+            ("connect:\n  url: x\n  token: ${PIKO_TOKEN}\n", "connect.token: the value refers to an environment variable; pass --config.expand-env"),
+            ("connect:\n  tenant: x\n", "connect.tenant: unknown field `tenant`"),
+            ("server:\n  bind_addr: nowhere\n", "server.bind_addr: invalid address \"nowhere\""),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    http_client:\n      max_idle_conns: -5\n", "listeners[0].http_client.max_idle_conns: -5 is not a count"),
+            ("listeners:\n  - endpoint_id: a\n    addr: '1'\n    tls:\n      ca: x\n", "listeners[0].tls.ca: unknown field `ca`"),
             ("connect:\n  tls:\n    ca: x\n", "connect.tls.ca: unknown field `ca`"),
             ("connect:\n  tls:\n    insecure_skip_verify: maybe\n", "connect.tls.insecure_skip_verify: invalid type"),
             ("connect:\n  urll: x\n", "connect.urll: unknown field `urll`"),

@@ -71,6 +71,24 @@ pub async fn forward_tcp_via(
     connector: Connector,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
+    let timeout = CONNECT_TIMEOUT;
+    forward_tcp_within(
+        listener, proxy_url, endpoint, token, connector, timeout, shutdown,
+    )
+    .await
+}
+
+/// [`forward_tcp_via`] allowing `timeout` to open each connection to the proxy
+/// (`--connect.timeout`).
+pub async fn forward_tcp_within(
+    listener: TcpListener,
+    proxy_url: String,
+    endpoint: EndpointId,
+    token: Option<Secret>,
+    connector: Connector,
+    timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ForwardError> {
     let url = tcp_url(&proxy_url, endpoint.as_str());
     let mut request = url
         .as_str()
@@ -116,7 +134,7 @@ pub async fn forward_tcp_via(
             async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = relay(tcp, request, &connector) => {}
+                    _ = relay(tcp, request, &connector, timeout) => {}
                 }
             }
             .instrument(span),
@@ -127,12 +145,14 @@ pub async fn forward_tcp_via(
     Ok(())
 }
 
-async fn relay(mut tcp: TcpStream, request: Request, connector: &Connector) {
+async fn relay(
+    mut tcp: TcpStream,
+    request: Request,
+    connector: &Connector,
+    timeout: std::time::Duration,
+) {
     let _ = tcp.set_nodelay(true);
-    let (ws, resp) = match connector
-        .websocket_with_response(request, CONNECT_TIMEOUT)
-        .await
-    {
+    let (ws, resp) = match connector.websocket_with_response(request, timeout).await {
         Ok(pair) => pair,
         Err(DialError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             let body = resp

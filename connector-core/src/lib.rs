@@ -18,6 +18,7 @@
 //! - [`core`]: the live [`Core`] the tray app runs: endpoints and servers that change while
 //!   it runs, a snapshot and a stream of events.
 //! - [`logs`]: rolling log files in the OS log dir and an in-memory tail for the log view.
+//! - [`metrics`]: the agent's Prometheus metrics (`piko_agent_*`).
 //! - [`inspector`]: the request inspector (recent exchanges, redacted, replayable) and its
 //!   JSON API.
 
@@ -31,6 +32,7 @@ pub mod credentials;
 pub mod forward;
 pub mod inspector;
 pub mod logs;
+pub mod metrics;
 pub mod settings;
 pub mod status;
 pub mod transport;

@@ -56,6 +56,11 @@ impl AgentProcess {
             .await
     }
 
+    /// The address in its first log line containing `tag` (`metrics server listening addr=`).
+    pub async fn logged_addr(&self, what: &str, tag: &str) -> SocketAddr {
+        self.log.wait_for_addr(what, 0, tag).await
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("piko running")

@@ -705,6 +705,7 @@ async fn a_connector_registers_over_wss_with_mtls_and_a_token() {
                 json!({}),
             ))),
             timeout: Duration::from_secs(10),
+            tenant_id: None,
         },
         endpoints: vec![EndpointConfig::parse(
             "secure",

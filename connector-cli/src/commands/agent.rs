@@ -1,22 +1,24 @@
 //! `piko agent http|tcp|start`: register endpoints and forward their traffic, print each
 //! status change on stdout, serve the request inspector, and (for `start`) follow the file.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use piko_connector_core::config::{
-    AgentConfig, ConfigError, ConfigFile, ConnectConfig, EndpointConfig, InspectAddr, Protocol,
-    TransportConfig,
+    AgentConfig, ConfigError, ConfigFile, EndpointConfig, HttpClientConfig, InspectAddr,
+    MetricsServerConfig, Protocol, TransportConfig,
 };
 use piko_connector_core::credentials::{
     default_store, resolve_token, CredentialError, SelectedStore, TokenSource, DEFAULT_TIMEOUT,
     TOKEN_ENV,
 };
+use piko_connector_core::metrics::AgentMetrics;
 use piko_connector_core::{Agent, AgentError, Connector, Inspector, Secret};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{init_logging, inspect, reload, runtime, stop_on_signals};
-use crate::cli::{ExposeArgs, StartArgs};
+use crate::cli::{AgentFlags, ExposeArgs, HttpClientArgs, StartArgs};
 use crate::exit::Failure;
 
 /// An agent to run: its config and how it connects, reloads and is inspected.
@@ -31,96 +33,181 @@ pub(crate) struct AgentJob {
     inspect: InspectAddr,
     /// `log.level` of the config file, used unless `--log.level` is given.
     file_level: Option<String>,
+    /// `log.subsystems` of the config file, used unless `--log.subsystems` is given.
+    file_subsystems: Vec<String>,
+    /// Where to serve the agent's metrics, if at all.
+    metrics: Option<SocketAddr>,
+    /// Warnings from reading the config file, logged once logging is up.
+    warnings: Vec<String>,
 }
 
-/// `piko agent http|tcp ENDPOINT ADDR`: one endpoint from the flags.
-pub(crate) fn expose(a: ExposeArgs, protocol: Protocol) -> Result<AgentJob, Failure> {
+/// A config file's error as a usage failure naming the flag to check.
+fn file_error(e: ConfigError) -> Failure {
+    match e {
+        ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
+        e => Failure::Usage(e.to_string()),
+    }
+}
+
+/// The flags of every agent command over the file's settings: connect, grace period,
+/// metrics server.
+fn apply_flags(
+    file: &mut ConfigFile,
+    url: Option<String>,
+    flags: &AgentFlags,
+) -> Result<Option<SocketAddr>, Failure> {
+    let connect = &mut file.agent.connect;
+    if let Some(url) = url {
+        connect.url = url;
+    }
+    if let Some(t) = flags.connect_timeout {
+        connect.timeout = t;
+    }
+    if let Some(t) = &flags.tenant_id {
+        connect.tenant_id = Some(t.clone()).filter(|t| !t.trim().is_empty());
+    }
+    if let Some(g) = flags.grace_period {
+        file.agent.grace_period = g;
+    }
+    if let Some(on) = flags.server_enabled {
+        file.server.enabled = on;
+    }
+    if let Some(a) = &flags.server_bind_addr {
+        MetricsServerConfig::parse_addr(a)
+            .map_err(|e| Failure::Usage(format!("--server.bind-addr: {e}")))?;
+        file.server.bind_addr = Some(a.clone());
+    }
+    file.server
+        .addr()
+        .map_err(|e| Failure::Usage(format!("server.bind_addr: {e}")))
+}
+
+/// `piko agent http|tcp ENDPOINT ADDR`: one endpoint from the flags; a `--config.path`
+/// file gives the rest (its listeners are ignored, as the original agent does).
+pub(crate) fn expose(
+    a: ExposeArgs,
+    protocol: Protocol,
+    http_client: Option<HttpClientArgs>,
+) -> Result<AgentJob, Failure> {
     let ExposeArgs {
         endpoint,
         addr,
         url,
         token,
         transport,
-        connect_timeout,
+        agent,
+        file: file_args,
         timeout,
-        grace_period,
         access_log,
         inspect,
     } = a;
-    let ep = EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
-        ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
-        e => Failure::Usage(e.to_string()),
-    })?;
-    let ep = EndpointConfig {
-        access_log: access_log.access_log()?,
-        ..ep
+    let mut file = match &file_args.config_path {
+        Some(p) => ConfigFile::load(p, file_args.expand_env).map_err(file_error)?,
+        None => ConfigFile::from_yaml_str("").map_err(file_error)?,
     };
-    let config = AgentConfig {
-        connect: ConnectConfig {
-            url,
-            token: None,
-            timeout: connect_timeout,
-        },
-        endpoints: vec![ep],
-        grace_period,
-    };
+    let mut ep =
+        EndpointConfig::parse(&endpoint, &addr, protocol, timeout).map_err(|e| match e {
+            ConfigError::Addr { .. } => Failure::Usage(format!("endpoint {endpoint}: {e}")),
+            e => Failure::Usage(e.to_string()),
+        })?;
+    ep.access_log = access_log.access_log()?;
+    if let Some(h) = http_client {
+        ep.http_client = HttpClientConfig {
+            keep_alive_timeout: h.keep_alive_timeout,
+            idle_conn_timeout: h.idle_conn_timeout,
+            max_idle_conns: HttpClientConfig::max_idle_from(
+                "--http-client.max-idle-conns",
+                h.max_idle_conns,
+            )
+            .map_err(|e| Failure::Usage(e.to_string()))?,
+            disable_compression: h.disable_compression,
+        };
+    }
+    let metrics = apply_flags(&mut file, url, &agent)?;
+    file.agent.endpoints = vec![ep];
     Ok(AgentJob {
-        config,
-        transport: transport.over(TransportConfig::default()),
+        config: file.agent,
+        transport: transport.over(file.transport),
         token: token.token,
         reload: None,
-        inspect: inspect.resolve(None)?,
-        file_level: None,
+        inspect: inspect.resolve(file.inspect)?,
+        file_level: file.log_level,
+        file_subsystems: file.log_subsystems,
+        metrics,
+        warnings: file.warnings,
     })
 }
 
 /// `piko agent start --config.path FILE`: the file's endpoints, flags over the file.
 pub(crate) fn start(a: StartArgs) -> Result<AgentJob, Failure> {
-    let file = ConfigFile::from_yaml_file(&a.config_path).map_err(|e| match e {
-        ConfigError::Read { .. } => Failure::Usage(format!("{e}; check --config.path")),
-        e => Failure::Usage(e.to_string()),
-    })?;
-    let mut config = file.agent;
-    if let Some(url) = a.url.clone() {
-        config.connect.url = url;
-    }
-    if let Some(g) = a.grace_period {
-        config.grace_period = g;
-    }
+    let mut file = ConfigFile::load(&a.config_path, a.expand_env).map_err(file_error)?;
+    let metrics = apply_flags(&mut file, a.url.clone(), &a.agent)?;
     let reload = reload::Spec {
         path: a.config_path.clone(),
+        expand_env: a.expand_env,
         url: a.url.clone(),
-        grace_period: a.grace_period,
+        agent: a.agent.clone(),
         transport: a.transport.clone(),
         token: a.token.token.clone(),
+        inspect: file.inspect,
+        server: file.server.clone(),
     };
     Ok(AgentJob {
-        config,
+        config: file.agent,
         transport: a.transport.over(file.transport),
         token: a.token.token,
         reload: Some(reload),
         inspect: a.inspect.resolve(file.inspect)?,
         file_level: file.log_level,
+        file_subsystems: file.log_subsystems,
+        metrics,
+        warnings: file.warnings,
     })
 }
 
 /// Run the agent until a stop signal, or until the server rejects it.
-pub(crate) fn run(job: AgentJob, log_level: Option<String>) -> Result<(), Failure> {
+pub(crate) fn run(
+    job: AgentJob,
+    log_level: Option<String>,
+    subsystems: Vec<String>,
+) -> Result<(), Failure> {
     let level = log_level
         .or(job.file_level)
         .unwrap_or_else(|| "info".to_string());
-    init_logging(&level)?;
+    let subsystems = if subsystems.is_empty() {
+        job.file_subsystems
+    } else {
+        subsystems
+    };
+    init_logging(&level, &subsystems)?;
+    for w in &job.warnings {
+        warn!("{w}");
+    }
 
     // Read the TLS files and settle the proxy before anything runs: mistakes there are
     // config errors (exit 2) naming the setting.
     let connector = Connector::new(&job.transport).map_err(|e| Failure::Usage(setting_error(e)))?;
     let mut config = job.config;
-    config.connect.token = token_for(job.token, &config.connect.url);
+    config.connect.token = match (job.token, config.connect.token.take()) {
+        (None, Some(file)) => {
+            info!("using the token from the config file");
+            Some(file)
+        }
+        (flag, _) => token_for(flag, &config.connect.url),
+    };
+    let metrics_addr = job.metrics;
 
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         stop_on_signals(&shutdown);
-        let mut agent = Agent::new(config).with_connector(connector);
+        let mut agent = Agent::new(config)
+            .with_connector(connector)
+            .exit_if_first_connect_fails();
+        if let Some(addr) = metrics_addr {
+            let metrics = AgentMetrics::default();
+            super::metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
+            agent = agent.with_metrics(metrics);
+        }
         if let Some(spec) = job.reload {
             agent = agent.with_updates(reload::watch(spec, job.transport, shutdown.clone()));
         }
@@ -174,6 +261,7 @@ async fn run_agent(agent: Agent, shutdown: CancellationToken) -> Result<(), Fail
         ))),
         Err(
             e @ (AgentError::InvalidToken
+            | AgentError::InvalidTenant(_)
             | AgentError::NoEndpoints
             | AgentError::Unusable { .. }
             | AgentError::Config(_)),
@@ -283,15 +371,17 @@ mod tests {
         ]) else {
             panic!("not agent http")
         };
-        let job = expose(a, Protocol::Http).unwrap();
+        let job = expose(a.expose, Protocol::Http, Some(a.http_client)).unwrap();
         assert_eq!(job.transport, TransportConfig::default());
         assert_eq!(job.token, None);
         assert_eq!(job.inspect, InspectAddr::default());
         let c = job.config;
         assert_eq!(c.connect.url, "http://10.0.0.1:8001");
         assert_eq!(c.endpoints[0].timeout, Duration::from_secs(5));
-        assert_eq!(c.endpoints[0].target.to_string(), "http://127.0.0.1:3000");
-        assert_eq!(c.grace_period, Duration::from_secs(5));
+        assert_eq!(c.endpoints[0].target.to_string(), "http://localhost:3000");
+        assert_eq!(c.grace_period, Duration::from_secs(60), "the original's 1m");
+        assert_eq!(c.connect.timeout, Duration::from_secs(30));
+        assert_eq!(c.endpoints[0].http_client, HttpClientConfig::default());
     }
 
     /// `agent start` with `inspect` in `yaml` and `flags` after the path.

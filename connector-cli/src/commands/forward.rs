@@ -1,44 +1,133 @@
 //! `piko forward tcp LOCAL ENDPOINT`: listen locally and carry each connection to a TCP
 //! endpoint through the Piko proxy.
 
-use piko_connector_core::config::TransportConfig;
-use piko_connector_core::forward::forward_tcp_via;
+use piko_connector_core::config::{ForwardFile, PortConfig};
+use piko_connector_core::forward::forward_tcp_within;
 use piko_connector_core::Connector;
 use piko_protocol::EndpointId;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::agent::{setting_error, token_for};
 use super::{init_logging, runtime, stop_on_signals};
-use crate::cli::ForwardArgs;
+use crate::cli::{ForwardArgs, ForwardConnectArgs, ForwardStartArgs};
 use crate::exit::Failure;
 
-/// Forward until a stop signal.
-pub(crate) fn run(a: ForwardArgs, log_level: Option<String>) -> Result<(), Failure> {
+/// `piko forward tcp LOCAL ENDPOINT`: one port from the arguments; a `--config.path` file
+/// gives the connect and log settings (its ports are ignored, as the original does).
+pub(crate) fn run(
+    a: ForwardArgs,
+    log_level: Option<String>,
+    subsystems: Vec<String>,
+) -> Result<(), Failure> {
     let endpoint = EndpointId::new(&a.endpoint)
         .map_err(|e| Failure::Usage(format!("invalid endpoint id {:?}: {e}", a.endpoint)))?;
-    let local = if a.local_addr.bytes().all(|b| b.is_ascii_digit()) {
-        format!("127.0.0.1:{}", a.local_addr)
-    } else {
-        a.local_addr.clone()
+    let mut file = match &a.file.config_path {
+        Some(p) => ForwardFile::load(p, a.file.expand_env).map_err(file_error)?,
+        None => ForwardFile::default(),
     };
-    init_logging(log_level.as_deref().unwrap_or("info"))?;
-    let transport = a.transport.over(TransportConfig::default());
+    file.ports = vec![PortConfig {
+        addr: piko_connector_core::config::local_listen_addr(&a.local_addr),
+        endpoint,
+    }];
+    forward(file, a.connect, log_level, subsystems)
+}
+
+/// `piko forward start --config.path FILE`: every port of the file.
+pub(crate) fn start(
+    a: ForwardStartArgs,
+    log_level: Option<String>,
+    subsystems: Vec<String>,
+) -> Result<(), Failure> {
+    let file = ForwardFile::load(&a.config_path, a.expand_env).map_err(file_error)?;
+    if file.ports.is_empty() {
+        return Err(Failure::Usage(format!(
+            "ports: {} lists no ports; add `ports: [{{addr: 5432, endpoint_id: db}}]`",
+            a.config_path.display()
+        )));
+    }
+    forward(file, a.connect, log_level, subsystems)
+}
+
+fn file_error(e: piko_connector_core::ConfigError) -> Failure {
+    match e {
+        piko_connector_core::ConfigError::Read { .. } => {
+            Failure::Usage(format!("{e}; check --config.path"))
+        }
+        e => Failure::Usage(e.to_string()),
+    }
+}
+
+/// Listen on every port of `file` (flags over the file) until a stop signal.
+fn forward(
+    mut file: ForwardFile,
+    flags: ForwardConnectArgs,
+    log_level: Option<String>,
+    subsystems: Vec<String>,
+) -> Result<(), Failure> {
+    if let Some(url) = flags.url {
+        file.url = url;
+    }
+    if let Some(t) = flags.timeout {
+        file.timeout = t;
+    }
+    let level = log_level
+        .or(file.log_level.take())
+        .unwrap_or_else(|| "info".into());
+    let subsystems = if subsystems.is_empty() {
+        std::mem::take(&mut file.log_subsystems)
+    } else {
+        subsystems
+    };
+    init_logging(&level, &subsystems)?;
+    for w in &file.warnings {
+        warn!("{w}");
+    }
+    let transport = flags.transport.over(file.transport.clone());
     let connector = Connector::new(&transport).map_err(|e| Failure::Usage(setting_error(e)))?;
-    let token = token_for(a.token.token, &a.url);
+    let token = match (flags.token.token, file.token.take()) {
+        (None, Some(t)) => {
+            tracing::info!("using the token from the config file");
+            Some(t)
+        }
+        (flag, _) => token_for(flag, &file.url),
+    };
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         stop_on_signals(&shutdown);
-        let listener = tokio::net::TcpListener::bind(&local).await.map_err(|e| {
-            Failure::Runtime(format!(
-                "cannot listen on {local}: {e}; choose a free local address"
-            ))
-        })?;
-        if let Ok(addr) = listener.local_addr() {
-            println!("forwarding {addr} → endpoint {endpoint}");
+        let mut ports = tokio::task::JoinSet::new();
+        for port in file.ports {
+            let listener = tokio::net::TcpListener::bind(&port.addr)
+                .await
+                .map_err(|e| {
+                    Failure::Runtime(format!(
+                        "cannot listen on {}: {e}; choose a free local address",
+                        port.addr
+                    ))
+                })?;
+            if let Ok(addr) = listener.local_addr() {
+                println!("forwarding {addr} → endpoint {}", port.endpoint);
+            }
+            ports.spawn(forward_tcp_within(
+                listener,
+                file.url.clone(),
+                port.endpoint,
+                token.clone(),
+                connector.clone(),
+                file.timeout,
+                shutdown.clone(),
+            ));
         }
-        forward_tcp_via(listener, a.url, endpoint, token, connector, shutdown)
-            .await
-            .map_err(|e| Failure::Usage(e.to_string()))
+        let mut result = Ok(());
+        while let Some(done) = ports.join_next().await {
+            if let Ok(Err(e)) = done {
+                if result.is_ok() {
+                    result = Err(Failure::Usage(e.to_string()));
+                    shutdown.cancel();
+                }
+            }
+        }
+        result
     })
 }
 
@@ -54,6 +143,10 @@ mod tests {
         let Command::Forward(ForwardCommand::Tcp(a)) = cli.command else {
             panic!()
         };
-        assert_eq!(a.url, "http://localhost:8000");
+        assert_eq!(a.connect.url, None);
+        assert_eq!(
+            piko_connector_core::config::ForwardFile::default().url,
+            "http://localhost:8000"
+        );
     }
 }

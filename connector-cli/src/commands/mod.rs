@@ -13,6 +13,7 @@ mod inspect;
 #[cfg(test)]
 mod locked;
 mod login;
+mod metrics;
 mod reload;
 
 use piko_connector_core::config::Protocol;
@@ -28,36 +29,94 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
     let quiet = cli.log_level.clone().unwrap_or_else(|| "warn".to_string());
     match cli.command {
         Command::Login(a) => {
-            init_logging(&quiet)?;
+            init_logging(&quiet, &[])?;
             login::login(&a.server.server)
         }
         Command::Logout(a) => {
-            init_logging(&quiet)?;
+            init_logging(&quiet, &[])?;
             login::logout(&a.server)
         }
         Command::Status(a) => {
-            init_logging(&quiet)?;
+            init_logging(&quiet, &[])?;
             login::status(a.server.as_deref())
         }
         Command::Inspect(a) => {
-            init_logging(&quiet)?;
+            init_logging(&quiet, &[])?;
             runtime()?.block_on(inspect::run(a))
         }
-        Command::Agent(AgentCommand::Http(a)) => {
-            agent::run(agent::expose(a, Protocol::Http)?, cli.log_level)
+        Command::Agent(AgentCommand::Http(a)) => agent::run(
+            agent::expose(a.expose, Protocol::Http, Some(a.http_client))?,
+            cli.log_level,
+            cli.log_subsystems,
+        ),
+        Command::Agent(AgentCommand::Tcp(a)) => agent::run(
+            agent::expose(a, Protocol::Tcp, None)?,
+            cli.log_level,
+            cli.log_subsystems,
+        ),
+        Command::Agent(AgentCommand::Start(a)) => {
+            agent::run(agent::start(a)?, cli.log_level, cli.log_subsystems)
         }
-        Command::Agent(AgentCommand::Tcp(a)) => {
-            agent::run(agent::expose(a, Protocol::Tcp)?, cli.log_level)
+        Command::Forward(ForwardCommand::Tcp(a)) => {
+            forward::run(a, cli.log_level, cli.log_subsystems)
         }
-        Command::Agent(AgentCommand::Start(a)) => agent::run(agent::start(a)?, cli.log_level),
-        Command::Forward(ForwardCommand::Tcp(a)) => forward::run(a, cli.log_level),
+        Command::Forward(ForwardCommand::Start(a)) => {
+            forward::start(a, cli.log_level, cli.log_subsystems)
+        }
     }
 }
 
-/// Log to stderr at `level` (a level or a tracing filter).
-fn init_logging(level: &str) -> Result<(), Failure> {
+/// The original Go agent's log subsystems and the log targets that are them here.
+pub(crate) const SUBSYSTEMS: &[(&str, &[&str])] = &[
+    ("main", &["piko"]),
+    (
+        "client",
+        &[
+            "piko_connector_core::tunnel",
+            "piko_connector_core::transport",
+        ],
+    ),
+    ("proxy.http", &["piko_connector_core::tunnel::http"]),
+    (
+        "proxy.http.access",
+        &["piko_connector_core::tunnel::access"],
+    ),
+    ("proxy.tcp", &["piko_connector_core::tunnel::tcp"]),
+    // TCP and HTTP endpoints share one access log target.
+    ("proxy.tcp.access", &["piko_connector_core::tunnel::access"]),
+    ("server", &["piko::commands::metrics"]),
+    ("forwarder", &["piko_connector_core::forward"]),
+];
+
+/// `level` plus a debug directive for each log target of `subsystems`; unknown names are
+/// returned to be warned about (the original accepts any name).
+fn subsystem_filter(level: &str, subsystems: &[String]) -> (String, Vec<String>) {
+    let mut filter = level.to_string();
+    let mut unknown = Vec::new();
+    for name in subsystems
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        match SUBSYSTEMS.iter().find(|(n, _)| *n == name) {
+            Some((_, targets)) => {
+                for t in *targets {
+                    filter.push_str(&format!(",{t}=debug"));
+                }
+            }
+            None => unknown.push(name.to_string()),
+        }
+    }
+    (filter, unknown)
+}
+
+/// Log to stderr at `level` (a level or a tracing filter), with every level of the
+/// `subsystems` named (`--log.subsystems`).
+fn init_logging(level: &str, subsystems: &[String]) -> Result<(), Failure> {
+    let (with_subsystems, unknown) = subsystem_filter(level, subsystems);
     // Even at trace level, no token reaches the log.
-    let filter = tracing_subscriber::EnvFilter::try_new(credentials::redacted_log_filter(level))
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(credentials::redacted_log_filter(&with_subsystems))
         .map_err(|e| {
             Failure::Usage(format!(
                 "--log.level {level:?} is not a valid level or filter ({e}); use error, warn, info, debug or trace"
@@ -71,6 +130,13 @@ fn init_logging(level: &str) -> Result<(), Failure> {
         // A closed stderr must not panic the task that logs.
         .log_internal_errors(false)
         .init();
+    for name in unknown {
+        let known: Vec<&str> = SUBSYSTEMS.iter().map(|(n, _)| *n).collect();
+        tracing::warn!(
+            "log.subsystems: no subsystem {name:?} in this agent; known: {}",
+            known.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use notify::Watcher;
-use piko_connector_core::config::{ConfigFile, TransportConfig};
+use piko_connector_core::config::{ConfigFile, InspectAddr, MetricsServerConfig, TransportConfig};
 use piko_connector_core::tunnel::AgentUpdate;
 use piko_connector_core::Connector;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::agent::{setting_error, token_for};
-use crate::cli::TransportArgs;
+use crate::cli::{AgentFlags, TransportArgs};
 
 /// Editors write a file in several steps (truncate, write, rename): wait this long after
 /// the last event before reading it.
@@ -25,16 +25,21 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// How to read the config again: the file and the flags that override it.
 pub(crate) struct Spec {
     pub path: PathBuf,
+    pub expand_env: bool,
     pub url: Option<String>,
-    pub grace_period: Option<Duration>,
+    pub agent: AgentFlags,
     pub transport: TransportArgs,
     pub token: Option<String>,
+    /// `inspect.addr` of the file in force: a change takes effect on restart only.
+    pub inspect: Option<InspectAddr>,
+    /// `server.*` of the file in force: likewise.
+    pub server: MetricsServerConfig,
 }
 
 /// Watch the config file until `shutdown`; each change that parses becomes an update.
 /// `transport` is the transport in force, so a changed one brings a new connector.
 pub(crate) fn watch(
-    spec: Spec,
+    mut spec: Spec,
     mut transport: TransportConfig,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<AgentUpdate> {
@@ -81,8 +86,7 @@ pub(crate) fn watch(
             }
             tokio::time::sleep(SETTLE).await;
             while changes.try_recv().is_ok() {}
-            let spec_ref = &spec;
-            let Some(update) = read(spec_ref, &mut transport).await else {
+            let Some(update) = read(&mut spec, &mut transport).await else {
                 continue;
             };
             if updates.send(update).await.is_err() {
@@ -94,9 +98,9 @@ pub(crate) fn watch(
 }
 
 /// The config as the file now says, or `None` (reported) when it is not usable.
-async fn read(spec: &Spec, transport: &mut TransportConfig) -> Option<AgentUpdate> {
+async fn read(spec: &mut Spec, transport: &mut TransportConfig) -> Option<AgentUpdate> {
     let path = &spec.path;
-    let file = match ConfigFile::from_yaml_file(path) {
+    let file = match ConfigFile::load(path, spec.expand_env) {
         Ok(f) => f,
         Err(e) => {
             warn!(
@@ -106,12 +110,36 @@ async fn read(spec: &Spec, transport: &mut TransportConfig) -> Option<AgentUpdat
             return None;
         }
     };
+    for w in &file.warnings {
+        warn!("{w}");
+    }
+    // Served since the start: they move only when the agent restarts. Say so, by key.
+    if file.inspect != spec.inspect {
+        warn!(
+            "inspect.addr changed in {}; it takes effect when the agent restarts",
+            path.display()
+        );
+        spec.inspect = file.inspect;
+    }
+    if file.server != spec.server {
+        warn!(
+            "server.enabled/server.bind_addr changed in {}; it takes effect when the agent restarts",
+            path.display()
+        );
+        spec.server = file.server.clone();
+    }
     let mut config = file.agent;
     if let Some(url) = &spec.url {
         config.connect.url.clone_from(url);
     }
-    if let Some(g) = spec.grace_period {
+    if let Some(g) = spec.agent.grace_period {
         config.grace_period = g;
+    }
+    if let Some(t) = spec.agent.connect_timeout {
+        config.connect.timeout = t;
+    }
+    if let Some(t) = &spec.agent.tenant_id {
+        config.connect.tenant_id = Some(t.clone()).filter(|t| !t.trim().is_empty());
     }
     let new_transport = spec.transport.clone().over(file.transport);
     let connector = if new_transport == *transport {
@@ -131,10 +159,12 @@ async fn read(spec: &Spec, transport: &mut TransportConfig) -> Option<AgentUpdat
     };
     // The keychain answers synchronously.
     let (flag, url) = (spec.token.clone(), config.connect.url.clone());
-    config.connect.token = tokio::task::spawn_blocking(move || token_for(flag, &url))
-        .await
-        .ok()
-        .flatten();
+    if flag.is_some() || config.connect.token.is_none() {
+        config.connect.token = tokio::task::spawn_blocking(move || token_for(flag, &url))
+            .await
+            .ok()
+            .flatten();
+    }
     *transport = new_transport;
     info!(path = %path.display(), endpoints = config.endpoints.len(), "config file changed");
     Some(AgentUpdate { config, connector })

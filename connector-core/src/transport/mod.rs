@@ -23,6 +23,7 @@ use tokio_tungstenite::{tungstenite, WebSocketStream};
 use tracing::debug;
 
 pub use self::proxy::{NoProxy, ProxyError, ProxyPolicy, ProxyUrl};
+pub(crate) use self::tls::client_config_for;
 use crate::config::{ConfigError, TransportConfig};
 
 /// Opens connections to the server as configured: proxy, TLS, WebSocket. Cheap to clone.

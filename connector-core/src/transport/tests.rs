@@ -425,6 +425,7 @@ async fn agent_stops_on_an_untrusted_certificate() {
             url: format!("https://localhost:{}", addr.port()),
             token: None,
             timeout: T,
+            tenant_id: None,
         },
         endpoints: vec![EndpointConfig::parse("shop", "3000", Protocol::Http, T).unwrap()],
         grace_period: Duration::from_millis(100),
@@ -461,7 +462,7 @@ async fn agent_stops_on_an_untrusted_certificate() {
     assert!(
         connected
             .to_string()
-            .starts_with("connected: shop → http://127.0.0.1:3000 (server wss://localhost:"),
+            .starts_with("connected: shop → http://localhost:3000 (server wss://localhost:"),
         "{connected}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1);

@@ -66,8 +66,8 @@ fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigErro
     })
 }
 
-/// The trust store: the OS's certificates plus those of `connect.tls.root_cas`.
-fn root_store(tls: &TlsConfig) -> Result<RootCertStore, ConfigError> {
+/// The trust store: the OS's certificates plus those of `{prefix}.root_cas`.
+fn root_store(prefix: &str, tls: &TlsConfig) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     if !native.errors.is_empty() {
@@ -77,10 +77,11 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore, ConfigError> {
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     debug!(added, ignored, "loaded the OS trust store");
     if let Some(path) = &tls.root_cas {
-        for cert in read_certs("connect.tls.root_cas", path)? {
+        let key = format!("{prefix}.root_cas");
+        for cert in read_certs(&key, path)? {
             roots.add(cert).map_err(|e| {
                 invalid(
-                    "connect.tls.root_cas",
+                    &key,
                     format!("{} holds an unusable CA certificate: {e}", path.display()),
                 )
             })?;
@@ -91,41 +92,62 @@ fn root_store(tls: &TlsConfig) -> Result<RootCertStore, ConfigError> {
 
 /// Build the client configuration from `tls`: a config error names the key at fault.
 pub(crate) fn client_config(tls: &TlsConfig) -> Result<ClientConfig, ConfigError> {
+    client_config_for("connect.tls", tls)
+}
+
+/// [`client_config`] for the settings at `prefix` (`connect.tls`, `listeners[0].tls`).
+pub(crate) fn client_config_for(
+    prefix: &str,
+    tls: &TlsConfig,
+) -> Result<ClientConfig, ConfigError> {
+    let flag = |key: &str| {
+        if prefix == "connect.tls" {
+            format!("; set --connect.tls.{key}")
+        } else {
+            String::new()
+        }
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("connect.tls", format!("cannot set up TLS: {e}")))?;
+        .map_err(|e| invalid(prefix, format!("cannot set up TLS: {e}")))?;
     let builder = if tls.insecure_skip_verify {
         warn!(
-            "connect.tls.insecure_skip_verify is set: the server's certificate is NOT verified, \
+            "{prefix}.insecure_skip_verify is set: the server's certificate is NOT verified, \
              so anyone on the network path can impersonate the server; use it only for testing"
         );
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
-        builder.with_root_certificates(root_store(tls)?)
+        builder.with_root_certificates(root_store(prefix, tls)?)
     };
     let mut config = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs("connect.tls.cert", cert)?;
-            let key = read_key("connect.tls.key", key)?;
+            let chain = read_certs(&format!("{prefix}.cert"), cert)?;
+            let key = read_key(&format!("{prefix}.key"), key)?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 invalid(
-                    "connect.tls.key",
-                    format!("the key does not fit connect.tls.cert: {e}"),
+                    &format!("{prefix}.key"),
+                    format!("the key does not fit {prefix}.cert: {e}"),
                 )
             })?
         }
         (Some(_), None) => {
             return Err(invalid(
-                "connect.tls.key",
-                "missing: connect.tls.cert needs its private key; set --connect.tls.key".into(),
+                &format!("{prefix}.key"),
+                format!(
+                    "missing: {prefix}.cert needs its private key{}",
+                    flag("key")
+                ),
             ))
         }
         (None, Some(_)) => {
             return Err(invalid(
-                "connect.tls.cert",
-                "missing: connect.tls.key needs its certificate; set --connect.tls.cert".into(),
+                &format!("{prefix}.cert"),
+                format!(
+                    "missing: {prefix}.key needs its certificate{}",
+                    flag("cert")
+                ),
             ))
         }
         (None, None) => builder.with_no_client_auth(),

@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,7 +25,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::{ConfigError, EndpointConfig, HttpClientConfig};
 use crate::inspector::{Recorder, Recording, Tap};
+use crate::metrics::AgentMetrics;
+use crate::transport::client_config_for;
 
 /// Body of responses sent back through the tunnel: the target's, streamed, or our JSON error.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -59,7 +63,7 @@ pub struct HttpForwarder {
 struct Inner {
     /// Request bodies go through a [`Tap`], which passes them on untouched when no
     /// inspector records this endpoint.
-    client: Client<HttpConnector, Tap<Incoming>>,
+    client: Client<HttpsConnector<HttpConnector>, Tap<Incoming>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// Path of the target URL without its trailing `/` (empty for the root).
@@ -67,6 +71,8 @@ struct Inner {
     timeout: Duration,
     access: AccessLog,
     recorder: Option<Recorder>,
+    /// The agent's metrics and this endpoint's label, when the agent serves them.
+    metrics: Option<(AgentMetrics, String)>,
 }
 
 /// The agent's access-log records: its own log (the `tunnel` span names the endpoint).
@@ -108,6 +114,69 @@ impl HttpForwarder {
         access: AccessLog,
         recorder: Option<Recorder>,
     ) -> Result<Self, BadTarget> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|_| BadTarget(target.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Self::with_client(
+            target,
+            timeout,
+            access,
+            recorder,
+            tls,
+            HttpClientConfig::default(),
+        )
+    }
+
+    /// A forwarder for `endpoint` (an HTTP endpoint): its timeout, access log, `tls` towards
+    /// an `https://` target and `http_client` pool settings; `key` names the endpoint's
+    /// settings in errors (`listeners[0]`).
+    pub fn for_endpoint(
+        key: &str,
+        endpoint: &EndpointConfig,
+        target: &url::Url,
+        recorder: Option<Recorder>,
+    ) -> Result<Self, ConfigError> {
+        let tls = if target.scheme() == "https" {
+            client_config_for(&format!("{key}.tls"), &endpoint.tls)?
+        } else {
+            // Never used: plain http needs no trust store (reading the OS's costs time).
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::Invalid {
+                key: format!("{key}.tls"),
+                message: e.to_string(),
+            })?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        Self::with_client(
+            target,
+            endpoint.timeout,
+            endpoint.access_log.clone(),
+            recorder,
+            tls,
+            endpoint.http_client,
+        )
+        .map_err(|e| ConfigError::Addr {
+            addr: e.0,
+            reason: "the target has no usable host and port".into(),
+        })
+    }
+
+    fn with_client(
+        target: &url::Url,
+        timeout: Duration,
+        access: AccessLog,
+        recorder: Option<Recorder>,
+        mut tls: rustls::ClientConfig,
+        pool: HttpClientConfig,
+    ) -> Result<Self, BadTarget> {
         let bad = || BadTarget(target.to_string());
         let host = match target.host().ok_or_else(bad)? {
             url::Host::Ipv6(ip) => format!("[{ip}]"),
@@ -121,8 +190,18 @@ impl HttpForwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        connector.set_keepalive(Some(pool.keep_alive_timeout));
+        connector.enforce_http(false);
+        // Requests are HTTP/1.1 (upgrades included): the builder offers exactly that.
+        tls.alpn_protocols.clear();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(pool.idle_conn_timeout)
+            .pool_max_idle_per_host(pool.max_idle_conns.unwrap_or(usize::MAX))
             .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(Self {
@@ -134,6 +213,7 @@ impl HttpForwarder {
                 timeout,
                 access,
                 recorder,
+                metrics: None,
             }),
         })
     }
@@ -176,10 +256,33 @@ impl HttpForwarder {
         }
     }
 
+    /// Record every request in `metrics` as `endpoint`'s. Call before the forwarder is
+    /// cloned (it serves no request yet); later calls change nothing.
+    pub fn with_metrics(mut self, metrics: AgentMetrics, endpoint: &str) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some((metrics, endpoint.to_string()));
+        }
+        self
+    }
+
     /// Forward one request and return the target's response, or a JSON error response; the
-    /// access log (and the inspector, if any) records it. An upgrade leaves its relay in `relay`,
-    /// for the connection's task to run.
+    /// access log, the inspector and the metrics (if any) record it. An upgrade leaves its
+    /// relay in `relay`, for the connection's task to run.
     async fn forward(&self, req: Request<Incoming>, relay: &UpgradeRelay) -> Response<ProxyBody> {
+        let Some((metrics, endpoint)) = &self.inner.metrics else {
+            return self.forward_recorded(req, relay).await;
+        };
+        let metered = metrics.begin(endpoint, &req);
+        let resp = self.forward_recorded(req, relay).await;
+        let status = resp.status().as_u16();
+        resp.map(|b| metered.respond(status, b).boxed())
+    }
+
+    async fn forward_recorded(
+        &self,
+        req: Request<Incoming>,
+        relay: &UpgradeRelay,
+    ) -> Response<ProxyBody> {
         let record = self
             .inner
             .access

@@ -32,8 +32,12 @@ pub use self::http::HttpForwarder;
 use crate::config::{AgentConfig, ConfigError, EndpointConfig, Target, TransportConfig};
 use crate::credentials::Secret;
 use crate::inspector::Inspector;
+use crate::metrics::AgentMetrics;
 use crate::status::{StatusEvent, TunnelState};
 use crate::transport::{io_error, Connector, DialError, ServerStream};
+
+/// The header naming an upstream's tenant at registration.
+const TENANT_HEADER: &str = "x-piko-tenant-id";
 
 /// Capacity of the status channel; a subscriber that falls further behind skips events.
 const STATUS_CAPACITY: usize = 256;
@@ -128,6 +132,21 @@ pub enum AgentError {
     /// The transport settings (TLS files, proxy URL) are not usable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The first registration did not succeed within `connect.timeout`.
+    #[error("cannot register endpoint {endpoint} within connect.timeout ({}): {reason}; check --connect.url and that the server is up", humantime::format_duration(*timeout))]
+    FirstConnect {
+        /// The endpoint.
+        endpoint: EndpointId,
+        /// The `connect.timeout` that passed.
+        timeout: Duration,
+        /// The last failure.
+        reason: String,
+    },
+    /// The tenant id cannot be sent in an HTTP header.
+    #[error(
+        "connect.tenant_id: {0:?} is not a valid header value; use letters, digits, '-' or '_'"
+    )]
+    InvalidTenant(String),
 }
 
 /// Runs every endpoint's tunnel and reports their [`StatusEvent`]s.
@@ -137,6 +156,8 @@ pub struct Agent {
     events: broadcast::Sender<StatusEvent>,
     updates: Option<mpsc::Receiver<AgentUpdate>>,
     inspector: Option<Inspector>,
+    exit_if_first_connect_fails: bool,
+    metrics: Option<AgentMetrics>,
 }
 
 /// A new config for a running [`Agent`] (its config file changed).
@@ -159,6 +180,7 @@ struct AgentTunnel {
 struct ConnectKey {
     url: String,
     token: Option<Secret>,
+    tenant_id: Option<String>,
     timeout: Duration,
     grace_period: Duration,
 }
@@ -168,6 +190,7 @@ impl ConnectKey {
         Self {
             url: config.connect.url.clone(),
             token: config.connect.token.clone(),
+            tenant_id: config.connect.tenant_id.clone(),
             timeout: config.connect.timeout,
             grace_period: config.grace_period,
         }
@@ -186,7 +209,23 @@ impl Agent {
             events,
             updates: None,
             inspector: None,
+            exit_if_first_connect_fails: false,
+            metrics: None,
         }
+    }
+
+    /// Record every HTTP request in `metrics` (the agent's `/metrics`).
+    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Stop with [`AgentError::FirstConnect`] when an endpoint the agent starts with is not
+    /// registered within `connect.timeout` (as the original Go agent, for units that restart
+    /// on failure). After a first success, and for endpoints added later, it keeps retrying.
+    pub fn exit_if_first_connect_fails(mut self) -> Self {
+        self.exit_if_first_connect_fails = true;
+        self
     }
 
     /// Record every HTTP exchange of every endpoint in `inspector`.
@@ -224,6 +263,8 @@ impl Agent {
             events,
             mut updates,
             inspector,
+            exit_if_first_connect_fails,
+            metrics,
         } = self;
         if config.endpoints.is_empty() && updates.is_none() {
             return Err(AgentError::NoEndpoints);
@@ -245,18 +286,27 @@ impl Agent {
         let mut tasks: AgentTasks = JoinSet::new();
         let mut running: HashMap<EndpointId, AgentTunnel> = HashMap::new();
         let mut generation = 0u64;
+        let first_connect = exit_if_first_connect_fails.then_some(config.connect.timeout);
         let mut start = |ep: EndpointConfig,
                          connect: &Arc<ConnectSettings>,
-                         tasks: &mut AgentTasks|
+                         tasks: &mut AgentTasks,
+                         give_up: Option<Duration>|
          -> Result<AgentTunnel, AgentError> {
             generation += 1;
             let g = generation;
-            let tunnel = Tunnel::new(
+            let mut tunnel = Tunnel::new(
                 ep.clone(),
                 connect.clone(),
                 report.clone(),
                 inspector.as_ref(),
             )?;
+            tunnel.first_connect_within = give_up;
+            if let Some(m) = &metrics {
+                tunnel.handler = match tunnel.handler {
+                    Handler::Http(f) => Handler::Http(f.with_metrics(m.clone(), ep.id.as_str())),
+                    tcp => tcp,
+                };
+            }
             let span = info_span!("tunnel", endpoint = %tunnel.endpoint.id);
             let own = stop.child_token();
             let (id, token) = (ep.id.clone(), own.clone());
@@ -268,7 +318,7 @@ impl Agent {
             })
         };
         for ep in config.endpoints {
-            let t = start(ep, &connect, &mut tasks)?;
+            let t = start(ep, &connect, &mut tasks, first_connect)?;
             running.insert(t.config.id.clone(), t);
         }
         let mut result = Ok(());
@@ -328,7 +378,7 @@ impl Agent {
                     let started = wanted.len();
                     for ep in wanted {
                         let id = ep.id.clone();
-                        match start(ep, &connect, &mut tasks) {
+                        match start(ep, &connect, &mut tasks, None) {
                             Ok(t) => {
                                 running.insert(id, t);
                             }
@@ -356,6 +406,7 @@ fn connect_of(
         config.grace_period,
         Keepalive::default(),
     )
+    .and_then(|c| c.with_tenant(config.connect.tenant_id.as_deref()))
     .map(Arc::new)
 }
 
@@ -381,6 +432,8 @@ pub(crate) struct ConnectSettings {
     url: String,
     server: String,
     auth: Option<HeaderValue>,
+    /// `x-piko-tenant-id`, if the endpoints belong to a tenant.
+    tenant: Option<HeaderValue>,
     timeout: Duration,
     grace_period: Duration,
     session: mux::Config,
@@ -412,10 +465,22 @@ impl ConnectSettings {
             url: url.to_string(),
             server: server_display(url),
             auth,
+            tenant: None,
             timeout,
             grace_period,
             session: keepalive.session_config(),
         })
+    }
+
+    /// Register as `tenant` (sent as `x-piko-tenant-id`, as the original Go agent does).
+    pub(crate) fn with_tenant(mut self, tenant: Option<&str>) -> Result<Self, AgentError> {
+        self.tenant = match tenant.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => Some(
+                HeaderValue::try_from(t).map_err(|_| AgentError::InvalidTenant(t.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(self)
     }
 }
 
@@ -467,6 +532,8 @@ pub(crate) struct Tunnel {
     connect: Arc<ConnectSettings>,
     report: Reporter,
     handler: Handler,
+    /// Give up with [`AgentError::FirstConnect`] if not registered within this long.
+    first_connect_within: Option<Duration>,
 }
 
 impl Tunnel {
@@ -479,10 +546,10 @@ impl Tunnel {
     ) -> Result<Self, AgentError> {
         let handler = match &endpoint.target {
             Target::Http(url) => Handler::Http(
-                HttpForwarder::inspected(
+                HttpForwarder::for_endpoint(
+                    &format!("endpoint {}", endpoint.id),
+                    &endpoint,
                     url,
-                    endpoint.timeout,
-                    endpoint.access_log.clone(),
                     inspector.map(|i| i.recorder(&endpoint.id, url, endpoint.timeout)),
                 )
                 .map_err(|e| AgentError::Unusable {
@@ -502,6 +569,7 @@ impl Tunnel {
             connect,
             report,
             handler,
+            first_connect_within: None,
         })
     }
 
@@ -517,6 +585,7 @@ impl Tunnel {
     pub(crate) async fn supervise(self, stop: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::default();
         self.emit(TunnelState::Connecting);
+        let mut give_up_at = self.first_connect_within.map(|d| Instant::now() + d);
         loop {
             let attempt = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -524,6 +593,7 @@ impl Tunnel {
             };
             let error = match attempt {
                 Ok(ws) => {
+                    give_up_at = None;
                     let started = Instant::now();
                     match self.run_session(ws, &stop).await {
                         SessionEnd::Shutdown => break,
@@ -544,7 +614,22 @@ impl Tunnel {
                     return Err(e);
                 }
             };
-            let delay = backoff.next_delay();
+            let mut delay = backoff.next_delay();
+            if let Some(at) = give_up_at {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let e = AgentError::FirstConnect {
+                        endpoint: self.endpoint.id.clone(),
+                        timeout: self.first_connect_within.unwrap_or_default(),
+                        reason: error,
+                    };
+                    self.emit(TunnelState::Stopped {
+                        reason: Some(e.to_string()),
+                    });
+                    return Err(e);
+                }
+                delay = delay.min(left);
+            }
             debug!(error = %error, delay = ?delay, "tunnel lost; reconnecting");
             self.emit(TunnelState::Reconnecting { delay, error });
             tokio::select! {
@@ -567,6 +652,9 @@ impl Tunnel {
         if let Some(auth) = &self.connect.auth {
             req.headers_mut()
                 .insert(tungstenite::http::header::AUTHORIZATION, auth.clone());
+        }
+        if let Some(tenant) = &self.connect.tenant {
+            req.headers_mut().insert(TENANT_HEADER, tenant.clone());
         }
         Ok(req)
     }
@@ -867,6 +955,7 @@ mod tests {
                 url: format!("http://127.0.0.1:{port}"),
                 token: None,
                 timeout: Duration::from_secs(2),
+                tenant_id: None,
             },
             endpoints: vec![EndpointConfig::parse(
                 "shop",
@@ -942,6 +1031,7 @@ mod tests {
                 url: url.to_string(),
                 token: None,
                 timeout: Duration::from_secs(2),
+                tenant_id: None,
             },
             endpoints: eps,
             grace_period: Duration::from_millis(100),
@@ -998,6 +1088,7 @@ mod tests {
                 url,
                 token: token.map(|t| Secret::new(t.into())),
                 timeout: Duration::from_secs(2),
+                tenant_id: None,
             },
             endpoints: vec![EndpointConfig::parse(
                 "shop",
@@ -1087,7 +1178,7 @@ mod tests {
         assert_eq!(events.recv().await.unwrap().to_string(), "connecting… shop");
         assert_eq!(
             events.recv().await.unwrap().to_string(),
-            format!("connected: shop → http://127.0.0.1:{target_port} (server ws://{server_addr})")
+            format!("connected: shop → http://localhost:{target_port} (server ws://{server_addr})")
         );
         let text = tokio::time::timeout(Duration::from_secs(5), resp_rx)
             .await
