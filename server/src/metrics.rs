@@ -77,6 +77,8 @@ pub struct Metrics {
     latency: Family<RequestLabels, Histogram>,
     connected_upstreams: Gauge,
     registered_endpoints: Gauge,
+    upstream_requests: Counter,
+    streams_opened: Counter,
     cluster_nodes: Gauge,
     raft_term: Gauge,
     raft_leader: Gauge,
@@ -116,6 +118,8 @@ impl Metrics {
         );
         let connected_upstreams = Gauge::default();
         let registered_endpoints = Gauge::default();
+        let upstream_requests = Counter::default();
+        let streams_opened = Counter::default();
         let cluster_nodes = Gauge::default();
         let (raft_term, raft_leader, raft_last_log_index, raft_applied_index) = Default::default();
         {
@@ -143,6 +147,16 @@ impl Metrics {
                 "registered_endpoints",
                 "Endpoints with at least one upstream on this node",
                 registered_endpoints.clone(),
+            );
+            upstreams.register(
+                "upstream_requests",
+                "Requests sent to an upstream connected to this node",
+                upstream_requests.clone(),
+            );
+            upstreams.register(
+                "streams_opened",
+                "Streams opened to upstreams connected to this node (fewer than requests when keep-alive streams are reused)",
+                streams_opened.clone(),
             );
         }
         registry.sub_registry_with_prefix("cluster").register(
@@ -176,6 +190,8 @@ impl Metrics {
             latency,
             connected_upstreams,
             registered_endpoints,
+            upstream_requests,
+            streams_opened,
             cluster_nodes,
             raft_term,
             raft_leader,
@@ -200,6 +216,15 @@ impl Metrics {
         self.latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request (or TCP connection) went to an upstream of this node, on a new stream when
+    /// `opened`.
+    pub fn upstream_request(&self, opened: bool) {
+        self.upstream_requests.inc();
+        if opened {
+            self.streams_opened.inc();
+        }
     }
 
     /// The metrics in the OpenMetrics text format, gauges read from `upstreams` and
