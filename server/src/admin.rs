@@ -212,8 +212,11 @@ impl Admin {
         match &self.cluster {
             Some(c) => {
                 let (term, leader, last_log_index, applied_index) = c.raft_figures();
+                let nodes = c.nodes();
+                let active = nodes.iter().filter(|n| n.status == "active").count();
                 ClusterFigures {
-                    nodes: c.node_count(),
+                    active,
+                    unreachable: nodes.len() - active,
                     term,
                     leader,
                     last_log_index,
@@ -221,7 +224,7 @@ impl Admin {
                 }
             }
             None => ClusterFigures {
-                nodes: 1,
+                active: 1,
                 ..ClusterFigures::default()
             },
         }

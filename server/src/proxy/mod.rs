@@ -166,6 +166,7 @@ impl Proxy {
     ) -> Response<Body> {
         let _in_flight = self.metrics.request_started();
         let (method, start) = (req.method().clone(), std::time::Instant::now());
+        let size = crate::metrics::request_size(&req);
         let record = self
             .access
             .begin(&req, |l| access_enabled!("piko_server::proxy::access", l))
@@ -211,7 +212,16 @@ impl Proxy {
             }
         };
         let status = resp.status().as_u16();
-        self.metrics.request_done(&method, status, start.elapsed());
+        self.metrics
+            .request_done(&method, status, start.elapsed(), size);
+        let resp = resp.map(|body| match body {
+            Either::Left(b) => Either::Left(b.metered(self.metrics.clone())),
+            Either::Right(b) => {
+                let len = hyper::body::Body::size_hint(&b).exact().unwrap_or(0);
+                crate::http::BodyMeter::body_done(&*self.metrics, len);
+                Either::Right(b)
+            }
+        });
         if let Some(record) = record {
             record.finish(status, resp.headers(), error.as_deref());
         }
