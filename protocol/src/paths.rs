@@ -22,6 +22,11 @@ pub const AUTHORIZATION_HEADER: &str = "x-piko-authorization";
 /// carry half-close: an empty binary message then ends one direction (docs/protocol.md).
 pub const HALF_CLOSE_HEADER: &str = "x-piko-half-close";
 
+/// Header by which an upstream and the server agree, registration request and `101` answer, to
+/// reuse streams: several HTTP/1.1 requests per stream, without `Connection: close`
+/// (docs/protocol.md). Without it the server sends one request per stream, as the original.
+pub const KEEP_ALIVE_HEADER: &str = "x-piko-keep-alive";
+
 /// Header selecting the tenant whose keys verify an upstream's token.
 pub const TENANT_HEADER: &str = "x-piko-tenant-id";
 

@@ -8,13 +8,19 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use crate::auth::PortAuth;
-use crate::cluster::{Cluster, Member};
+use crate::cluster::{Cluster, Member, NodeStatus};
 use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
+
+/// Time another node's admin port has to answer a forwarded request.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
 pub const NODES_API: &str = "/cluster/nodes/";
@@ -31,6 +37,38 @@ fn member_json(m: &Member) -> serde_json::Value {
     })
 }
 
+/// A node in the list of `/status/cluster/nodes`: the original Go Piko's fields (`endpoints`
+/// is the number of endpoints, `upstreams` of upstreams), then this project's
+/// (`endpoint_upstreams`: endpoint → upstreams, `role`, the other addresses).
+fn node_summary(n: &NodeStatus) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "status": n.status,
+        "proxy_addr": n.proxy_addr,
+        "admin_addr": n.admin_addr,
+        "endpoints": n.endpoints.len(),
+        "upstreams": n.upstreams,
+        "endpoint_upstreams": n.endpoints,
+        "role": n.role,
+        "upstream_addr": n.upstream_addr,
+        "cluster_addr": n.cluster_addr,
+    })
+}
+
+/// Query parameter naming the node that should answer an admin request (`?forward=ID`).
+const FORWARD_QUERY: &str = "forward";
+
+/// The largest answer relayed from another node's admin port.
+const MAX_FORWARDED_ANSWER: usize = 16 << 20;
+
+/// The value of `?forward=` in `query`, if any.
+fn forward_target(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == FORWARD_QUERY).then_some(v)
+    })
+}
+
 /// Serves the admin routes.
 pub struct Admin {
     registry: Arc<Registry>,
@@ -39,6 +77,8 @@ pub struct Admin {
     auth: PortAuth,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
+    /// For `?forward=`: other nodes' admin ports.
+    peers: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl Admin {
@@ -58,6 +98,91 @@ impl Admin {
             node,
             metrics,
             cluster: None,
+            peers: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// This node as `/status/cluster/nodes/{id}` shows it: the original's fields (endpoints
+    /// as endpoint → upstreams) and this project's.
+    fn local_node(&self) -> serde_json::Value {
+        if let Some(c) = &self.cluster {
+            if let Some(n) = c.nodes().into_iter().find(|n| n.id == self.node.name) {
+                return json!(n);
+            }
+        }
+        let mut node = member_json(&self.node);
+        node["status"] = json!("active");
+        node["endpoints"] = json!(self.registry.endpoints());
+        node["upstreams"] = json!(self.registry.upstream_count());
+        node
+    }
+
+    /// The admin address of node `id`, if this node knows it.
+    fn admin_addr_of(&self, id: &str) -> Option<String> {
+        match &self.cluster {
+            Some(c) => c
+                .nodes()
+                .into_iter()
+                .find(|n| n.id == id)
+                .map(|n| n.admin_addr),
+            None => None,
+        }
+    }
+
+    /// `?forward=ID`: the same request, asked of node `id`'s admin port, answered as it
+    /// answers (404 for a node this one does not know).
+    async fn forward(&self, id: &str, req: &Request<Incoming>) -> Response<Body> {
+        let Some(addr) = self.admin_addr_of(id) else {
+            return json_error(StatusCode::NOT_FOUND, &format!("node {id:?} not found"));
+        };
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let uri: http::Uri = match format!("http://{addr}{target}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("node {id:?} has an invalid admin address {addr:?}"),
+                )
+            }
+        };
+        let mut out = Request::builder().method(req.method().clone()).uri(uri);
+        // The caller's admin credential is good on every node of the cluster.
+        if let Some(auth) = req.headers().get(http::header::AUTHORIZATION) {
+            out = out.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let Ok(out) = out.body(Empty::new()) else {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        let resp = match tokio::time::timeout(FORWARD_TIMEOUT, self.peers.request(out)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("node {id:?} at {addr}: {e}"),
+                )
+            }
+            Err(_) => {
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("node {id:?} at {addr} did not answer in time"),
+                )
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        match Limited::new(body, MAX_FORWARDED_ANSWER).collect().await {
+            Ok(b) => {
+                let mut resp = Response::new(Either::Right(Full::new(b.to_bytes())));
+                *resp.status_mut() = parts.status;
+                if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, ct.clone());
+                }
+                resp
+            }
+            Err(e) => json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("node {id:?} at {addr}: {e}"),
+            ),
         }
     }
 
@@ -87,8 +212,11 @@ impl Admin {
         match &self.cluster {
             Some(c) => {
                 let (term, leader, last_log_index, applied_index) = c.raft_figures();
+                let nodes = c.nodes();
+                let active = nodes.iter().filter(|n| n.status == "active").count();
                 ClusterFigures {
-                    nodes: c.node_count(),
+                    active,
+                    unreachable: nodes.len() - active,
                     term,
                     leader,
                     last_log_index,
@@ -96,7 +224,7 @@ impl Admin {
                 }
             }
             None => ClusterFigures {
-                nodes: 1,
+                active: 1,
                 ..ClusterFigures::default()
             },
         }
@@ -117,6 +245,11 @@ impl Admin {
         if path != "/health" && path != "/ready" {
             if let Err(e) = self.auth.authenticate(req.headers()) {
                 return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            }
+        }
+        if let Some(id) = forward_target(req.uri().query()) {
+            if id != self.node.name {
+                return self.forward(id, &req).await;
             }
         }
         if removing {
@@ -152,14 +285,21 @@ impl Admin {
                 json_response(StatusCode::OK, &json!(self.registry.endpoints()))
             }
             "/status/cluster/nodes" => match &self.cluster {
-                Some(c) => json_response(StatusCode::OK, &json!(c.nodes())),
+                Some(c) => {
+                    let nodes: Vec<_> = c.nodes().iter().map(node_summary).collect();
+                    json_response(StatusCode::OK, &json!(nodes))
+                }
                 None => {
+                    let endpoints = self.registry.endpoints();
                     let mut node = member_json(&self.node);
-                    node["endpoints"] = json!(self.registry.endpoints());
+                    node["status"] = json!("active");
+                    node["endpoints"] = json!(endpoints.len());
                     node["upstreams"] = json!(self.registry.upstream_count());
+                    node["endpoint_upstreams"] = json!(endpoints);
                     json_response(StatusCode::OK, &json!([node]))
                 }
             },
+            "/status/cluster/nodes/local" => json_response(StatusCode::OK, &self.local_node()),
             "/status/cluster/raft" => match &self.cluster {
                 Some(c) => json_response(StatusCode::OK, &c.raft_status()),
                 None => json_error(StatusCode::NOT_FOUND, "this node runs without a cluster"),
@@ -168,7 +308,7 @@ impl Admin {
                 let id = &p["/status/cluster/nodes/".len()..];
                 let found = match &self.cluster {
                     Some(c) => c.nodes().into_iter().find(|n| n.id == id).map(|n| json!(n)),
-                    None => (id == self.node.name).then(|| member_json(&self.node)),
+                    None => (id == self.node.name).then(|| self.local_node()),
                 };
                 match found {
                     Some(n) => json_response(StatusCode::OK, &n),

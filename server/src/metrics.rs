@@ -22,6 +22,11 @@ const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Request and response size buckets in bytes: 256 × 4ⁿ up to 4 MiB, as the original.
+const SIZE_BUCKETS: [f64; 8] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+
 /// The request method as a label; other methods are counted together, so a client cannot
 /// create label sets without bound.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -69,15 +74,35 @@ pub struct RequestLabels {
     pub method: MethodLabel,
 }
 
+/// Label of `piko_upstreams_remote_requests_total`: the node a request was forwarded to.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node's id (`cluster.node_id`).
+    pub node_id: String,
+}
+
+/// Label of `piko_cluster_nodes`: `active` or `unreachable` (the original's values; it also
+/// has `left`, for nodes that left, which this cluster removes from its membership).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The node status.
+    pub status: &'static str,
+}
+
 /// This node's metrics.
 pub struct Metrics {
     registry: Registry,
     requests_in_flight: Gauge,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
+    request_size: Histogram,
+    response_size: Histogram,
+    remote_requests: Family<NodeLabel, Counter>,
     connected_upstreams: Gauge,
     registered_endpoints: Gauge,
-    cluster_nodes: Gauge,
+    upstream_requests: Counter,
+    streams_opened: Counter,
+    cluster_nodes: Family<StatusLabel, Gauge>,
     raft_term: Gauge,
     raft_leader: Gauge,
     raft_last_log_index: Gauge,
@@ -87,8 +112,10 @@ pub struct Metrics {
 /// The cluster's figures at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClusterFigures {
-    /// Nodes in the membership, this one included.
-    pub nodes: usize,
+    /// Nodes in the membership that answer, this one included.
+    pub active: usize,
+    /// Nodes in the membership whose lease ran out.
+    pub unreachable: usize,
     /// Current Raft term.
     pub term: u64,
     /// Whether this node leads.
@@ -116,7 +143,12 @@ impl Metrics {
         );
         let connected_upstreams = Gauge::default();
         let registered_endpoints = Gauge::default();
-        let cluster_nodes = Gauge::default();
+        let upstream_requests = Counter::default();
+        let streams_opened = Counter::default();
+        let cluster_nodes = Family::<StatusLabel, Gauge>::default();
+        let request_size = Histogram::new(SIZE_BUCKETS);
+        let response_size = Histogram::new(SIZE_BUCKETS);
+        let remote_requests = Family::<NodeLabel, Counter>::default();
         let (raft_term, raft_leader, raft_last_log_index, raft_applied_index) = Default::default();
         {
             let proxy = registry.sub_registry_with_prefix("proxy");
@@ -131,6 +163,16 @@ impl Metrics {
                 "Time until the response head, by status and method",
                 latency.clone(),
             );
+            proxy.register(
+                "request_size_bytes",
+                "Request size: target, method, version, headers and Content-Length",
+                request_size.clone(),
+            );
+            proxy.register(
+                "response_size_bytes",
+                "Response body bytes sent to the client",
+                response_size.clone(),
+            );
         }
         {
             let upstreams = registry.sub_registry_with_prefix("upstreams");
@@ -144,10 +186,25 @@ impl Metrics {
                 "Endpoints with at least one upstream on this node",
                 registered_endpoints.clone(),
             );
+            upstreams.register(
+                "upstream_requests",
+                "Requests sent to an upstream connected to this node",
+                upstream_requests.clone(),
+            );
+            upstreams.register(
+                "remote_requests",
+                "Requests forwarded to another node, by its id",
+                remote_requests.clone(),
+            );
+            upstreams.register(
+                "streams_opened",
+                "Streams opened to upstreams connected to this node (fewer than requests when keep-alive streams are reused)",
+                streams_opened.clone(),
+            );
         }
         registry.sub_registry_with_prefix("cluster").register(
             "nodes",
-            "Nodes this node knows of, itself included",
+            "Nodes this node knows of, itself included, by status",
             cluster_nodes.clone(),
         );
         {
@@ -174,8 +231,13 @@ impl Metrics {
             requests_in_flight,
             requests,
             latency,
+            request_size,
+            response_size,
+            remote_requests,
             connected_upstreams,
             registered_endpoints,
+            upstream_requests,
+            streams_opened,
             cluster_nodes,
             raft_term,
             raft_leader,
@@ -190,8 +252,10 @@ impl Metrics {
         InFlight(&self.requests_in_flight)
     }
 
-    /// A proxy request got its response head after `elapsed`.
-    pub fn request_done(&self, method: &http::Method, status: u16, elapsed: Duration) {
+    /// A proxy request of about `size` bytes (see [`request_size`]) got its response head
+    /// after `elapsed`.
+    pub fn request_done(&self, method: &http::Method, status: u16, elapsed: Duration, size: u64) {
+        self.request_size.observe(size as f64);
         let labels = RequestLabels {
             status,
             method: method.into(),
@@ -202,6 +266,25 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A request (or TCP connection) went to an upstream of this node, on a new stream when
+    /// `opened`.
+    pub fn upstream_request(&self, opened: bool) {
+        self.upstream_requests.inc();
+        if opened {
+            self.streams_opened.inc();
+        }
+    }
+
+    /// A request went to node `node_id`.
+    pub fn remote_request(&self, node_id: &str) {
+        // The label allocates: forwarded requests only, which cost a node-to-node call anyway.
+        self.remote_requests
+            .get_or_create(&NodeLabel {
+                node_id: node_id.to_string(),
+            })
+            .inc();
+    }
+
     /// The metrics in the OpenMetrics text format, gauges read from `upstreams` and
     /// `cluster` now.
     pub fn encode(&self, upstreams: &Upstreams, cluster: &ClusterFigures) -> String {
@@ -210,7 +293,14 @@ impl Metrics {
         self.registered_endpoints
             .set(upstreams.endpoints().len() as i64);
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.cluster_nodes.set(clamp(cluster.nodes as u64));
+        for (status, n) in [
+            ("active", cluster.active),
+            ("unreachable", cluster.unreachable),
+        ] {
+            self.cluster_nodes
+                .get_or_create(&StatusLabel { status })
+                .set(clamp(n as u64));
+        }
         self.raft_term.set(clamp(cluster.term));
         self.raft_leader.set(i64::from(cluster.leader));
         self.raft_last_log_index.set(clamp(cluster.last_log_index));
@@ -220,6 +310,33 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+impl crate::http::BodyMeter for Metrics {
+    fn body_done(&self, bytes: u64) {
+        self.response_size.observe(bytes as f64);
+    }
+}
+
+/// A request's size as the original counts it: target, method, version, header names and
+/// values, `Host`, and the body's `Content-Length` when given. Reads the head; allocates
+/// nothing.
+pub fn request_size<B>(req: &http::Request<B>) -> u64 {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let host = req.headers().get(http::header::HOST).map_or(0, |h| h.len());
+    let body = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (target + req.method().as_str().len() + "HTTP/1.1".len() + headers + host) as u64 + body
 }
 
 /// Counts a request in flight until dropped (also when the client goes away).
@@ -238,6 +355,17 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn request_size_counts_the_head_and_the_declared_body() {
+        let req = http::Request::post("/a?b=1")
+            .header("host", "shop")
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        // "/a?b=1" 6 + "POST" 4 + "HTTP/1.1" 8 + host 4+4 + content-length 14+2 + Host 4 + 10
+        assert_eq!(request_size(&req), 6 + 4 + 8 + 8 + 16 + 4 + 10);
+    }
+
+    #[test]
     fn names_labels_and_values() {
         let m = Metrics::new();
         {
@@ -250,15 +378,21 @@ mod tests {
                 )
                 .contains("piko_proxy_requests_in_flight 2\n"));
         }
-        m.request_done(&http::Method::GET, 200, Duration::from_millis(3));
-        m.request_done(&http::Method::GET, 200, Duration::from_millis(30));
+        m.request_done(&http::Method::GET, 200, Duration::from_millis(3), 100);
+        m.request_done(&http::Method::GET, 200, Duration::from_millis(30), 2000);
         m.request_done(
             &http::Method::from_bytes(b"BREW").unwrap(),
             502,
             Duration::ZERO,
+            0,
         );
+        crate::http::BodyMeter::body_done(&m, 5000);
+        m.upstream_request(true);
+        m.upstream_request(false);
+        m.remote_request("node-2");
         let figures = ClusterFigures {
-            nodes: 3,
+            active: 2,
+            unreachable: 1,
             term: 7,
             leader: true,
             last_log_index: 42,
@@ -273,7 +407,16 @@ mod tests {
             "piko_proxy_request_latency_seconds_count{status=\"200\",method=\"GET\"} 2\n",
             "piko_upstreams_connected_upstreams 0\n",
             "piko_upstreams_registered_endpoints 0\n",
-            "piko_cluster_nodes 3\n",
+            "piko_cluster_nodes{status=\"active\"} 2\n",
+            "piko_cluster_nodes{status=\"unreachable\"} 1\n",
+            "piko_proxy_request_size_bytes_bucket{le=\"256.0\"} 2\n",
+            "piko_proxy_request_size_bytes_bucket{le=\"4096.0\"} 3\n",
+            "piko_proxy_request_size_bytes_count 3\n",
+            "piko_proxy_response_size_bytes_bucket{le=\"4096.0\"} 0\n",
+            "piko_proxy_response_size_bytes_bucket{le=\"16384.0\"} 1\n",
+            "piko_upstreams_upstream_requests_total 2\n",
+            "piko_upstreams_streams_opened_total 1\n",
+            "piko_upstreams_remote_requests_total{node_id=\"node-2\"} 1\n",
             "piko_raft_term 7\n",
             "piko_raft_is_leader 1\n",
             "piko_raft_last_log_index 42\n",

@@ -223,7 +223,7 @@ pub fn replicated_count(nodes: &serde_json::Value, endpoint: &str) -> Option<u64
         nodes
             .as_array()?
             .iter()
-            .filter_map(|n| n["endpoints"][endpoint].as_u64())
+            .filter_map(|n| n["endpoint_upstreams"][endpoint].as_u64())
             .sum(),
     )
 }

@@ -43,7 +43,10 @@ async fn three_nodes_elect_one_leader_and_promote_three_voters() {
             .text()
             .await
             .unwrap();
-        assert!(metrics.contains("piko_cluster_nodes 3\n"), "{metrics}");
+        assert!(
+            metrics.contains("piko_cluster_nodes{status=\"active\"} 3\n"),
+            "{metrics}"
+        );
         assert!(metrics.contains("piko_raft_term "), "{metrics}");
     }
     cluster.stop().await;

@@ -556,7 +556,7 @@ async fn metrics_count_requests_and_upstreams_with_the_original_names() {
         "piko_proxy_requests_in_flight 0\n",
         "piko_upstreams_connected_upstreams 1\n",
         "piko_upstreams_registered_endpoints 1\n",
-        "piko_cluster_nodes 1\n",
+        "piko_cluster_nodes{status=\"active\"} 1\n",
     ] {
         assert!(text.contains(want), "{want:?} missing from\n{text}");
     }

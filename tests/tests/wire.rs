@@ -1,8 +1,11 @@
 //! Wire compatibility: an upstream written here from the yamux and WebSocket specifications
 //! alone (no project protocol code) registers and serves requests, as the original Go agent does.
 
+use std::time::Duration;
+
 use piko_tests::rawmux::{frame, Frame, RawMux, ACK, DATA, FIN, PING, RST, SYN, WINDOW_UPDATE};
-use piko_tests::{client, TestServer};
+use piko_tests::{client, EchoUpstream, TestConnector, TestServer};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Ws = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>;
 
@@ -13,14 +16,32 @@ struct RawUpstream {
 
 impl RawUpstream {
     async fn connect(server: &TestServer, endpoint: &str) -> Self {
+        Self::connect_with(server, endpoint, &[]).await.0
+    }
+
+    /// Register with extra request headers; also returns the `101` answer's headers.
+    async fn connect_with(
+        server: &TestServer,
+        endpoint: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> (Self, http::HeaderMap) {
         let url = format!("ws://{}/piko/v1/upstream/{endpoint}", server.upstream_addr);
-        let (ws, resp) = tokio_tungstenite::connect_async(url)
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, http::HeaderValue::from_static(v));
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
             .await
             .expect("register");
         assert_eq!(resp.status(), 101);
-        Self {
-            mux: RawMux::new(ws),
-        }
+        let headers = resp.headers().clone();
+        (
+            Self {
+                mux: RawMux::new(ws),
+            },
+            headers,
+        )
     }
 
     async fn next_frame(&mut self) -> (u8, u16, u32, u32, Vec<u8>) {
@@ -240,4 +261,109 @@ async fn streams_past_the_per_upstream_limit_get_502() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "upstream unreachable");
     first.abort();
+}
+
+/// An upstream written for the original server's contract: it reads one request from each
+/// stream it accepts, answers, and never reads that stream again (nor closes it).
+#[tokio::test]
+async fn an_upstream_reading_one_request_per_stream_gets_every_request_of_a_keep_alive_client() {
+    let server = TestServer::start().await;
+    let (mut up, answer) = RawUpstream::connect_with(&server, "oneshot", &[]).await;
+    assert!(
+        !answer.contains_key("x-piko-keep-alive"),
+        "not asked, not granted: {answer:?}"
+    );
+    server.wait_for_upstreams("oneshot", 1).await;
+
+    // One client connection (reqwest keeps it alive) for every request.
+    let c = client();
+    let proxy = server.proxy_url();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let request = tokio::spawn({
+            let (c, proxy) = (c.clone(), proxy.clone());
+            async move {
+                c.post(format!("{proxy}/n/{i}"))
+                    .header("x-piko-endpoint", "oneshot")
+                    .header("content-type", "text/plain")
+                    .header("x-custom-lower", "v")
+                    .body("abc")
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        });
+        let (id, head) = tokio::time::timeout(Duration::from_secs(10), up.accept_request())
+            .await
+            .unwrap_or_else(|_| panic!("request {i} never came on a new stream"));
+        assert!(
+            head.starts_with(&format!("POST /n/{i} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        // What the original server writes: `Connection: close`, names in canonical case.
+        for line in [
+            "\r\nConnection: close\r\n",
+            "\r\nContent-Type: text/plain\r\n",
+            "\r\nX-Custom-Lower: v\r\n",
+            "\r\nHost: ",
+            "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        ] {
+            assert!(head.contains(line), "{line:?} missing from {head}");
+        }
+        ids.push(id);
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{i}");
+        up.send(frame(DATA, 0, id, answer.len() as u32, answer.as_bytes()))
+            .await;
+        let resp = request.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), i.to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one stream per request: {ids:?}");
+}
+
+/// This project's connector asks for stream reuse and gets it: a keep-alive client's
+/// requests share streams (counted by the server's metrics).
+#[tokio::test]
+async fn the_connector_negotiates_keep_alive_and_its_streams_are_reused() {
+    let server = TestServer::start().await;
+    let (_up, answer) =
+        RawUpstream::connect_with(&server, "asks", &[("x-piko-keep-alive", "1")]).await;
+    assert_eq!(answer["x-piko-keep-alive"], "1", "granted in the answer");
+
+    let echo = EchoUpstream::start().await;
+    let connector = TestConnector::http(&server, "ka", &echo.target());
+    server.wait_for_upstreams("ka", 1).await;
+    let c = client();
+    for _ in 0..10 {
+        let r = c
+            .get(format!("{}/echo", server.proxy_url()))
+            .header("x-piko-endpoint", "ka")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", server.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert_eq!(value("piko_upstreams_upstream_requests_total"), 10);
+    let opened = value("piko_upstreams_streams_opened_total");
+    assert!(
+        (1..=2).contains(&opened),
+        "10 sequential requests reuse streams, {opened} opened"
+    );
+    connector.stop().await;
 }

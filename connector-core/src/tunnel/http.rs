@@ -470,7 +470,7 @@ mod tests {
     }
 
     async fn roundtrip(server: &Session, request: &str) -> String {
-        let mut s = server.open().unwrap();
+        let mut s = server.open().await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         // The forwarder ends its side with FIN after `Connection: close`: the response is
         // read to end of stream, then this side closes too (as the original server does).
@@ -596,7 +596,7 @@ mod tests {
         let server = tunnel(
             HttpForwarder::new(&target, Duration::from_secs(5), AccessLog::disabled()).unwrap(),
         );
-        let mut s = server.open().unwrap();
+        let mut s = server.open().await.unwrap();
         s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
             .await
             .unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use piko_protocol::mux::{self, Mode, Session};
-use piko_protocol::paths::{upstream_url, UPSTREAM_PATH_PREFIX};
+use piko_protocol::paths::{upstream_url, KEEP_ALIVE_HEADER, UPSTREAM_PATH_PREFIX};
 use piko_protocol::EndpointId;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -656,6 +656,12 @@ impl Tunnel {
         if let Some(tenant) = &self.connect.tenant {
             req.headers_mut().insert(TENANT_HEADER, tenant.clone());
         }
+        // This connector serves any number of requests per stream: a server that knows the
+        // header reuses streams (and says so in its answer); the original ignores it.
+        req.headers_mut().insert(
+            KEEP_ALIVE_HEADER,
+            tungstenite::http::HeaderValue::from_static("1"),
+        );
         Ok(req)
     }
 
@@ -1145,7 +1151,7 @@ mod tests {
             let (session, driver) =
                 Session::over_websocket(ws, Mode::Server, mux::Config::default());
             let driver = tokio::spawn(driver);
-            let mut s = session.open().unwrap();
+            let mut s = session.open().await.unwrap();
             s.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n")
                 .await
                 .unwrap();

@@ -42,6 +42,10 @@ pub use stream::Stream;
 /// that one stream carries a large body at full speed; peers that keep 256 KiB still work.
 pub const STREAM_WINDOW: u32 = 4 << 20;
 
+/// Default of [`Config::max_unacked_opens`]: hashicorp/yamux's accept backlog, which is also
+/// the original Piko's cap on unacknowledged opens.
+pub const MAX_UNACKED_OPENS: usize = 256;
+
 /// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -67,6 +71,12 @@ pub struct Config {
     pub accept_backlog: usize,
     /// Open streams at most; more are refused (local) or reset (peer).
     pub max_streams: usize,
+    /// Streams this side opened that the peer has not acknowledged yet, at most; a further
+    /// [`Session::open`] waits for an acknowledgement. A yamux peer resets SYNs beyond its
+    /// accept backlog (256 in hashicorp/yamux), so a burst sent to a peer that is slow to
+    /// accept (a stalled original agent lost up to a quarter of 1000 requests) would fail
+    /// instead of waiting its turn.
+    pub max_unacked_opens: usize,
     /// Queued outgoing bytes above which stream writes wait.
     pub write_queue_limit: usize,
     /// Queued bytes of answers to the peer (ping acks, replies to its SYNs) above which the
@@ -86,6 +96,7 @@ impl Default for Config {
             keepalive_timeout: None,
             accept_backlog: 256,
             max_streams: 65_536,
+            max_unacked_opens: MAX_UNACKED_OPENS,
             write_queue_limit: 1 << 20,
             reply_queue_limit: 64 * 1024,
             linger: Duration::from_secs(30),
@@ -163,6 +174,9 @@ struct Table {
     streams: HashMap<u32, Arc<stream::StreamShared>>,
     next_id: u32,
     max_peer_id: u32,
+    /// Streams this side opened that the peer has not answered yet (see
+    /// [`Config::max_unacked_opens`]).
+    unacked: usize,
     accept_queue: VecDeque<Stream>,
     local_go_away: bool,
     remote_go_away: bool,
@@ -185,6 +199,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data inconsistent in a way
     // that matters more than stopping: keep going with the inner value.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Table {
+    /// Remove stream `id`; returns whether that freed a slot of `max_unacked_opens` that was
+    /// full (an open may be waiting for it).
+    fn forget(&mut self, id: u32, config: &Config) -> bool {
+        let Some(st) = self.streams.remove(&id) else {
+            return false;
+        };
+        if !st.take_unacked() {
+            return false;
+        }
+        let was_full = self.unacked >= config.max_unacked_opens;
+        self.unacked = self.unacked.saturating_sub(1);
+        was_full
+    }
 }
 
 impl WriteQueue {
@@ -253,6 +283,7 @@ impl Session {
                 streams: HashMap::new(),
                 next_id: if mode == Mode::Client { 1 } else { 2 },
                 max_peer_id: 0,
+                unacked: 0,
                 accept_queue: VecDeque::new(),
                 local_go_away: false,
                 remote_go_away: false,
@@ -279,31 +310,56 @@ impl Session {
         (Self { shared }, driver)
     }
 
-    /// Open a stream to the peer. Returns at once; the SYN is queued.
-    pub fn open(&self) -> Result<Stream, MuxError> {
+    /// Open a stream to the peer. Returns at once with the SYN queued, unless the peer has
+    /// not acknowledged [`Config::max_unacked_opens`] streams yet: then it waits for an
+    /// acknowledgement (callers bound the wait with their own timeout).
+    pub async fn open(&self) -> Result<Stream, MuxError> {
+        loop {
+            let notified = self.shared.state_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(opened) = self.try_open() {
+                return opened;
+            }
+            notified.await;
+        }
+    }
+
+    /// Open a stream now, or `None` while too many opens are unacknowledged.
+    fn try_open(&self) -> Option<Result<Stream, MuxError>> {
         let shared = &self.shared;
         let mut t = lock(&shared.table);
         if let Some(e) = &t.closed {
-            return Err(e.clone());
+            return Some(Err(e.clone()));
         }
         if t.remote_go_away {
-            return Err(MuxError::GoAway);
+            return Some(Err(MuxError::GoAway));
         }
         if t.local_go_away {
-            return Err(MuxError::Closed);
+            return Some(Err(MuxError::Closed));
         }
         if t.streams.len() >= shared.config.max_streams {
-            return Err(MuxError::TooManyStreams);
+            return Some(Err(MuxError::TooManyStreams));
+        }
+        if t.unacked >= shared.config.max_unacked_opens {
+            return None;
         }
         let id = t.next_id;
-        t.next_id = id.checked_add(2).ok_or(MuxError::StreamsExhausted)?;
-        let st = Arc::new(stream::StreamShared::new(id, shared.config.stream_window));
+        let Some(next) = id.checked_add(2) else {
+            return Some(Err(MuxError::StreamsExhausted));
+        };
+        t.next_id = next;
+        t.unacked += 1;
+        let st = Arc::new(stream::StreamShared::opened(
+            id,
+            shared.config.stream_window,
+        ));
         t.streams.insert(id, st.clone());
         let delta = shared.config.stream_window.saturating_sub(INITIAL_WINDOW);
         lock(&shared.wq).push(FrameType::WindowUpdate, frame::FLAG_SYN, id, delta, &[]);
         drop(t);
         shared.writer_notify.notify_one();
-        Ok(Stream::new(st, self.shared.clone()))
+        Some(Ok(Stream::new(st, self.shared.clone())))
     }
 
     /// Wait for the next stream the peer opens; `None` once the session has ended.
@@ -461,7 +517,7 @@ impl Shared {
                 .map(|(id, _)| *id)
                 .collect();
             for id in &ids {
-                t.streams.remove(id);
+                t.forget(*id, &self.config);
             }
             ids
         };
@@ -492,10 +548,26 @@ impl Shared {
 
     pub(crate) fn remove_stream(&self, id: u32) {
         let mut t = lock(&self.table);
-        t.streams.remove(&id);
+        let freed = t.forget(id, &self.config);
         let idle = t.streams.is_empty();
         drop(t);
-        if idle {
+        if idle || freed {
+            self.state_notify.notify_waiters();
+        }
+    }
+
+    /// The peer answered stream `st` (its first frame on it): it no longer counts against
+    /// `max_unacked_opens`.
+    fn answered(&self, st: &stream::StreamShared) {
+        if !st.take_unacked() {
+            return;
+        }
+        let mut t = lock(&self.table);
+        let was_full = t.unacked >= self.config.max_unacked_opens;
+        t.unacked = t.unacked.saturating_sub(1);
+        drop(t);
+        // Only an open waiting for a slot needs waking; the common case pays nothing.
+        if was_full {
             self.state_notify.notify_waiters();
         }
     }
@@ -594,6 +666,7 @@ impl Shared {
                 }
             }
         };
+        self.answered(&st);
         let remove = st.on_frame(self, hdr, body)?;
         if remove {
             self.remove_stream(id);
@@ -608,6 +681,7 @@ impl Shared {
                 t.closed = Some(err);
             }
             let unaccepted = std::mem::take(&mut t.accept_queue);
+            t.unacked = 0;
             (t.streams.drain().map(|(_, s)| s).collect(), unaccepted)
         };
         {

@@ -15,6 +15,8 @@ use super::{lock, MuxError, Shared};
 /// State shared between the session task and a stream's handle.
 pub(crate) struct StreamShared {
     id: u32,
+    /// This side opened the stream and the peer has not answered it yet.
+    unacked: std::sync::atomic::AtomicBool,
     state: Mutex<StreamState>,
 }
 
@@ -41,9 +43,26 @@ struct StreamState {
 }
 
 impl StreamShared {
+    /// A stream this side opens: unanswered until the peer's first frame on it.
+    pub(crate) fn opened(id: u32, window: u32) -> Self {
+        let st = Self::new(id, window);
+        st.unacked.store(true, std::sync::atomic::Ordering::Relaxed);
+        st
+    }
+
+    /// Whether the stream was still unanswered; it no longer is.
+    pub(crate) fn take_unacked(&self) -> bool {
+        // A load first: the common case (answered long ago) writes nothing.
+        self.unacked.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .unacked
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
     pub(crate) fn new(id: u32, window: u32) -> Self {
         Self {
             id,
+            unacked: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(StreamState {
                 recv: VecDeque::new(),
                 recv_window: window,

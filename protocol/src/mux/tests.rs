@@ -230,7 +230,7 @@ async fn keepalive_timeout_counts_any_bytes_and_ends_a_silent_session() {
 #[tokio::test]
 async fn server_opens_even_streams_and_carries_data_both_ways() {
     let mut h = start(Mode::Server);
-    let mut stream = h.session.open().expect("open");
+    let mut stream = h.session.open().await.expect("open");
     assert_eq!(stream.id() % 2, 0);
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let (syn, _) = read_frame(&mut h.peer).await;
@@ -347,7 +347,7 @@ async fn rst_from_peer_fails_the_stream() {
 #[tokio::test]
 async fn dropping_an_open_stream_resets_it() {
     let mut h = start(Mode::Server);
-    let stream = h.session.open().unwrap();
+    let stream = h.session.open().await.unwrap();
     let id = stream.id();
     drop(stream);
     let _syn = read_frame(&mut h.peer).await;
@@ -359,7 +359,7 @@ async fn dropping_an_open_stream_resets_it() {
 #[tokio::test]
 async fn a_write_only_stream_continues_after_a_window_update() {
     let mut h = start(Mode::Server);
-    let mut stream = h.session.open().unwrap();
+    let mut stream = h.session.open().await.unwrap();
     let id = stream.id();
     // More than the 256 KiB the peer granted; the writer never reads.
     let writer = tokio::spawn(async move {
@@ -432,7 +432,7 @@ async fn exceeding_the_window_is_a_protocol_error() {
 #[tokio::test]
 async fn go_away_stops_new_streams_but_keeps_open_ones() {
     let mut h = start(Mode::Server);
-    let mut open = h.session.open().unwrap();
+    let mut open = h.session.open().await.unwrap();
     let id = open.id();
     let _syn = read_frame(&mut h.peer).await;
     h.peer
@@ -440,7 +440,7 @@ async fn go_away_stops_new_streams_but_keeps_open_ones() {
         .await
         .unwrap();
     timeout(T, h.session.gone_away()).await.unwrap();
-    assert!(matches!(h.session.open(), Err(MuxError::GoAway)));
+    assert!(matches!(h.session.open().await, Err(MuxError::GoAway)));
     h.peer
         .write_all(&raw_frame(TYPE_DATA, FLAG_FIN, id, 2, b"ok"))
         .await
@@ -518,7 +518,7 @@ async fn data_on_a_never_opened_stream_is_a_session_error() {
 #[tokio::test]
 async fn frames_for_a_closed_stream_are_dropped() {
     let mut h = start(Mode::Server);
-    let stream = h.session.open().unwrap();
+    let stream = h.session.open().await.unwrap();
     let id = stream.id();
     drop(stream);
     h.peer
@@ -599,7 +599,7 @@ async fn streams_the_peer_opens_out_of_order_are_accepted() {
 #[tokio::test]
 async fn truncated_input_is_an_error_and_closes_streams() {
     let mut h = start(Mode::Server);
-    let mut stream = h.session.open().unwrap();
+    let mut stream = h.session.open().await.unwrap();
     let _syn = read_frame(&mut h.peer).await; // nothing left to write: the reader sees the end first
     h.peer
         .write_all(&raw_frame(TYPE_DATA, 0, stream.id(), 100, b"short"))
@@ -613,7 +613,7 @@ async fn truncated_input_is_an_error_and_closes_streams() {
     );
     let err = stream.read(&mut [0u8; 4]).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
-    let res = h.session.open();
+    let res = h.session.open().await;
     assert!(matches!(res, Err(MuxError::Protocol(_))), "{res:?}");
 }
 
@@ -634,7 +634,7 @@ async fn echo_many(server: Session, client: Session, count: u8, size: usize) {
     for i in 0..count {
         let server = server.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = server.open().unwrap();
+            let mut s = server.open().await.unwrap();
             let payload = vec![i; size + i as usize];
             let (mut r, mut w) = tokio::io::split(&mut s);
             let send = async {
@@ -666,7 +666,7 @@ async fn two_sessions_carry_many_streams_in_parallel() {
 #[tokio::test]
 async fn fin_then_rst_reads_as_end_of_stream() {
     let mut h = start(Mode::Server);
-    let mut stream = h.session.open().unwrap();
+    let mut stream = h.session.open().await.unwrap();
     let id = stream.id();
     let _syn = read_frame(&mut h.peer).await;
     h.peer
@@ -758,4 +758,80 @@ async fn a_websocket_close_ends_the_session_cleanly() {
     peer.close(None).await.unwrap();
     let res = timeout(T, driver).await.unwrap().unwrap();
     assert!(res.is_ok(), "{res:?}");
+}
+
+/// A peer that does not acknowledge: the first 256 opens go out at once, the next waits for
+/// an answer (an ACK, or an RST refusing a stream) instead of being sent and reset by a peer
+/// whose accept backlog is full; a session that ends fails the waiting open.
+#[tokio::test]
+async fn opens_past_the_unacked_cap_wait_for_an_answer() {
+    let mut h = start(Mode::Server);
+    assert_eq!(h.session.shared.config.max_unacked_opens, 256);
+    let mut streams = Vec::new();
+    for _ in 0..256 {
+        let open = timeout(Duration::from_millis(100), h.session.open()).await;
+        streams.push(open.expect("under the cap: at once").unwrap());
+    }
+    for i in 0..256u32 {
+        let (hdr, _) = read_frame(&mut h.peer).await;
+        assert_eq!((hdr.flags, hdr.stream_id), (FLAG_SYN, 2 + 2 * i));
+    }
+    let session = h.session.clone();
+    let mut waiting = tokio::spawn(async move { session.open().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the 257th open waits for an ACK");
+    // Nothing was sent for it meanwhile.
+    let mut byte = [0u8; 1];
+    assert!(timeout(Duration::from_millis(50), h.peer.read(&mut byte))
+        .await
+        .is_err());
+
+    // An ACK (the peer's first frame on stream 2) frees a slot.
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_ACK, 2, 0, &[]))
+        .await
+        .unwrap();
+    let s = timeout(T, &mut waiting).await.expect("open after an ACK");
+    streams.push(s.unwrap().unwrap());
+    assert_eq!(streams.last().unwrap().id(), 2 + 2 * 256);
+    let (hdr, _) = read_frame(&mut h.peer).await;
+    assert_eq!((hdr.flags, hdr.stream_id), (FLAG_SYN, 2 + 2 * 256));
+
+    // A refusal (RST, no ACK) frees one too: the refused stream is answered.
+    let session = h.session.clone();
+    let waiting = tokio::spawn(async move { session.open().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    h.peer
+        .write_all(&raw_frame(TYPE_WINDOW_UPDATE, FLAG_RST, 4, 0, &[]))
+        .await
+        .unwrap();
+    let s = timeout(T, waiting).await.expect("open after an RST");
+    streams.push(s.unwrap().unwrap());
+    assert_eq!(streams.last().unwrap().id(), 2 + 2 * 257);
+
+    // A stream this side drops before any answer frees its slot as well.
+    let session = h.session.clone();
+    let waiting = tokio::spawn(async move { session.open().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    drop(streams.pop());
+    streams.push(
+        timeout(T, waiting)
+            .await
+            .expect("open after a local drop")
+            .unwrap()
+            .unwrap(),
+    );
+
+    // A session that ends fails a waiting open rather than leaving it hanging.
+    let session = h.session.clone();
+    let waiting = tokio::spawn(async move { session.open().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    drop(h.peer);
+    let r = timeout(T, waiting)
+        .await
+        .expect("fails when the session ends");
+    assert!(r.unwrap().is_err());
 }

@@ -150,8 +150,13 @@ impl PeerClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
+        // Header names in canonical case (`X-Piko-Forward`, `Content-Type`), as the original
+        // server writes a forwarded request: the node behind passes the client's names on
+        // to upstreams that did not negotiate keep-alive, and services may match them
+        // case-sensitively.
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .http1_title_case_headers(true)
             .build(https);
         Self {
             http,
@@ -366,5 +371,52 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.rpc(VOTE_PATH, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What a forwarded request looks like on the wire to the next node.
+    #[tokio::test]
+    async fn forwarded_requests_carry_canonical_header_names() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request head incomplete");
+                head.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let client = PeerClient::new(None, Some("tok"));
+        let mut req = Request::post(client.uri(&addr, FORWARD_PATH).unwrap())
+            .body(full(""))
+            .unwrap();
+        let h = req.headers_mut();
+        h.insert(
+            piko_protocol::paths::FORWARD_HEADER,
+            http::HeaderValue::from_static("true"),
+        );
+        h.insert("content-type", http::HeaderValue::from_static("text/plain"));
+        let resp = client.send(req).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        let head = node.await.unwrap();
+        for line in [
+            "\r\nX-Piko-Forward: true\r\n",
+            "\r\nContent-Type: text/plain\r\n",
+            "\r\nX-Piko-Cluster-Token: tok\r\n",
+        ] {
+            assert!(head.contains(line), "{line:?} missing from {head}");
+        }
     }
 }

@@ -21,10 +21,19 @@ pub trait PoolReturn: Send + Sync {
     fn put_back(&self, sender: SendRequest<Incoming>);
 }
 
+/// Told the size of a response body once it has been sent (or abandoned): the proxy's
+/// response-size metric. A trait for the same reason as [`PoolReturn`].
+pub trait BodyMeter: Send + Sync {
+    /// `bytes` of body went to the client.
+    fn body_done(&self, bytes: u64);
+}
+
 /// A response body that returns its connection to the pool once read to the end.
 pub struct PooledBody {
     inner: Incoming,
     give_back: Option<(SendRequest<Incoming>, Arc<dyn PoolReturn>)>,
+    meter: Option<Arc<dyn BodyMeter>>,
+    sent: u64,
 }
 
 impl PooledBody {
@@ -33,6 +42,20 @@ impl PooledBody {
         Self {
             inner,
             give_back: Some((sender, pool)),
+            meter: None,
+            sent: 0,
+        }
+    }
+
+    /// Report the bytes sent to `meter` when the body ends or is dropped.
+    pub fn metered(mut self, meter: Arc<dyn BodyMeter>) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    fn report(&mut self) {
+        if let Some(m) = self.meter.take() {
+            m.body_done(self.sent);
         }
     }
 
@@ -41,6 +64,8 @@ impl PooledBody {
         Self {
             inner,
             give_back: None,
+            meter: None,
+            sent: 0,
         }
     }
 
@@ -61,7 +86,15 @@ impl hyper::body::Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
-            Poll::Ready(None) => self.release(),
+            Poll::Ready(None) => {
+                self.release();
+                self.report();
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
             Poll::Ready(Some(Err(_))) => self.give_back = None,
             _ => {}
         }
@@ -83,5 +116,6 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+        self.report();
     }
 }

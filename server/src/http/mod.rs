@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-pub use body::{Body, PoolReturn, PooledBody};
+pub use body::{Body, BodyMeter, PoolReturn, PooledBody};
 
 use crate::tls::ReloadingTls;
 

@@ -65,6 +65,7 @@ impl Proxy {
                 });
             };
             tried.push(node);
+            self.metrics.remote_request(&member.name);
             let uri = cluster
                 .client()
                 .uri(&member.cluster_addr, FORWARD_PATH)

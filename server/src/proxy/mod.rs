@@ -30,7 +30,7 @@ use crate::auth::{AuthError, PortAuth, Token};
 use crate::cluster::Cluster;
 use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo, PooledBody};
 use crate::metrics::Metrics;
-use crate::upstream::pool::{self, CheckoutError, SendError};
+use crate::upstream::pool::{self, CheckoutError, Opened, SendError, Wire};
 use crate::upstream::{Registry, Upstream};
 use piko_protocol::access_log::{AccessLog, PendingRecord, RecordSink, Requested};
 use piko_protocol::{access_enabled, access_record};
@@ -78,6 +78,15 @@ impl RecordSink for ProxyRecords {
             error,
             remote = %self.remote
         );
+    }
+}
+
+/// How requests are written to `u`: as negotiated at its registration.
+fn wire_of(u: &Upstream) -> Wire {
+    if u.keep_alive {
+        Wire::KeepAlive
+    } else {
+        Wire::OnePerStream
     }
 }
 
@@ -157,6 +166,7 @@ impl Proxy {
     ) -> Response<Body> {
         let _in_flight = self.metrics.request_started();
         let (method, start) = (req.method().clone(), std::time::Instant::now());
+        let size = crate::metrics::request_size(&req);
         let record = self
             .access
             .begin(&req, |l| access_enabled!("piko_server::proxy::access", l))
@@ -202,7 +212,16 @@ impl Proxy {
             }
         };
         let status = resp.status().as_u16();
-        self.metrics.request_done(&method, status, start.elapsed());
+        self.metrics
+            .request_done(&method, status, start.elapsed(), size);
+        let resp = resp.map(|body| match body {
+            Either::Left(b) => Either::Left(b.metered(self.metrics.clone())),
+            Either::Right(b) => {
+                let len = hyper::body::Body::size_hint(&b).exact().unwrap_or(0);
+                crate::http::BodyMeter::body_done(&*self.metrics, len);
+                Either::Right(b)
+            }
+        });
         if let Some(record) = record {
             record.finish(status, resp.headers(), error.as_deref());
         }
@@ -263,16 +282,17 @@ impl Proxy {
         Err(ProxyError::UpstreamUnreachable)
     }
 
-    /// An upstream of `endpoint` and an HTTP connection to it. Upgrades get a connection of
-    /// their own; other requests reuse idle ones.
+    /// An upstream of `endpoint` and an HTTP connection to it, and whether it is a new one.
+    /// Upgrades, and every request to an upstream that did not negotiate keep-alive, get a
+    /// connection (a stream) of their own; other requests reuse idle ones.
     async fn checkout(
         &self,
         endpoint: &EndpointId,
         fresh: bool,
-    ) -> Result<(Arc<Upstream>, SendRequest<Incoming>), ProxyError> {
+    ) -> Result<(Arc<Upstream>, (SendRequest<Incoming>, Opened)), ProxyError> {
         self.on_upstream(endpoint, |u| async move {
-            if fresh {
-                pool::connect(&u.session).await
+            if fresh || !u.keep_alive {
+                Ok((pool::connect(&u.session, wire_of(&u)).await?, true))
             } else {
                 u.pool.checkout(&u.session).await
             }
@@ -283,7 +303,7 @@ impl Proxy {
     /// A raw stream to an upstream of `endpoint` (TCP over WebSocket).
     async fn open_stream(&self, endpoint: &EndpointId) -> Result<Stream, ProxyError> {
         let (_, stream) = self
-            .on_upstream(endpoint, |u| async move { Ok(u.session.open()?) })
+            .on_upstream(endpoint, |u| async move { Ok(u.session.open().await?) })
             .await?;
         Ok(stream)
     }
@@ -299,14 +319,20 @@ impl Proxy {
         let endpoint = Self::endpoint_of(&req)?;
         permit(token.as_ref(), &endpoint)?;
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-        let (upstream, sender) = match self.checkout(&endpoint, upgrade).await {
+        // One deadline for the stream (which waits while the upstream has not acknowledged
+        // `mux::Config::max_unacked_opens` streams) and the response head.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let checkout = tokio::time::timeout_at(deadline, self.checkout(&endpoint, upgrade));
+        let (upstream, (sender, opened)) = match checkout.await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
             // Boxed: forwarding's large future would otherwise grow every request's future
             // (measured: about 5 % fewer requests per second unboxed).
-            Err(ProxyError::NoUpstream) if hop == Hop::Client => {
+            Ok(Err(ProxyError::NoUpstream)) if hop == Hop::Client => {
                 return Box::pin(self.forward(req, conn, &endpoint)).await
             }
-            other => other?,
+            Ok(other) => other?,
         };
+        self.metrics.upstream_request(opened);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -314,13 +340,20 @@ impl Proxy {
         parts.headers.remove(FORWARD_HEADER);
         // Piko's own credential is for Piko; the service keeps its own `Authorization`.
         parts.headers.remove(AUTHORIZATION_HEADER);
+        if !upstream.keep_alive && !upgrade {
+            // What the original server sends: the upstream may close the stream after its
+            // answer, and need not wait for another request on it.
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let req = Request::from_parts(parts, body);
 
-        let send = pool::send(sender, &upstream.session, req);
+        let send = pool::send(sender, &upstream.session, wire_of(&upstream), req);
         let resp = if upgrade {
             send.await
         } else {
-            match tokio::time::timeout(self.timeout, send).await {
+            match tokio::time::timeout_at(deadline, send).await {
                 Ok(r) => r,
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
             }
@@ -336,7 +369,7 @@ impl Proxy {
             }
         })?;
 
-        if relay_response_head(&mut resp, client_upgrade) {
+        if relay_response_head(&mut resp, client_upgrade) || !upstream.keep_alive {
             return Ok(resp.map(|b| Either::Left(PooledBody::unpooled(b))));
         }
         Ok(resp.map(|b| Either::Left(PooledBody::new(b, sender, upstream))))
@@ -357,12 +390,15 @@ impl Proxy {
                 "expected a websocket upgrade".into(),
             ));
         }
-        let mut stream = match self.open_stream(&endpoint).await {
-            Err(ProxyError::NoUpstream) if hop == Hop::Client => {
+        let mut stream = match tokio::time::timeout(self.timeout, self.open_stream(&endpoint)).await
+        {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(ProxyError::NoUpstream)) if hop == Hop::Client => {
                 return Box::pin(self.forward(req, conn, &endpoint)).await
             }
-            other => other?,
+            Ok(other) => other?,
         };
+        self.metrics.upstream_request(true);
         /// Time the close handshake may take once both directions have ended.
         const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
         use piko_protocol::paths::HALF_CLOSE_HEADER;

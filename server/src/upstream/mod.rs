@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use piko_protocol::mux::{self, Mode, Session};
-use piko_protocol::paths::UPSTREAM_PATH_PREFIX;
+use piko_protocol::paths::{KEEP_ALIVE_HEADER, UPSTREAM_PATH_PREFIX};
 use piko_protocol::ws::ws_config;
 use piko_protocol::EndpointId;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -119,7 +119,19 @@ impl UpstreamServer {
         if self.shutdown.is_cancelled() {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
-        let resp = websocket_accept(&req);
+        // An upstream that asks (this project's connector) gets streams reused for several
+        // requests; the answer says so. Any other gets one request per stream (the original).
+        let keep_alive = req
+            .headers()
+            .get(KEEP_ALIVE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let mut resp = websocket_accept(&req);
+        if keep_alive {
+            resp.headers_mut().insert(
+                KEEP_ALIVE_HEADER,
+                http::header::HeaderValue::from_static("1"),
+            );
+        }
         let on_upgrade = hyper::upgrade::on(req);
         let span = tracing::info_span!("upstream", endpoint = %endpoint, %remote, tenant = ?tenant);
         let this = self.clone();
@@ -127,8 +139,14 @@ impl UpstreamServer {
             async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        this.serve(TokioIo::new(upgraded), endpoint, tenant, remote, expiry)
-                            .await
+                        let peer = Peer {
+                            endpoint,
+                            tenant,
+                            remote,
+                            expiry,
+                            keep_alive,
+                        };
+                        this.serve(TokioIo::new(upgraded), peer).await
                     }
                     Err(e) => debug!(error = %e, "upstream upgrade failed"),
                 }
@@ -138,16 +156,17 @@ impl UpstreamServer {
         resp
     }
 
-    async fn serve<T>(
-        &self,
-        io: T,
-        endpoint: EndpointId,
-        tenant: Option<String>,
-        remote: SocketAddr,
-        expiry: Option<std::time::SystemTime>,
-    ) where
+    async fn serve<T>(&self, io: T, peer: Peer)
+    where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let Peer {
+            endpoint,
+            tenant,
+            remote,
+            expiry,
+            keep_alive,
+        } = peer;
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
         let (session, driver) = Session::over_websocket(
             ws,
@@ -165,6 +184,7 @@ impl UpstreamServer {
             tenant,
             session: session.clone(),
             remote,
+            keep_alive,
             pool: Default::default(),
         });
         if let Err(refusal) = self
@@ -247,6 +267,16 @@ impl UpstreamServer {
             Err(e) => info!(error = %e, "upstream disconnected"),
         }
     }
+}
+
+/// What a registration told about its upstream.
+struct Peer {
+    endpoint: EndpointId,
+    tenant: Option<String>,
+    remote: SocketAddr,
+    expiry: Option<std::time::SystemTime>,
+    /// It asked for streams reused by several requests ([`KEEP_ALIVE_HEADER`]).
+    keep_alive: bool,
 }
 
 /// The status a refused registration is answered with.

@@ -1,10 +1,14 @@
-//! Keep-alive HTTP/1.1 connections to an upstream, one yamux stream each.
+//! HTTP/1.1 connections to an upstream, one yamux stream each, kept alive for upstreams that
+//! negotiated it.
 //!
 //! Opening a stream and an HTTP connection per request costs frames, tasks and allocations
-//! on both sides; reusing idle connections saves them. An upstream's HTTP server (this
-//! project's connector or the original Go agent) serves any number of requests per stream.
-//! A connection goes back to the pool when its response body has been read to the end
-//! ([`PooledBody`](crate::http::PooledBody), through [`PoolReturn`](crate::http::PoolReturn)).
+//! on both sides; reusing idle connections saves them. Only an upstream that asked for it at
+//! registration ([`Upstream::keep_alive`](super::Upstream::keep_alive): this project's
+//! connector) gets them: an SDK upstream written for the original server may read one
+//! request per stream and never the next (measured: every other request then waited for the
+//! proxy timeout and got 504). A connection goes back to the pool when its response body has
+//! been read to the end ([`PooledBody`](crate::http::PooledBody), through
+//! [`PoolReturn`](crate::http::PoolReturn)).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -64,31 +68,51 @@ impl ConnPool {
         }
     }
 
-    /// An idle connection ready for a request, or a new one on a new stream of `session`.
+    /// An idle connection ready for a request, or a new one on a new stream of `session`
+    /// (then `opened` is true).
     pub async fn checkout(
         &self,
         session: &Session,
-    ) -> Result<SendRequest<Incoming>, CheckoutError> {
+    ) -> Result<(SendRequest<Incoming>, Opened), CheckoutError> {
         while let Some(mut sender) = self.pop() {
             if sender.is_closed() {
                 continue;
             }
             if sender.is_ready() {
-                return Ok(sender);
+                return Ok((sender, false));
             }
             match tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
-                Ok(Ok(())) => return Ok(sender),
+                Ok(Ok(())) => return Ok((sender, false)),
                 _ => continue,
             }
         }
-        connect(session).await
+        Ok((connect(session, Wire::KeepAlive).await?, true))
     }
 }
 
+/// Whether a connection was opened for the request (a new stream), not taken from the pool.
+pub type Opened = bool;
+
+/// How requests are written on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Several requests per stream, header names as they are kept (lower case): for
+    /// upstreams that negotiated it.
+    KeepAlive,
+    /// One request per stream, header names in canonical case (`Content-Type`), as the
+    /// original server's Go client writes them: services behind it may match names
+    /// case-sensitively.
+    OnePerStream,
+}
+
 /// A new HTTP/1.1 connection on a new stream of `session`.
-pub async fn connect(session: &Session) -> Result<SendRequest<Incoming>, CheckoutError> {
-    let stream = session.open()?;
+pub async fn connect(
+    session: &Session,
+    wire: Wire,
+) -> Result<SendRequest<Incoming>, CheckoutError> {
+    let stream = session.open().await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(wire == Wire::OnePerStream)
         .handshake(TokioIo::new(stream))
         .await?;
     // Not tracked: the connection ends with its stream, which the session's drain (tracked
@@ -102,10 +126,11 @@ pub async fn connect(session: &Session) -> Result<SendRequest<Incoming>, Checkou
 }
 
 /// Send `req` on `sender`; a request the connection could not take (it closed before the
-/// request was written) is sent again on a fresh stream of `session`.
+/// request was written) is sent again on a fresh stream of `session`, written as `wire` says.
 pub async fn send(
     mut sender: SendRequest<Incoming>,
     session: &Session,
+    wire: Wire,
     req: Request<Incoming>,
 ) -> Result<(Response<Incoming>, SendRequest<Incoming>), SendError> {
     match sender.try_send_request(req).await {
@@ -113,7 +138,7 @@ pub async fn send(
         Err(mut e) => match e.take_message() {
             Some(req) => {
                 debug!(error = %e.error(), "idle connection closed before the request; retrying on a new stream");
-                let mut sender = connect(session).await.map_err(SendError::Checkout)?;
+                let mut sender = connect(session, wire).await.map_err(SendError::Checkout)?;
                 let resp = sender.send_request(req).await.map_err(SendError::Request)?;
                 Ok((resp, sender))
             }

@@ -29,6 +29,10 @@ pub struct Upstream {
     pub session: Session,
     /// Its network address.
     pub remote: SocketAddr,
+    /// It negotiated stream reuse at registration: several HTTP requests per stream, idle
+    /// streams kept in [`pool`](Self::pool). Otherwise each request has a stream of its own
+    /// with `Connection: close` and canonical header names, as from the original server.
+    pub keep_alive: bool,
     /// Idle keep-alive HTTP connections to it.
     pub pool: super::pool::ConnPool,
 }
@@ -302,6 +306,7 @@ mod tests {
             tenant: tenant.map(str::to_string),
             session,
             remote: "127.0.0.1:1".parse().unwrap(),
+            keep_alive: true,
             pool: Default::default(),
         };
         (Arc::new(u), peer)

@@ -2,6 +2,7 @@
 //! ([`status`]).
 
 mod status;
+mod subsystems;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -99,8 +100,10 @@ fn init_logging(log: &config::LogFile) {
         log.level
     );
     for s in &log.subsystems {
-        filter.push_str(&format!(",piko_server::{s}=debug"));
-        if s == "cluster" {
+        for target in subsystems::targets(s) {
+            filter.push_str(&format!(",{target}=debug"));
+        }
+        if matches!(s.as_str(), "cluster" | "cluster.manager" | "gossip") {
             filter.push_str(",openraft=info");
         }
     }
