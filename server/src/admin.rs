@@ -16,6 +16,19 @@ use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
 
+/// `admin.*`: the admin port's configured settings, validated by `config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address (`admin.bind_addr`).
+    pub bind_addr: std::net::SocketAddr,
+    /// Address announced to other nodes (`None`: the bound one).
+    pub advertise_addr: Option<String>,
+    /// Token verification (`/health` and `/ready` stay open).
+    pub auth: PortAuth,
+    /// TLS of the port.
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
 /// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
 pub const NODES_API: &str = "/cluster/nodes/";
 
