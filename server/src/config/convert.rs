@@ -122,7 +122,7 @@ impl FileConfig {
             return Err(err("cluster.join_timeout", "must be greater than zero"));
         }
         let rb = &self.upstream.rebalance;
-        if !(rb.threshold >= 0.0) {
+        if rb.threshold < 0.0 || rb.threshold.is_nan() {
             return Err(err("upstream.rebalance.threshold", "cannot be negative"));
         }
         if !(0.0..=1.0).contains(&rb.shed_rate) {

@@ -16,7 +16,7 @@ use crate::cluster::network::WRITE_PATH;
 use crate::cluster::types::{Command, EndpointEntry, EndpointTable, Member, NodeId};
 use crate::upstream::{Registry, RegistryObserver};
 
-use super::*;
+use super::{Cluster, CALL_TIMEOUT, SHUTDOWN_STEP, TICK};
 
 impl RegistryObserver for Cluster {
     fn local_count_changed(&self, _endpoint: &EndpointId, _count: usize) {
