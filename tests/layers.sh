@@ -8,7 +8,8 @@
 #
 # Other crates' src dirs may be given too: they are checked for cycles among their top-level
 # modules (LAYERS applies to server/src only). Comment lines are skipped, so doc links do not
-# count; `super::` paths are not followed (inside a module they stay within it).
+# count. `super::` paths are followed: one that climbs out of its top-level module and names
+# another counts as a `crate::` path (inline `mod` blocks are not counted as a level).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,14 @@ def top_module(src, path):
         return False  # binaries are their own crates
     return parts[0][:-3] if len(parts) == 1 else parts[0]
 
+def module_path(src, path):
+    """The module path of a file below the crate root: cluster/node/mod.rs is [cluster, node]."""
+    parts = os.path.relpath(path, src).split(os.sep)
+    parts[-1] = parts[-1][:-3]
+    if parts[-1] in ("mod", "lib", "main"):
+        parts.pop()
+    return parts
+
 def names(group):
     """Top-level names in the body of `crate::{ ... }` (nested braces skipped)."""
     out, depth, cur = [], 0, ""
@@ -54,6 +63,7 @@ def edges_of(src):
     """{(from, to): first 'file:line'} over every `crate::` path under src."""
     edges = {}
     mods = set()
+    supers = []
     for root, _, files in os.walk(src):
         for f in sorted(files):
             if not f.endswith(".rs"):
@@ -70,6 +80,24 @@ def edges_of(src):
                 s = line.lstrip()
                 lines.append("" if s.startswith("//") else line)
             code = "\n".join(lines)
+            # `super::` chains: resolved from the file's module path; only one that leaves the
+            # top-level module and names another top-level module is an edge.
+            here = module_path(src, path)
+            for m in re.finditer(r"\b((?:super::)+)(\{|\w+)", code):
+                up = m.group(1).count("super::")
+                if up < len(here):
+                    continue  # stays inside its top-level module
+                lineno = code.count("\n", 0, m.start()) + 1
+                if m.group(2) == "{":
+                    depth, i = 1, m.end()
+                    while i < len(code) and depth:
+                        depth += {"{": 1, "}": -1}.get(code[i], 0)
+                        i += 1
+                    targets = names(code[m.end():i - 1])
+                else:
+                    targets = [m.group(2)]
+                for to in targets:
+                    supers.append((frm, to, f"{path}:{lineno}"))
             for m in re.finditer(r"\bcrate::(\{|\w+)", code):
                 lineno = code.count("\n", 0, m.start()) + 1
                 if m.group(1) == "{":
@@ -82,6 +110,9 @@ def edges_of(src):
                     targets = [m.group(1)]
                 for to in targets:
                     edges.setdefault((frm, to), f"{path}:{lineno}")
+    for frm, to, where in supers:
+        if to in mods:
+            edges.setdefault((frm, to), where)
     # A name that is no top-level module is an item of the crate root.
     fixed = {}
     for (frm, to), where in edges.items():

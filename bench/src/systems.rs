@@ -311,34 +311,37 @@ pub async fn piko_endpoints(admin: SocketAddr) -> Option<serde_json::Value> {
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
-/// A bare piko-server on fresh loopback ports, ready to serve (no upstream yet).
+/// A bare piko-server on loopback port 0, ready to serve (no upstream yet). Its ports are
+/// read from its `listening port="…" addr=…` log lines (info level, which builds old and
+/// new print the same way), so no port is guessed.
 pub async fn piko_server(
     bins: &Bins,
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<(Proc, SocketAddr, PikoPorts)> {
-    let proxy = loopback(free_port()?);
-    let upstream = loopback(free_port()?);
-    let admin = loopback(free_port()?);
+    let any = loopback(0).to_string();
     let mut server = Command::new(&bins.server);
     server
         .arg("--proxy.bind-addr")
-        .arg(proxy.to_string())
+        .arg(&any)
         .arg("--upstream.bind-addr")
-        .arg(upstream.to_string())
+        .arg(&any)
         .arg("--admin.bind-addr")
-        .arg(admin.to_string())
-        .args(["--log.level", "warn"]);
+        .arg(&any)
+        // Info, for the `listening` lines; the per-request access log (also info) is off, so
+        // requests log nothing, as at warn.
+        .args(["--log.level", "info"]);
     // Newer servers have a cluster port: keep it on loopback and its data in the temp dir.
     let help = std::process::Command::new(&bins.server)
         .arg("--help")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    if help.contains("--proxy.access-log.disable") {
+        server.args(["--proxy.access-log.disable", "true"]);
+    }
     if help.contains("--cluster.bind-addr") {
-        server
-            .arg("--cluster.bind-addr")
-            .arg(loopback(free_port()?).to_string());
+        server.arg("--cluster.bind-addr").arg(&any);
     }
     if help.contains("--cluster.data-dir") {
         server
@@ -346,6 +349,28 @@ pub async fn piko_server(
             .arg(dir.join(format!("{}-data", name.replace(' ', "-"))));
     }
     let mut proc = Proc::spawn(name, server, dir)?;
+    let mut ports = [None; 3];
+    let log = proc.log.clone();
+    let found = wait_for(
+        &format!("{name}'s listening lines in {}", log.display()),
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            for (slot, port) in ports.iter_mut().zip(["proxy", "upstream", "admin"]) {
+                *slot = listening_addr(&text, port);
+            }
+            let done = ports.iter().all(Option::is_some);
+            async move { done }
+        },
+    )
+    .await;
+    if let Err(e) = found {
+        proc.check_alive()?;
+        return Err(e);
+    }
+    let [Some(proxy), Some(upstream), Some(admin)] = ports else {
+        anyhow::bail!("{name}: a listening line went missing");
+    };
     let waited = wait_for(
         &format!("{name}'s admin port at {admin}"),
         Duration::from_secs(20),
@@ -357,6 +382,15 @@ pub async fn piko_server(
         return Err(e);
     }
     Ok((proc, proxy, PikoPorts { upstream, admin }))
+}
+
+/// The address in the first `listening port="PORT" addr=ADDR` line of a server's log.
+fn listening_addr(log: &str, port: &str) -> Option<SocketAddr> {
+    let tag = format!("listening port=\"{port}\" addr=");
+    let at = log.find(&tag)? + tag.len();
+    let rest = &log[at..];
+    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().ok()
 }
 
 /// Piko: server, an HTTP agent, and (with `tcp`) a TCP agent and `piko forward`. With
@@ -561,4 +595,24 @@ pub async fn nginx(svc: &Service, dir: &Path) -> anyhow::Result<Running> {
         return Err(e);
     }
     Ok(running)
+}
+
+#[cfg(test)]
+mod listening_tests {
+    use super::listening_addr;
+
+    #[test]
+    fn ports_are_read_from_the_listening_lines() {
+        let log = "2026-12-02T17:00:00Z  INFO piko_server::http: listening port=\"proxy\" addr=127.0.0.1:40001 tls=false\n\
+                   2026-12-02T17:00:00Z  INFO piko_server::http: listening port=\"admin\" addr=[::1]:40003 tls=false\n";
+        assert_eq!(
+            listening_addr(log, "proxy"),
+            Some("127.0.0.1:40001".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr(log, "admin"),
+            Some("[::1]:40003".parse().unwrap())
+        );
+        assert_eq!(listening_addr(log, "upstream"), None);
+    }
 }

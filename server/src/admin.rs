@@ -22,6 +22,19 @@ use crate::upstream::Registry;
 /// Time another node's admin port has to answer a forwarded request.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `admin.*`: the admin port's configured settings, validated by `config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address (`admin.bind_addr`).
+    pub bind_addr: std::net::SocketAddr,
+    /// Address announced to other nodes (`None`: the bound one).
+    pub advertise_addr: Option<String>,
+    /// Token verification (`/health` and `/ready` stay open).
+    pub auth: PortAuth,
+    /// TLS of the port.
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
 /// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
 pub const NODES_API: &str = "/cluster/nodes/";
 

@@ -67,10 +67,10 @@ impl Listeners {
                 .map_err(|source| BindError { key, addr, source })
         };
         Ok(Self {
-            proxy: bind("proxy.bind_addr", config.proxy_addr).await?,
-            upstream: bind("upstream.bind_addr", config.upstream_addr).await?,
-            admin: bind("admin.bind_addr", config.admin_addr).await?,
-            cluster: bind("cluster.bind_addr", config.cluster_addr).await?,
+            proxy: bind("proxy.bind_addr", config.proxy.bind_addr).await?,
+            upstream: bind("upstream.bind_addr", config.upstream.bind_addr).await?,
+            admin: bind("admin.bind_addr", config.admin.bind_addr).await?,
+            cluster: bind("cluster.bind_addr", config.cluster.bind_addr).await?,
         })
     }
 }
@@ -104,6 +104,14 @@ pub enum RunError {
     /// The node could not start or join the cluster.
     #[error("{0}")]
     Cluster(#[from] cluster::ClusterError),
+    /// The node was not a cluster member within `cluster.join_timeout`.
+    #[error("cluster.join_timeout: not a member of the cluster after {after:?} (cluster.join: {join:?}); check that those nodes run and that this node reaches their cluster port, or set cluster.abort_if_join_fails: false to keep trying")]
+    JoinTimeout {
+        /// The timeout.
+        after: Duration,
+        /// The join entries.
+        join: Vec<String>,
+    },
     /// A JWKS could not be loaded.
     #[error("{key}: {message}")]
     Jwks {
@@ -140,12 +148,22 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // Every task of the node but the two ports that outlive the drain (see `LastPort`).
     let tasks = TaskTracker::new();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let member = this_member(&config, &listeners)?;
     info!(node_id = %member.name, "starting node");
-    let peers = peer_policy(&config, &listeners, &member);
-    let cluster = open_cluster(&config, member.clone(), peers, &tasks, &shutdown).await?;
+    let peers = peer_policy(&config.cluster, &listeners, &member);
+    let cluster = open_cluster(&config.cluster, member.clone(), peers, &tasks, &shutdown).await?;
     let ports = start_ports(listeners, &config, member, &cluster, &tasks, &shutdown).await?;
-    join_cluster(&cluster, &ports.registry, &tasks, &shutdown).await?;
+    join_cluster(
+        &config.cluster,
+        &cluster,
+        &ports.registry,
+        &tasks,
+        &shutdown,
+    )
+    .await?;
     // Not ready until the node is in a cluster, nor when it is already stopping.
     if !shutdown.is_cancelled() {
         ports.ready.store(true, Ordering::SeqCst);
@@ -162,23 +180,23 @@ fn this_member(config: &Config, listeners: &Listeners) -> Result<cluster::Member
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let advertised = |set: &Option<String>, l: &TcpListener| set.clone().unwrap_or_else(|| addr(l));
     let name = cluster::stable_node_id(
-        config.data_dir.as_deref(),
-        &config.node_id,
-        config.node_id_generated,
+        config.cluster.data_dir.as_deref(),
+        &config.cluster.node_id,
+        config.cluster.node_id_generated,
     )?;
     Ok(cluster::Member {
         name,
-        proxy_addr: advertised(&config.advertise.proxy, &listeners.proxy),
-        upstream_addr: advertised(&config.advertise.upstream, &listeners.upstream),
-        admin_addr: advertised(&config.advertise.admin, &listeners.admin),
-        cluster_addr: advertised(&config.advertise.cluster, &listeners.cluster),
+        proxy_addr: advertised(&config.proxy.advertise_addr, &listeners.proxy),
+        upstream_addr: advertised(&config.upstream.advertise_addr, &listeners.upstream),
+        admin_addr: advertised(&config.admin.advertise_addr, &listeners.admin),
+        cluster_addr: advertised(&config.cluster.advertise_addr, &listeners.cluster),
     })
 }
 
 /// Which peers the cluster port admits, with a warning when the choice exposes the node or
 /// leaves it unreachable for the nodes it is meant to meet.
 fn peer_policy(
-    config: &Config,
+    config: &cluster::Settings,
     listeners: &Listeners,
     member: &cluster::Member,
 ) -> cluster::PeerPolicy {
@@ -191,12 +209,9 @@ fn peer_policy(
         .local_addr()
         .is_ok_and(|a| !a.ip().is_loopback());
     let peers = cluster::PeerPolicy {
-        token: config.cluster_token.is_some(),
-        mutual_tls: config
-            .cluster_tls
-            .as_ref()
-            .is_some_and(|t| t.client_cas.is_some()),
-        allow_unauthenticated: config.cluster_allow_unauthenticated_peers,
+        token: config.token.is_some(),
+        mutual_tls: config.tls.as_ref().is_some_and(|t| t.client_cas.is_some()),
+        allow_unauthenticated: config.allow_unauthenticated_peers,
     };
     if !peers.authenticated() {
         if peers.allow_unauthenticated {
@@ -227,22 +242,13 @@ fn peer_policy(
 /// Open this node's Raft log and state and start Raft, not yet in a cluster; its watcher
 /// logs if Raft stops while the node runs.
 async fn open_cluster(
-    config: &Config,
+    config: &cluster::Settings,
     member: cluster::Member,
     peers: cluster::PeerPolicy,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<Arc<cluster::Cluster>, RunError> {
-    let cluster = cluster::Cluster::new(cluster::ClusterSettings {
-        member,
-        join: config.join.clone(),
-        data_dir: config.data_dir.clone(),
-        tls: config.cluster_client_tls.clone(),
-        node_lease: config.node_lease,
-        token: config.cluster_token.clone(),
-        peers,
-    })
-    .await?;
+    let cluster = cluster::Cluster::new(config.for_node(member, peers)).await?;
     tasks.spawn(cluster.clone().watch_raft(shutdown.clone()));
     Ok(cluster)
 }
@@ -301,10 +307,10 @@ async fn start_ports(
     shutdown: &CancellationToken,
 ) -> Result<Ports, RunError> {
     let registry = Arc::new(Registry::new(cluster.clone()));
-    let proxy_tls = port_tls("proxy.tls", &config.proxy_tls, &[b"h2", b"http/1.1"])?;
-    let upstream_tls = port_tls("upstream.tls", &config.upstream_tls, &[b"http/1.1"])?;
-    let admin_tls = port_tls("admin.tls", &config.admin_tls, &[b"http/1.1"])?;
-    let cluster_tls = port_tls("cluster.tls", &config.cluster_tls, &[b"http/1.1"])?;
+    let proxy_tls = port_tls("proxy.tls", &config.proxy.tls, &[b"h2", b"http/1.1"])?;
+    let upstream_tls = port_tls("upstream.tls", &config.upstream.tls, &[b"http/1.1"])?;
+    let admin_tls = port_tls("admin.tls", &config.admin.tls, &[b"http/1.1"])?;
+    let cluster_tls = port_tls("cluster.tls", &config.cluster.tls, &[b"http/1.1"])?;
     for t in [&proxy_tls, &upstream_tls, &admin_tls, &cluster_tls]
         .into_iter()
         .flatten()
@@ -312,20 +318,16 @@ async fn start_ports(
         tasks.spawn(t.clone().watch(shutdown.clone()));
     }
     for (key, auth) in [
-        ("proxy.auth.jwks", &config.proxy_auth),
-        ("upstream.auth.jwks", &config.upstream_auth),
-        ("admin.auth.jwks", &config.admin_auth),
+        ("proxy.auth.jwks", &config.proxy.auth),
+        ("upstream.auth.jwks", &config.upstream.auth),
+        ("admin.auth.jwks", &config.admin.auth),
     ] {
         auth.start(tasks, shutdown.clone())
             .await
             .map_err(|message| RunError::Jwks { key, message })?;
     }
 
-    let limits = http::HttpLimits {
-        read_header_timeout: config.read_header_timeout,
-        idle_timeout: config.idle_timeout,
-        max_header_bytes: config.max_header_bytes,
-    };
+    let limits = config.proxy.http.clone();
     let grace = config.grace_period;
     let opts = |name, tls: Option<Arc<tls::ReloadingTls>>, shutdown: &CancellationToken| {
         http::ServeOptions {
@@ -339,15 +341,8 @@ async fn start_ports(
 
     let metrics = Arc::new(metrics::Metrics::new());
     let proxy = Arc::new(
-        proxy::Proxy::new(
-            registry.clone(),
-            config.proxy_timeout,
-            config.proxy_auth.clone(),
-            config.proxy_access_log.clone(),
-            metrics.clone(),
-        )
-        .with_trusted_proxies(config.trusted_proxies.clone())
-        .with_cluster(cluster.clone()),
+        proxy::Proxy::with_settings(registry.clone(), &config.proxy, metrics.clone())
+            .with_cluster(cluster.clone()),
     );
     let forwarded = proxy.clone();
     let cluster_port = Arc::new(cluster::ClusterPort::new(
@@ -364,13 +359,9 @@ async fn start_ports(
         opts("proxy", proxy_tls, shutdown),
         move |req, conn| proxy.clone().handle(req, conn),
     ));
-    let upstreams = Arc::new(upstream::UpstreamServer::new(
+    let upstreams = Arc::new(upstream::UpstreamServer::with_settings(
         registry.clone(),
-        config.upstream_auth.clone(),
-        upstream::UpstreamLimits {
-            max_streams: config.max_streams_per_upstream,
-            max_per_endpoint: config.max_upstreams_per_endpoint,
-        },
+        &config.upstream,
         shutdown.clone(),
         tasks.clone(),
         grace,
@@ -386,7 +377,7 @@ async fn start_ports(
             registry.clone(),
             ready.clone(),
             member,
-            config.admin_auth.clone(),
+            config.admin.auth.clone(),
             metrics,
         )
         .with_cluster(cluster.clone()),
@@ -407,13 +398,36 @@ async fn start_ports(
 /// Bootstrap, rejoin or join the cluster (returns early at `shutdown`), catch up with its
 /// endpoint table, then keep this node's endpoint entries in step with `registry` and, while
 /// it leads, tend the group.
+///
+/// A node that is not a member within `cluster.join_timeout` (no node behind `cluster.join`
+/// admitted it, nor did they start a cluster with it) stops with [`RunError::JoinTimeout`]
+/// when `cluster.abort_if_join_fails` is on; otherwise it warns and keeps trying, not ready.
 async fn join_cluster(
+    settings: &cluster::Settings,
     cluster: &Arc<cluster::Cluster>,
     registry: &Arc<Registry>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
-    cluster.start(shutdown).await?;
+    let start = cluster.start(shutdown);
+    tokio::pin!(start);
+    match tokio::time::timeout(settings.join_timeout, &mut start).await {
+        Ok(started) => started?,
+        Err(_) if settings.abort_if_join_fails => {
+            return Err(RunError::JoinTimeout {
+                after: settings.join_timeout,
+                join: settings.join.clone(),
+            })
+        }
+        Err(_) => {
+            tracing::warn!(
+                after = ?settings.join_timeout,
+                join = ?settings.join,
+                "cluster.join_timeout: not a cluster member yet; still trying (not ready until then), since cluster.abort_if_join_fails is off"
+            );
+            start.await?;
+        }
+    }
     cluster.caught_up(Duration::from_secs(5)).await;
     tasks.spawn(
         cluster

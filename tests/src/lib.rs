@@ -259,15 +259,15 @@ impl TestCluster {
         for i in 0..n {
             let mut config = Config::loopback_ephemeral();
             config.grace_period = Duration::from_secs(5);
-            config.node_id = format!("node-{i}");
-            config.node_id_generated = false;
+            config.cluster.node_id = format!("node-{i}");
+            config.cluster.node_id_generated = false;
             tweak(i, &mut config);
             let listeners = Listeners::bind(&config).await.expect("bind test node");
             bound.push((config, listeners));
         }
         let join: Vec<String> = bound
             .iter()
-            .map(|(c, l)| match &c.advertise.cluster {
+            .map(|(c, l)| match &c.cluster.advertise_addr {
                 Some(a) => a.clone(),
                 None => l.cluster.local_addr().expect("cluster addr").to_string(),
             })
@@ -275,8 +275,8 @@ impl TestCluster {
         let nodes = bound
             .into_iter()
             .map(|(mut config, listeners)| {
-                if config.join.is_empty() {
-                    config.join = join.clone();
+                if config.cluster.join.is_empty() {
+                    config.cluster.join = join.clone();
                 }
                 TestServer::start_on(listeners, config)
             })

@@ -41,7 +41,7 @@ async fn error_of(resp: reqwest::Response) -> (u16, String) {
 
 #[tokio::test]
 async fn upstream_port_auth_errors() {
-    let server = TestServer::start_with(|c| c.upstream_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.upstream.auth = hmac_auth(SECRET)).await;
     let url = format!("{}/piko/v1/upstream/shop", server.upstream_url());
     let expired = hs256_token(SECRET, json!({"exp": now_secs() - 10}));
     let other_key = hs256_token("other", json!({}));
@@ -69,7 +69,7 @@ async fn upstream_port_auth_errors() {
 
 #[tokio::test]
 async fn a_connector_with_a_good_token_serves_and_a_bad_one_stops() {
-    let server = TestServer::start_with(|c| c.upstream_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.upstream.auth = hmac_auth(SECRET)).await;
     let echo = EchoUpstream::start().await;
     let good = hs256_token(SECRET, json!({"piko": {"endpoints": ["shop"]}}));
     let _conn = TestConnector::start_with_token(
@@ -102,7 +102,7 @@ async fn a_connector_with_a_good_token_serves_and_a_bad_one_stops() {
 
 #[tokio::test]
 async fn proxy_port_auth_and_scopes() {
-    let server = TestServer::start_with(|c| c.proxy_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.proxy.auth = hmac_auth(SECRET)).await;
     let echo = EchoUpstream::start().await;
     let _conn = TestConnector::http(&server, "shop", &echo.target());
     server.wait_for_upstreams("shop", 1).await;
@@ -164,7 +164,7 @@ async fn proxy_port_auth_and_scopes() {
 
 #[tokio::test]
 async fn an_upstream_is_disconnected_when_its_token_expires() {
-    let server = TestServer::start_with(|c| c.upstream_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.upstream.auth = hmac_auth(SECRET)).await;
     let token = hs256_token(SECRET, json!({"exp": now_secs() + 2}));
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         format!("ws://{}/piko/v1/upstream/brief", server.upstream_addr),
@@ -192,7 +192,7 @@ async fn tenants_select_their_own_keys() {
     })
     .unwrap();
     let server = TestServer::start_with(|c| {
-        c.upstream_auth = PortAuth {
+        c.upstream.auth = PortAuth {
             default: None,
             tenants: [("acme".to_string(), Arc::new(tenant))]
                 .into_iter()
@@ -229,7 +229,7 @@ async fn tenants_select_their_own_keys() {
 
 #[tokio::test]
 async fn admin_auth_keeps_probes_open() {
-    let server = TestServer::start_with(|c| c.admin_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.admin.auth = hmac_auth(SECRET)).await;
     let admin = server.admin_url();
     for p in ["/health", "/ready"] {
         assert_eq!(
@@ -336,7 +336,7 @@ async fn jwks_over_http_rotates_keys() {
         ..Default::default()
     })
     .unwrap();
-    config.upstream_auth = PortAuth {
+    config.upstream.auth = PortAuth {
         default: Some(Arc::new(v)),
         tenants: Default::default(),
     };
@@ -392,9 +392,9 @@ async fn tls_server(
         client_cas: None,
     };
     let server = TestServer::start_with(|c| {
-        c.proxy_tls = Some(files.clone());
-        c.upstream_tls = Some(files.clone());
-        c.admin_tls = Some(files.clone());
+        c.proxy.tls = Some(files.clone());
+        c.upstream.tls = Some(files.clone());
+        c.admin.tls = Some(files.clone());
         tweak(c);
     })
     .await;
@@ -451,7 +451,7 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     let clients = TestCa::new("client ca");
     let client_ca = clients.write(&dir, "clients.pem");
     let (server, ca, _dir) = tls_server(|c| {
-        if let Some(t) = c.admin_tls.as_mut() {
+        if let Some(t) = c.admin.tls.as_mut() {
             t.client_cas = Some(client_ca.clone());
         }
     })
@@ -679,8 +679,8 @@ async fn a_connector_registers_over_wss_with_mtls_and_a_token() {
     let clients = TestCa::new("client ca");
     let client_ca = clients.write(&dir, "clients.pem");
     let (server, ca, _d) = tls_server(|c| {
-        c.upstream_auth = hmac_auth(SECRET);
-        if let Some(t) = c.upstream_tls.as_mut() {
+        c.upstream.auth = hmac_auth(SECRET);
+        if let Some(t) = c.upstream.tls.as_mut() {
             t.client_cas = Some(client_ca.clone());
         }
     })
@@ -753,7 +753,7 @@ async fn a_connector_registers_over_wss_with_mtls_and_a_token() {
 
 #[tokio::test]
 async fn the_proxy_asks_for_a_token_before_anything_else() {
-    let server = TestServer::start_with(|c| c.proxy_auth = hmac_auth(SECRET)).await;
+    let server = TestServer::start_with(|c| c.proxy.auth = hmac_auth(SECRET)).await;
     // No endpoint named and no token: the answer is about the token, as in the original Piko.
     let r = client()
         .get(format!("{}/", server.proxy_url()))

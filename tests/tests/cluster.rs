@@ -250,12 +250,12 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
         .collect();
     let cluster = TestCluster::start_with(3, |i, config| {
         let leaf = &leaves[i];
-        config.cluster_tls = Some(piko_server::tls::TlsFiles {
+        config.cluster.tls = Some(piko_server::tls::TlsFiles {
             cert: leaf.cert.clone(),
             key: leaf.key.clone(),
             client_cas: Some(ca_file.clone()),
         });
-        config.cluster_client_tls = Some(
+        config.cluster.client_tls = Some(
             piko_server::tls::client_config_with(Some(&ca_file), Some((&leaf.cert, &leaf.key)))
                 .unwrap(),
         );
@@ -329,7 +329,7 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
 async fn a_cluster_token_keeps_strangers_out() {
     const TOKEN: &str = "cluster-secret-0123456789";
     let cluster = TestCluster::start_with(2, |_, config| {
-        config.cluster_token = Some(piko_server::config::SecretString(TOKEN.into()));
+        config.cluster.token = Some(piko_server::config::SecretString(TOKEN.into()));
     })
     .await;
     let echo = EchoUpstream::named("guarded").await;
@@ -392,10 +392,10 @@ async fn a_cluster_token_keeps_strangers_out() {
     // A node with the wrong token cannot join.
     let seed = cluster.nodes[0].cluster_addr.to_string();
     let outsider = piko_tests::TestServer::start_with(|config| {
-        config.node_id = "outsider".into();
-        config.node_id_generated = false;
-        config.join = vec![seed];
-        config.cluster_token = Some(piko_server::config::SecretString(
+        config.cluster.node_id = "outsider".into();
+        config.cluster.node_id_generated = false;
+        config.cluster.join = vec![seed];
+        config.cluster.token = Some(piko_server::config::SecretString(
             "not-the-token-0123456789".into(),
         ));
     })
@@ -1032,12 +1032,12 @@ async fn a_node_whose_certificate_does_not_name_it_cannot_join() {
     let ca_file = ca.write(&dir, "ca.pem");
     let leaf = ca.issue(&dir, "node-0", &["localhost", "127.0.0.1"]);
     let cluster = TestCluster::start_with(1, |_, config| {
-        config.cluster_tls = Some(piko_server::tls::TlsFiles {
+        config.cluster.tls = Some(piko_server::tls::TlsFiles {
             cert: leaf.cert.clone(),
             key: leaf.key.clone(),
             client_cas: Some(ca_file.clone()),
         });
-        config.cluster_client_tls = Some(
+        config.cluster.client_tls = Some(
             piko_server::tls::client_config_with(Some(&ca_file), Some((&leaf.cert, &leaf.key)))
                 .unwrap(),
         );

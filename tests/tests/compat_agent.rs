@@ -25,7 +25,7 @@ fn verifier(key: &str) -> Arc<Verifier> {
 /// the tenant `acme`.
 async fn server_with_tenant() -> TestServer {
     TestServer::start_with(|c| {
-        c.upstream_auth = PortAuth {
+        c.upstream.auth = PortAuth {
             default: Some(verifier("default-key")),
             tenants: [("acme".to_string(), verifier("acme-key"))]
                 .into_iter()
@@ -90,7 +90,7 @@ async fn the_agent_registers_as_a_tenant_with_connect_tenant_id() {
 #[tokio::test]
 async fn a_token_from_the_environment_in_the_agent_file_registers_and_never_reaches_the_log() {
     let server = TestServer::start_with(|c| {
-        c.upstream_auth = PortAuth {
+        c.upstream.auth = PortAuth {
             default: Some(verifier("default-key")),
             tenants: Default::default(),
         }

@@ -26,7 +26,11 @@ async fn reconnects_after_the_server_restarts() {
     .await;
 
     let mut config = Config::loopback_ephemeral();
-    (config.proxy_addr, config.upstream_addr, config.admin_addr) = (proxy, upstream, admin);
+    (
+        config.proxy.bind_addr,
+        config.upstream.bind_addr,
+        config.admin.bind_addr,
+    ) = (proxy, upstream, admin);
     let listeners = Listeners::bind(&config)
         .await
         .expect("rebind the same ports");

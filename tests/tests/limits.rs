@@ -263,8 +263,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_millis(2000);
 
 async fn h2_server() -> (TestServer, EchoUpstream, TestConnector) {
     let server = TestServer::start_with(|c| {
-        c.read_header_timeout = HEADER_TIMEOUT;
-        c.idle_timeout = IDLE_TIMEOUT;
+        c.proxy.http.read_header_timeout = HEADER_TIMEOUT;
+        c.proxy.http.idle_timeout = IDLE_TIMEOUT;
     })
     .await;
     let echo = EchoUpstream::named("h2-limits").await;

@@ -351,7 +351,7 @@ async fn a_token_never_reaches_the_settings_file_or_the_log_files() {
     .unwrap();
     let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
 
-    let server = TestServer::start_with(|c| c.upstream_auth = hmac_auth()).await;
+    let server = TestServer::start_with(|c| c.upstream.auth = hmac_auth()).await;
     let svc = EchoUpstream::named("svc").await;
     let good = hs256_token(SECRET, json!({"exp": now_secs() + 3600}));
     let bad = hs256_token("not-the-secret", json!({"exp": now_secs() + 3600}));

@@ -108,7 +108,7 @@ async fn every_proxy_error_is_json() {
 
 #[tokio::test]
 async fn slow_upstream_gives_504() {
-    let server = TestServer::start_with(|c| c.proxy_timeout = Duration::from_millis(300)).await;
+    let server = TestServer::start_with(|c| c.proxy.timeout = Duration::from_millis(300)).await;
     let echo = EchoUpstream::start().await;
     let _conn = TestConnector::http(&server, "slow", &echo.target());
     server.wait_for_upstreams("slow", 1).await;
@@ -435,8 +435,8 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], wait: Duration
 #[tokio::test]
 async fn oversized_and_slow_request_heads() {
     let server = TestServer::start_with(|c| {
-        c.max_header_bytes = 16 * 1024;
-        c.read_header_timeout = Duration::from_millis(300);
+        c.proxy.http.max_header_bytes = 16 * 1024;
+        c.proxy.http.read_header_timeout = Duration::from_millis(300);
     })
     .await;
     let mut big = b"GET / HTTP/1.1\r\nhost: x.example.com\r\nx-big: ".to_vec();
@@ -495,8 +495,8 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
 async fn idle_keep_alive_connections_last_the_idle_timeout_not_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start_with(|c| {
-        c.read_header_timeout = Duration::from_millis(300);
-        c.idle_timeout = Duration::from_millis(1500);
+        c.proxy.http.read_header_timeout = Duration::from_millis(300);
+        c.proxy.http.idle_timeout = Duration::from_millis(1500);
     })
     .await;
     let echo = EchoUpstream::named("kept").await;
@@ -772,7 +772,8 @@ async fn connect_is_refused_with_405_and_logged_as_sent() {
 #[tokio::test]
 async fn forwarded_headers_from_a_trusted_proxy_are_kept_and_extended() {
     let server =
-        TestServer::start_with(|c| c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+        TestServer::start_with(|c| c.proxy.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()])
+            .await;
     let echo = EchoUpstream::start().await;
     let _conn = TestConnector::http(&server, "lb", &echo.target());
     server.wait_for_upstreams("lb", 1).await;

@@ -121,7 +121,7 @@ async fn local_count(server: &TestServer, endpoint: &str) -> u64 {
 
 #[tokio::test]
 async fn a_tenant_cannot_register_an_endpoint_another_tenant_holds() {
-    let server = TestServer::start_with(|c| c.upstream_auth = two_tenants()).await;
+    let server = TestServer::start_with(|c| c.upstream.auth = two_tenants()).await;
     let addr = server.upstream_addr;
     let first = register(addr, "shop", Some("acme")).await.unwrap();
     server.wait_for_upstreams("shop", 1).await;
@@ -154,7 +154,7 @@ async fn a_tenant_cannot_register_an_endpoint_another_tenant_holds() {
 async fn an_endpoint_held_on_one_node_is_refused_to_other_tenants_on_every_node() {
     // Node 1 has no tenants (its upstreams are the default tenant's), nodes 0 and 2 have two.
     let cluster = TestCluster::start_with(3, |i, c| {
-        c.upstream_auth = if i == 1 {
+        c.upstream.auth = if i == 1 {
             default_only()
         } else {
             two_tenants()
@@ -208,7 +208,7 @@ async fn an_endpoint_held_on_one_node_is_refused_to_other_tenants_on_every_node(
 
 #[tokio::test]
 async fn two_nodes_racing_for_one_id_for_two_tenants_keep_one() {
-    let cluster = TestCluster::start_with(3, |_, c| c.upstream_auth = two_tenants()).await;
+    let cluster = TestCluster::start_with(3, |_, c| c.upstream.auth = two_tenants()).await;
     let (n0, n2) = (&cluster.nodes[0], &cluster.nodes[2]);
     let (acme, rival) = tokio::join!(
         register(n0.upstream_addr, "race", Some("acme")),

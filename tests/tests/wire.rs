@@ -212,7 +212,7 @@ async fn registration_errors_are_json_before_the_upgrade() {
 
 #[tokio::test]
 async fn an_endpoint_at_its_upstream_limit_refuses_more_with_429() {
-    let server = TestServer::start_with(|c| c.max_upstreams_per_endpoint = Some(1)).await;
+    let server = TestServer::start_with(|c| c.upstream.limits.max_per_endpoint = Some(1)).await;
     let _first = RawUpstream::connect(&server, "capped").await;
     server.wait_for_upstreams("capped", 1).await;
     let url = format!("ws://{}/piko/v1/upstream/capped", server.upstream_addr);
@@ -235,7 +235,7 @@ async fn an_endpoint_at_its_upstream_limit_refuses_more_with_429() {
 
 #[tokio::test]
 async fn streams_past_the_per_upstream_limit_get_502() {
-    let server = TestServer::start_with(|c| c.max_streams_per_upstream = 1).await;
+    let server = TestServer::start_with(|c| c.upstream.limits.max_streams = 1).await;
     let mut up = RawUpstream::connect(&server, "narrow").await;
     server.wait_for_upstreams("narrow", 1).await;
     let proxy = server.proxy_url();

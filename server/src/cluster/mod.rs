@@ -8,6 +8,7 @@
 //!   on nodes and voter promotion.
 //! - [`service`]: the cluster port's routes.
 //! - [`error`]: [`ClusterError`], typed.
+//! - [`settings`]: the configured `cluster.*` section, [`Settings`].
 //! - [`trust`]: what the cluster port trusts: peers, certificates naming nodes, Raft terms.
 //! - [`voters`]: the leader's voter policy (promotions, replacing voters that stopped
 //!   answering), a pure function.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod trust;
 pub mod types;
@@ -27,6 +29,7 @@ pub use error::ClusterError;
 pub use network::PeerClient;
 pub use node::{Cluster, ClusterSettings, NodeStatus};
 pub use service::ClusterPort;
+pub use settings::Settings;
 pub use trust::PeerPolicy;
 pub use types::{Member, NodeId};
 

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use piko_protocol::access_log::AccessLog;
 
-use super::file::{AuthFile, ClusterTlsFile, FileConfig, LogFile, TenantFile, TlsFile};
-use super::{err, Advertise, Config, ConfigError};
+use super::file::{
+    AuthFile, ClientTlsFile, ClusterTlsFile, FileConfig, LogFile, TenantFile, TlsFile,
+};
+use super::{err, Config, ConfigError};
 use crate::auth::{JwksLocation, JwksSource, PortAuth, Verifier, VerifierSettings};
+use crate::http::HttpLimits;
 use crate::secret::SecretString;
 use crate::tls::TlsFiles;
+use crate::upstream::UpstreamLimits;
+use crate::{admin, cluster, proxy, upstream};
 
 /// Parse a listen address: `host:port`, `:port` (all interfaces) or `[v6]:port`.
 pub fn parse_bind_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -71,25 +76,91 @@ impl FileConfig {
             ));
         }
         let opt = |s: String| if s.trim().is_empty() { None } else { Some(s) };
+        let mut warnings = Vec::new();
         let node_id = if self.cluster.node_id.is_empty() {
-            format!("piko-{:08x}", rand_u32())
+            let id = match self.cluster.node_id_prefix.as_str() {
+                "" => format!("piko-{:08x}", rand_u32()),
+                prefix => format!("{prefix}{:08x}", rand_u32()),
+            };
+            crate::cluster::check_node_id(&id).map_err(|e| {
+                err(
+                    "cluster.node_id_prefix",
+                    format!("{e} (with the 8 characters added, at most 56 here)"),
+                )
+            })?;
+            id
         } else {
             let id = self.cluster.node_id.clone();
             crate::cluster::check_node_id(&id).map_err(|e| err("cluster.node_id", e))?;
             id
         };
-        Ok(Config {
-            proxy_addr: parse_bind_addr("proxy.bind_addr", &self.proxy.bind_addr)?,
-            upstream_addr: parse_bind_addr("upstream.bind_addr", &self.upstream.bind_addr)?,
-            admin_addr: parse_bind_addr("admin.bind_addr", &self.admin.bind_addr)?,
-            cluster_addr: parse_bind_addr("cluster.bind_addr", &self.cluster.bind_addr)?,
-            advertise: Advertise {
-                proxy: opt(self.proxy.advertise_addr),
-                upstream: opt(self.upstream.advertise_addr),
-                admin: opt(self.admin.advertise_addr),
-                cluster: opt(self.cluster.advertise_addr),
-            },
-            proxy_timeout: self.proxy.timeout.0,
+        let gossip = &self.cluster.gossip;
+        let cluster_bind = pick_cluster_addr(
+            ("cluster.bind_addr", &self.cluster.bind_addr, ":8003"),
+            ("cluster.gossip.bind_addr", &gossip.bind_addr),
+        )?;
+        let cluster_advertise = pick_cluster_addr(
+            ("cluster.advertise_addr", &self.cluster.advertise_addr, ""),
+            ("cluster.gossip.advertise_addr", &gossip.advertise_addr),
+        )?;
+        let tuning: Vec<&str> = [
+            ("cluster.gossip.interval", !gossip.interval.0.is_zero()),
+            ("cluster.gossip.max_packet_size", gossip.max_packet_size > 0),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if !tuning.is_empty() {
+            warnings.push(err(
+                &tuning.join(", "),
+                "gossip tuning has no meaning here (membership is Raft over the cluster port); ignored",
+            ));
+        }
+        let cluster_bind_addr = parse_bind_addr("cluster.bind_addr", &cluster_bind)?;
+        let join = join_with_ports(&self.cluster.join, cluster_bind_addr.port())?;
+        if self.cluster.join_timeout.0.is_zero() {
+            return Err(err("cluster.join_timeout", "must be greater than zero"));
+        }
+        let rb = &self.upstream.rebalance;
+        if rb.threshold < 0.0 || rb.threshold.is_nan() {
+            return Err(err("upstream.rebalance.threshold", "cannot be negative"));
+        }
+        if !(0.0..=1.0).contains(&rb.shed_rate) {
+            return Err(err(
+                "upstream.rebalance.shed_rate",
+                "must be between 0 and 1",
+            ));
+        }
+        if rb.threshold > 0.0 {
+            warnings.push(err(
+                "upstream.rebalance.threshold",
+                "connection rebalancing is not implemented in this server: upstream connections stay on the node they reached (rebalance.* has no effect)",
+            ));
+        }
+        for (key, d) in [
+            ("proxy.http.read_timeout", self.proxy.http.read_timeout.0),
+            ("proxy.http.write_timeout", self.proxy.http.write_timeout.0),
+        ] {
+            if !d.is_zero() {
+                warnings.push(err(
+                    key,
+                    "not enforced by this server: requests and responses are bounded by proxy.timeout, proxy.http.read_header_timeout and idle_timeout only",
+                ));
+            }
+        }
+        for (key, t) in [
+            ("proxy.tls.client", &self.proxy.tls.client),
+            ("upstream.tls.client", &self.upstream.tls.client),
+            ("admin.tls.client", &self.admin.tls.client),
+        ] {
+            if client_tls_set(key, t)? {
+                warnings.push(err(
+                    key,
+                    "calls between nodes travel the cluster port here, whose client side is cluster.tls (cert, key, root_cas); this setting has no effect",
+                ));
+            }
+        }
+        let http = HttpLimits {
             read_header_timeout: match self.proxy.http.read_header_timeout.0 {
                 d if d.is_zero() => {
                     return Err(err(
@@ -106,10 +177,45 @@ impl FileConfig {
                 d => d,
             },
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
+        };
+        let proxy = proxy::Settings {
+            bind_addr: parse_bind_addr("proxy.bind_addr", &self.proxy.bind_addr)?,
+            advertise_addr: opt(self.proxy.advertise_addr),
+            timeout: self.proxy.timeout.0,
+            http,
             trusted_proxies: trusted_proxies(&self.proxy.trusted_proxies)?,
+            access_log: AccessLog::new(&self.proxy.access_log).map_err(|e| access_log_error(&e))?,
+            auth: port_auth("proxy.auth", &self.proxy.auth, &[])?,
+            tls: tls_files("proxy.tls", &self.proxy.tls, &[b"h2", b"http/1.1"])?,
+        };
+        let upstream = upstream::Settings {
+            bind_addr: parse_bind_addr("upstream.bind_addr", &self.upstream.bind_addr)?,
+            advertise_addr: opt(self.upstream.advertise_addr),
+            auth: port_auth("upstream.auth", &self.upstream.auth, &self.upstream.tenants)?,
+            tls: tls_files("upstream.tls", &self.upstream.tls, &[b"http/1.1"])?,
+            limits: UpstreamLimits {
+                max_streams: match self.upstream.max_streams {
+                    0 => return Err(err("upstream.max_streams", "must be at least 1")),
+                    n => n.min(1 << 20) as usize,
+                },
+                max_per_endpoint: (self.upstream.max_upstreams_per_endpoint > 0)
+                    .then_some(self.upstream.max_upstreams_per_endpoint as usize),
+            },
+        };
+        let admin = admin::Settings {
+            bind_addr: parse_bind_addr("admin.bind_addr", &self.admin.bind_addr)?,
+            advertise_addr: opt(self.admin.advertise_addr),
+            auth: port_auth("admin.auth", &self.admin.auth, &[])?,
+            tls: tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?,
+        };
+        let cluster = cluster::Settings {
+            bind_addr: cluster_bind_addr,
+            advertise_addr: opt(cluster_advertise),
             node_id_generated: self.cluster.node_id.is_empty(),
             node_id,
-            join: self.cluster.join,
+            join,
+            join_timeout: self.cluster.join_timeout.0,
+            abort_if_join_fails: self.cluster.abort_if_join_fails,
             data_dir: opt(self.cluster.data_dir).map(PathBuf::from),
             node_lease: match self.cluster.node_lease.0 {
                 d if d < Duration::from_secs(1) => {
@@ -117,8 +223,8 @@ impl FileConfig {
                 }
                 d => d,
             },
-            cluster_client_tls: cluster_client_tls(&self.cluster.tls)?,
-            cluster_token: match self.cluster.token.0.trim() {
+            client_tls: cluster_client_tls(&self.cluster.tls)?,
+            token: match self.cluster.token.0.trim() {
                 "" => None,
                 t if t.len() < 16 => {
                     return Err(err(
@@ -134,34 +240,117 @@ impl FileConfig {
                 }
                 t => Some(SecretString(t.to_string())),
             },
-            cluster_allow_unauthenticated_peers: self.cluster.allow_unauthenticated_peers,
-            cluster_tls: tls_files(
+            allow_unauthenticated_peers: self.cluster.allow_unauthenticated_peers,
+            tls: tls_files(
                 "cluster.tls",
                 &TlsFile {
                     cert: self.cluster.tls.cert.clone(),
                     key: self.cluster.tls.key.clone(),
                     client_cas: self.cluster.tls.client_cas.clone(),
+                    client: ClientTlsFile::default(),
                 },
                 &[b"http/1.1"],
             )?,
+        };
+        Ok(Config {
+            proxy,
+            upstream,
+            admin,
+            cluster,
             log: LogFile { level, ..self.log },
             grace_period: self.grace_period.0,
-            max_streams_per_upstream: match self.upstream.max_streams {
-                0 => return Err(err("upstream.max_streams", "must be at least 1")),
-                n => n.min(1 << 20) as usize,
-            },
-            max_upstreams_per_endpoint: (self.upstream.max_upstreams_per_endpoint > 0)
-                .then_some(self.upstream.max_upstreams_per_endpoint as usize),
-            proxy_access_log: AccessLog::new(&self.proxy.access_log)
-                .map_err(|e| access_log_error(&e))?,
-            proxy_auth: port_auth("proxy.auth", &self.proxy.auth, &[])?,
-            upstream_auth: port_auth("upstream.auth", &self.upstream.auth, &self.upstream.tenants)?,
-            admin_auth: port_auth("admin.auth", &self.admin.auth, &[])?,
-            proxy_tls: tls_files("proxy.tls", &self.proxy.tls, &[b"h2", b"http/1.1"])?,
-            upstream_tls: tls_files("upstream.tls", &self.upstream.tls, &[b"http/1.1"])?,
-            admin_tls: tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?,
+            warnings,
         })
     }
+}
+
+/// The cluster port's address from `cluster.*` or the original's `cluster.gossip.*` (the
+/// same port role): the gossip key fills a cluster key left at its default; two different
+/// addresses are refused, since either choice would lose one.
+fn pick_cluster_addr(
+    (key, value, default): (&str, &str, &str),
+    (gossip_key, gossip): (&str, &str),
+) -> Result<String, ConfigError> {
+    let (value, gossip) = (value.trim(), gossip.trim());
+    if gossip.is_empty() || gossip == value {
+        return Ok(value.to_string());
+    }
+    if value == default {
+        return Ok(gossip.to_string());
+    }
+    Err(err(
+        gossip_key,
+        format!(
+            "{gossip:?} differs from {key} {value:?}; this server has no gossip port, its cluster port plays that role: set only {key}"
+        ),
+    ))
+}
+
+/// `cluster.join` entries, each with a port: an entry without one (`piko`, `10.0.0.1`,
+/// `[fd00::1]`) takes the cluster port's.
+fn join_with_ports(join: &[String], port: u16) -> Result<Vec<String>, ConfigError> {
+    join.iter()
+        .map(|entry| {
+            let e = entry.trim();
+            let has_port = if let Some(rest) = e.strip_prefix('[') {
+                rest.contains("]:")
+            } else {
+                // One colon: host:port; more: a bare IPv6 address.
+                e.matches(':').count() == 1
+            };
+            if has_port {
+                return Ok(e.to_string());
+            }
+            if port == 0 {
+                return Err(err(
+                    "cluster.join",
+                    format!("{e:?} has no port and cluster.bind_addr's port is 0; write it as host:port"),
+                ));
+            }
+            Ok(match e.parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => format!("[{ip}]:{port}"),
+                Err(_) => format!("{e}:{port}"),
+            })
+        })
+        .collect()
+}
+
+/// Whether a `*.tls.client` section sets anything, after checking that what it sets can be
+/// used (the key with its certificate, readable files).
+fn client_tls_set(key: &str, t: &ClientTlsFile) -> Result<bool, ConfigError> {
+    let (cert, tkey, roots) = (opt(&t.cert), opt(&t.key), opt(&t.root_cas));
+    match (&cert, &tkey) {
+        (Some(_), None) => {
+            return Err(err(
+                &format!("{key}.key"),
+                "missing; a client certificate needs its key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                &format!("{key}.cert"),
+                "missing; a client key needs its certificate",
+            ))
+        }
+        _ => {}
+    }
+    if cert.is_some() || roots.is_some() {
+        let identity = cert
+            .as_ref()
+            .zip(tkey.as_ref())
+            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k)));
+        crate::tls::client_config_with(
+            roots.clone().map(PathBuf::from).as_deref(),
+            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .map_err(|e| err(key, e))?;
+    }
+    Ok(
+        cert.is_some()
+            || roots.is_some()
+            || t.insecure_skip_verify
+            || opt(&t.server_name).is_some(),
+    )
 }
 
 /// `proxy.trusted_proxies`: each entry a network (`10.0.0.0/8`, `fd00::/8`) or one address.

@@ -12,6 +12,12 @@ use crate::secret::SecretString;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+impl Default for Dur {
+    fn default() -> Self {
+        Dur(Duration::ZERO)
+    }
+}
+
 /// The longest duration any key takes: one year (`1y`). More is a typo, and deadlines are
 /// `Instant::now() + d`, which panics on overflow (std's `Instant` holds i64 seconds:
 /// `10000000000000000000s` made every proxy and admin connection panic). A year is far below
@@ -100,6 +106,10 @@ pub struct HttpFile {
     pub idle_timeout: Dur,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u64,
+    /// The original's whole-request read limit (0: none); accepted, see `config` warnings.
+    pub read_timeout: Dur,
+    /// The original's response write limit (0: none); accepted, see `config` warnings.
+    pub write_timeout: Dur,
 }
 
 /// `upstream.*`.
@@ -120,6 +130,31 @@ pub struct UpstreamFile {
     pub max_streams: u64,
     /// Upstreams one endpoint may have on this node (0: no limit); more registrations get 429.
     pub max_upstreams_per_endpoint: u64,
+    /// The original's connection rebalancing (off at threshold 0).
+    pub rebalance: RebalanceFile,
+}
+
+/// `upstream.rebalance.*`: shedding upstream connections from a node that holds more than
+/// its share (the original's keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebalanceFile {
+    /// How far above the cluster's average a node may be before it sheds (0: never).
+    pub threshold: f64,
+    /// The fraction of connections shed per second, 0 to 1.
+    pub shed_rate: f64,
+    /// Below this many connections a node never sheds.
+    pub min_conns: u64,
+}
+
+impl Default for RebalanceFile {
+    fn default() -> Self {
+        Self {
+            threshold: 0.0,
+            shed_rate: 0.005,
+            min_conns: 50,
+        }
+    }
 }
 
 /// `admin.*`.
@@ -202,6 +237,24 @@ pub struct TlsFile {
     pub key: String,
     /// PEM CA file that client certificates must chain to (enables mTLS).
     pub client_cas: String,
+    /// The client side of calls to other nodes (the original's keys).
+    pub client: ClientTlsFile,
+}
+
+/// `*.tls.client.*`: the TLS client settings of the original's node-to-node calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsFile {
+    /// PEM certificate presented to the other node.
+    pub cert: String,
+    /// Its PEM private key.
+    pub key: String,
+    /// PEM CA file the other node's certificate is verified against.
+    pub root_cas: String,
+    /// Skip verifying the other node's certificate.
+    pub insecure_skip_verify: bool,
+    /// The name the other node's certificate is verified against.
+    pub server_name: String,
 }
 
 /// `cluster.*`.
@@ -210,12 +263,20 @@ pub struct TlsFile {
 pub struct ClusterFile {
     /// This node's id (generated when empty).
     pub node_id: String,
+    /// Prefix of a generated node id (`node_id` empty).
+    pub node_id_prefix: String,
     /// Listen address of the node-to-node port.
     pub bind_addr: String,
     /// Address other nodes use to reach this node.
     pub advertise_addr: String,
-    /// Addresses of nodes to join.
+    /// Addresses of nodes to join (the cluster port when an entry has none).
     pub join: Vec<String>,
+    /// How long a node that is not yet a member may try to join.
+    pub join_timeout: Dur,
+    /// Stop the node when it is not a member after `join_timeout` (else keep trying).
+    pub abort_if_join_fails: bool,
+    /// The original's gossip port: its addresses are the cluster port's.
+    pub gossip: GossipFile,
     /// Where Raft log and snapshots persist.
     pub data_dir: String,
     /// How long a node may go unheard by the leader before its endpoints are removed.
@@ -228,6 +289,21 @@ pub struct ClusterFile {
     /// Accept cluster peers from any address without `token` or mutual TLS (a private
     /// network only). Off: without either, the cluster port answers loopback peers only.
     pub allow_unauthenticated_peers: bool,
+}
+
+/// `cluster.gossip.*`: the original's gossip port (its role is the cluster port's here) and
+/// gossip tuning, which has no meaning here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipFile {
+    /// Listen address (empty: `cluster.bind_addr`).
+    pub bind_addr: String,
+    /// Advertised address (empty: `cluster.advertise_addr`).
+    pub advertise_addr: String,
+    /// Gossip round interval (0: unset).
+    pub interval: Dur,
+    /// Largest gossip packet (0: unset).
+    pub max_packet_size: u64,
 }
 
 /// `cluster.tls.*`: the cluster port's certificate (also presented to other nodes as a
@@ -299,6 +375,8 @@ impl Default for HttpFile {
             read_header_timeout: Dur(Duration::from_secs(10)),
             idle_timeout: Dur(Duration::from_secs(300)),
             max_header_bytes: 1 << 20,
+            read_timeout: Dur(Duration::ZERO),
+            write_timeout: Dur(Duration::ZERO),
         }
     }
 }
@@ -307,9 +385,13 @@ impl Default for ClusterFile {
     fn default() -> Self {
         Self {
             node_id: String::new(),
+            node_id_prefix: String::new(),
             bind_addr: ":8003".into(),
             advertise_addr: String::new(),
             join: vec![],
+            join_timeout: Dur(Duration::from_secs(60)),
+            abort_if_join_fails: true,
+            gossip: GossipFile::default(),
             data_dir: String::new(),
             node_lease: Dur(Duration::from_secs(10)),
             tls: ClusterTlsFile::default(),

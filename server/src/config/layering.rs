@@ -64,11 +64,18 @@ fn typed_value(default: &Value, raw: &[String]) -> Value {
             Some("false") => Value::Bool(false),
             other => Value::String(other.unwrap_or_default().to_string()),
         },
-        Value::Number(_) => {
+        Value::Number(n) => {
             let s = raw.last().cloned().unwrap_or_default();
-            s.parse::<u64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(s))
+            match s.parse::<u64>() {
+                Ok(v) if !n.is_f64() => Value::from(v),
+                // A fraction key (`upstream.rebalance.shed_rate`) takes `1` and `0.5` alike.
+                _ if n.is_f64() => s
+                    .trim()
+                    .parse::<f64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(s)),
+                _ => Value::String(s),
+            }
         }
         _ => Value::String(raw.last().cloned().unwrap_or_default()),
     }

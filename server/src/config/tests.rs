@@ -20,11 +20,11 @@ fn src(file: Option<&str>, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Sour
 #[test]
 fn defaults_are_the_original_ports() {
     let c = load(&Sources::default()).unwrap();
-    assert_eq!(c.proxy_addr, "0.0.0.0:8000".parse().unwrap());
-    assert_eq!(c.upstream_addr, "0.0.0.0:8001".parse().unwrap());
-    assert_eq!(c.admin_addr, "0.0.0.0:8002".parse().unwrap());
-    assert_eq!(c.cluster_addr, "0.0.0.0:8003".parse().unwrap());
-    assert_eq!(c.proxy_timeout, Duration::from_secs(30));
+    assert_eq!(c.proxy.bind_addr, "0.0.0.0:8000".parse().unwrap());
+    assert_eq!(c.upstream.bind_addr, "0.0.0.0:8001".parse().unwrap());
+    assert_eq!(c.admin.bind_addr, "0.0.0.0:8002".parse().unwrap());
+    assert_eq!(c.cluster.bind_addr, "0.0.0.0:8003".parse().unwrap());
+    assert_eq!(c.proxy.timeout, Duration::from_secs(30));
     assert_eq!(c.grace_period, Duration::from_secs(60));
 }
 
@@ -40,9 +40,9 @@ fn precedence_is_defaults_file_env_flags() {
         &[("proxy.bind_addr", "127.0.0.1:3000")],
     ))
     .unwrap();
-    assert_eq!(c.proxy_addr.port(), 3000, "flag wins");
-    assert_eq!(c.proxy_timeout, Duration::from_secs(7), "env beats file");
-    assert_eq!(c.upstream_addr.port(), 1001, "file beats default");
+    assert_eq!(c.proxy.bind_addr.port(), 3000, "flag wins");
+    assert_eq!(c.proxy.timeout, Duration::from_secs(7), "env beats file");
+    assert_eq!(c.upstream.bind_addr.port(), 1001, "file beats default");
 }
 
 #[test]
@@ -50,12 +50,13 @@ fn expands_env_in_file() {
     let file = "proxy:\n  bind_addr: ${ADDR}\n  timeout: ${TIMEOUT:12s}\n";
     let c = load(&src(Some(file), &[("ADDR", "127.0.0.1:4000")], &[])).unwrap();
     assert_eq!(
-        (c.proxy_addr.port(), c.proxy_timeout),
+        (c.proxy.bind_addr.port(), c.proxy.timeout),
         (4000, Duration::from_secs(12))
     );
     assert_eq!(
+        // An unterminated `${` is dropped, as the original does.
         expand_env("a${X}b${Y:z}c${", &|n| (n == "X").then(|| "1".into())),
-        "a1bzc${"
+        "a1bzc"
     );
 }
 
@@ -63,7 +64,10 @@ fn expands_env_in_file() {
 fn limits() {
     let c = load(&Sources::default()).unwrap();
     assert_eq!(
-        (c.max_streams_per_upstream, c.max_upstreams_per_endpoint),
+        (
+            c.upstream.limits.max_streams,
+            c.upstream.limits.max_per_endpoint
+        ),
         (65_536, None)
     );
     let c = load(&src(
@@ -73,7 +77,10 @@ fn limits() {
     ))
     .unwrap();
     assert_eq!(
-        (c.max_streams_per_upstream, c.max_upstreams_per_endpoint),
+        (
+            c.upstream.limits.max_streams,
+            c.upstream.limits.max_per_endpoint
+        ),
         (100, Some(3))
     );
     let e = load(&src(None, &[], &[("upstream.max_streams", "0")]))
@@ -93,17 +100,17 @@ fn a_partial_section_keeps_the_other_defaults() {
         &[],
     ))
     .unwrap();
-    assert_eq!(c.upstream_addr.port(), 8001);
-    assert_eq!(c.admin_addr.port(), 8002);
-    assert_eq!(c.advertise.upstream.as_deref(), Some("node1:8001"));
+    assert_eq!(c.upstream.bind_addr.port(), 8001);
+    assert_eq!(c.admin.bind_addr.port(), 8002);
+    assert_eq!(c.upstream.advertise_addr.as_deref(), Some("node1:8001"));
 }
 
 #[test]
 fn list_values_from_flags_and_env() {
     let c = load(&src(None, &[("PIKO_CLUSTER_JOIN", "a:8003,b:8003")], &[])).unwrap();
-    assert_eq!(c.join, vec!["a:8003", "b:8003"]);
+    assert_eq!(c.cluster.join, vec!["a:8003", "b:8003"]);
     let c = load(&src(None, &[], &[("cluster.join", "c:8003")])).unwrap();
-    assert_eq!(c.join, vec!["c:8003"]);
+    assert_eq!(c.cluster.join, vec!["c:8003"]);
 }
 
 #[test]
@@ -220,10 +227,16 @@ fn out_of_range_durations_and_bad_trusted_proxies_name_the_key() {
 
 #[test]
 fn trusted_proxies_from_file_env_and_flags() {
-    let nets =
-        |c: Config| -> Vec<String> { c.trusted_proxies.iter().map(|n| n.to_string()).collect() };
+    let nets = |c: Config| -> Vec<String> {
+        c.proxy
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    };
     assert!(load(&src(None, &[], &[]))
         .unwrap()
+        .proxy
         .trusted_proxies
         .is_empty());
     let file = "proxy:\n  trusted_proxies: [10.0.0.0/8, 'fd00::/8', 192.0.2.1]\n";
@@ -279,15 +292,15 @@ fn auth_and_tls_settings() {
         &[],
     ))
     .unwrap();
-    assert!(c.upstream_auth.enabled());
-    assert!(!c.proxy_auth.enabled() && !c.admin_auth.enabled());
+    assert!(c.upstream.auth.enabled());
+    assert!(!c.proxy.auth.enabled() && !c.admin.auth.enabled());
     let file = load(&src(
         Some("upstream:\n  auth:\n    hmac_secret_key: top-secret\n"),
         &[],
         &[],
     ))
     .unwrap();
-    assert!(file.upstream_auth.enabled());
+    assert!(file.upstream.auth.enabled());
     let shown = format!(
         "{:?}",
         FileConfig {
@@ -308,7 +321,7 @@ fn auth_and_tls_settings() {
     let tenants = "upstream:\n  tenants:\n    - id: t1\n      auth:\n        hmac_secret_key: k1\n";
     let c = load(&src(Some(tenants), &[], &[])).unwrap();
     assert_eq!(
-        c.upstream_auth.tenants.keys().collect::<Vec<_>>(),
+        c.upstream.auth.tenants.keys().collect::<Vec<_>>(),
         vec!["t1"]
     );
     assert!(
@@ -333,18 +346,21 @@ fn cluster_settings() {
         "cluster:\n  node_id: node-1\n  node_lease: 3s\n  join: [a:8003, b:8003]\n  data_dir: /var/lib/piko\n  tls:\n    cert: {c}\n    key: {k}\n    client_cas: {c}\n    root_cas: {c}\n"
     );
     let cfg = load(&src(Some(&yaml), &[], &[])).unwrap();
-    assert_eq!(cfg.node_id, "node-1");
-    assert!(!cfg.node_id_generated);
-    assert_eq!(cfg.node_lease, Duration::from_secs(3));
-    assert_eq!(cfg.join, vec!["a:8003".to_string(), "b:8003".to_string()]);
+    assert_eq!(cfg.cluster.node_id, "node-1");
+    assert!(!cfg.cluster.node_id_generated);
+    assert_eq!(cfg.cluster.node_lease, Duration::from_secs(3));
     assert_eq!(
-        cfg.data_dir.as_deref(),
+        cfg.cluster.join,
+        vec!["a:8003".to_string(), "b:8003".to_string()]
+    );
+    assert_eq!(
+        cfg.cluster.data_dir.as_deref(),
         Some(std::path::Path::new("/var/lib/piko"))
     );
-    let files = cfg.cluster_tls.expect("cluster TLS on");
+    let files = cfg.cluster.tls.expect("cluster TLS on");
     assert_eq!(files.client_cas.as_deref(), Some(std::path::Path::new(c)));
     assert!(
-        cfg.cluster_client_tls.is_some(),
+        cfg.cluster.client_tls.is_some(),
         "calls to other nodes use TLS too"
     );
     let with_token = load(&src(
@@ -353,16 +369,16 @@ fn cluster_settings() {
         &[],
     ))
     .unwrap();
-    let shown = format!("{:?}", with_token.cluster_token);
+    let shown = format!("{:?}", with_token.cluster.token);
     assert!(
-        with_token.cluster_token.is_some() && !shown.contains("secret"),
+        with_token.cluster.token.is_some() && !shown.contains("secret"),
         "{shown}"
     );
     let plain = load(&src(None, &[], &[])).unwrap();
-    assert!(plain.cluster_token.is_none());
-    assert!(plain.cluster_tls.is_none() && plain.cluster_client_tls.is_none());
+    assert!(plain.cluster.token.is_none());
+    assert!(plain.cluster.tls.is_none() && plain.cluster.client_tls.is_none());
     assert!(
-        !plain.cluster_allow_unauthenticated_peers,
+        !plain.cluster.allow_unauthenticated_peers,
         "peers must authenticate unless the operator opts out"
     );
     for opt_out in [
@@ -382,10 +398,10 @@ fn cluster_settings() {
             &[],
         ),
     ] {
-        assert!(load(&opt_out).unwrap().cluster_allow_unauthenticated_peers);
+        assert!(load(&opt_out).unwrap().cluster.allow_unauthenticated_peers);
     }
-    assert!(plain.node_id_generated && plain.node_id.starts_with("piko-"));
-    assert_eq!(plain.node_lease, Duration::from_secs(10));
+    assert!(plain.cluster.node_id_generated && plain.cluster.node_id.starts_with("piko-"));
+    assert_eq!(plain.cluster.node_lease, Duration::from_secs(10));
 }
 
 #[test]
@@ -463,4 +479,206 @@ fn auth_and_tls_errors_name_the_key() {
         let e = load(&s).unwrap_err().to_string();
         assert!(e.contains(want), "error {e:?} should contain {want:?}");
     }
+}
+
+#[test]
+fn node_id_prefix_starts_a_generated_id() {
+    let c = load(&src(None, &[], &[("cluster.node_id_prefix", "piko-0-")])).unwrap();
+    assert!(c.cluster.node_id_generated);
+    assert!(
+        c.cluster.node_id.starts_with("piko-0-"),
+        "{}",
+        c.cluster.node_id
+    );
+    assert_eq!(c.cluster.node_id.len(), "piko-0-".len() + 8);
+    // A configured id wins over the prefix.
+    let c = load(&src(
+        None,
+        &[],
+        &[("cluster.node_id_prefix", "x-"), ("cluster.node_id", "n1")],
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.node_id, "n1");
+    let e = load(&src(None, &[], &[("cluster.node_id_prefix", "a b")])).unwrap_err();
+    assert_eq!(e.key, "cluster.node_id_prefix");
+}
+
+#[test]
+fn join_entries_without_a_port_take_the_cluster_port() {
+    let file = "cluster:\n  bind_addr: 127.0.0.1:7000\n  join: [piko, 10.0.0.1, 'fd00::1', '[fd00::2]', 'b:9', '[fd00::3]:9']\n";
+    let c = load(&src(Some(file), &[], &[])).unwrap();
+    assert_eq!(
+        c.cluster.join,
+        [
+            "piko:7000",
+            "10.0.0.1:7000",
+            "[fd00::1]:7000",
+            "[fd00::2]:7000",
+            "b:9",
+            "[fd00::3]:9"
+        ]
+    );
+    let e = load(&src(
+        None,
+        &[],
+        &[
+            ("cluster.bind_addr", "127.0.0.1:0"),
+            ("cluster.join", "piko"),
+        ],
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.join");
+}
+
+#[test]
+fn join_timeout_and_abort_default_as_in_the_original() {
+    let c = load(&src(None, &[], &[])).unwrap();
+    assert_eq!(c.cluster.join_timeout, Duration::from_secs(60));
+    assert!(c.cluster.abort_if_join_fails);
+    let c = load(&src(
+        Some("cluster:\n  join_timeout: 5s\n  abort_if_join_fails: false\n"),
+        &[],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.join_timeout, Duration::from_secs(5));
+    assert!(!c.cluster.abort_if_join_fails);
+    let e = load(&src(None, &[], &[("cluster.join_timeout", "0")])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cluster.join_timeout: must be greater than zero"
+    );
+}
+
+#[test]
+fn gossip_addresses_are_the_cluster_port_or_refused() {
+    let c = load(&src(
+        Some("cluster:\n  gossip:\n    bind_addr: 127.0.0.1:7946\n    advertise_addr: n1:7946\n"),
+        &[],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.bind_addr, "127.0.0.1:7946".parse().unwrap());
+    assert_eq!(c.cluster.advertise_addr.as_deref(), Some("n1:7946"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let e = load(&src(
+        Some("cluster:\n  bind_addr: 127.0.0.1:8003\n  gossip:\n    bind_addr: 127.0.0.1:7946\n"),
+        &[],
+        &[("cluster.bind_addr", "127.0.0.1:9000")],
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.gossip.bind_addr");
+    assert!(e.message.contains("set only cluster.bind_addr"), "{e}");
+    let e = load(&src(
+        Some("cluster:\n  advertise_addr: a:1\n  gossip:\n    advertise_addr: b:1\n"),
+        &[],
+        &[],
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.gossip.advertise_addr");
+    let c = load(&src(
+        Some("cluster:\n  gossip:\n    interval: 100ms\n    max_packet_size: 1400\n"),
+        &[],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(
+        c.warnings
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect::<Vec<_>>(),
+        ["cluster.gossip.interval, cluster.gossip.max_packet_size"]
+    );
+}
+
+#[test]
+fn rebalance_is_validated_and_named_when_it_would_act() {
+    let c = load(&src(
+        None,
+        &[],
+        &[
+            ("upstream.rebalance.shed_rate", "0.5"),
+            ("upstream.rebalance.min_conns", "10"),
+        ],
+    ))
+    .unwrap();
+    assert!(
+        c.warnings.is_empty(),
+        "threshold 0 is off: {:?}",
+        c.warnings
+    );
+    let c = load(&src(None, &[], &[("upstream.rebalance.threshold", "0.2")])).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].key, "upstream.rebalance.threshold");
+    assert!(c.warnings[0].message.contains("not implemented"));
+    for (key, value, want) in [
+        (
+            "upstream.rebalance.threshold",
+            "-1",
+            "upstream.rebalance.threshold: cannot be negative",
+        ),
+        (
+            "upstream.rebalance.shed_rate",
+            "1.5",
+            "upstream.rebalance.shed_rate: must be between 0 and 1",
+        ),
+    ] {
+        assert_eq!(
+            load(&src(None, &[], &[(key, value)]))
+                .unwrap_err()
+                .to_string(),
+            want
+        );
+    }
+}
+
+#[test]
+fn read_and_write_timeouts_are_accepted_and_named() {
+    let c = load(&src(
+        Some("proxy:\n  http:\n    read_timeout: 10s\n    write_timeout: 10s\n"),
+        &[],
+        &[],
+    ))
+    .unwrap();
+    let keys: Vec<_> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["proxy.http.read_timeout", "proxy.http.write_timeout"]
+    );
+}
+
+#[test]
+fn client_tls_sections_are_checked_and_named() {
+    let c = load(&src(
+        Some("proxy:\n  tls:\n    client:\n      insecure_skip_verify: true\n"),
+        &[],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].key, "proxy.tls.client");
+    let e = load(&src(None, &[], &[("admin.tls.client.cert", "c.pem")])).unwrap_err();
+    assert_eq!(e.key, "admin.tls.client.key");
+    let e = load(&src(
+        None,
+        &[],
+        &[("upstream.tls.client.root_cas", "/nonexistent/ca.pem")],
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "upstream.tls.client");
+}
+
+#[test]
+fn dollar_var_and_empty_var_defaults_expand_in_the_file() {
+    let file = "proxy:\n  bind_addr: $ADDR\n  timeout: ${TIMEOUT:12s}\n";
+    let c = load(&src(
+        Some(file),
+        &[("ADDR", "127.0.0.1:4000"), ("TIMEOUT", "")],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.proxy.bind_addr.port(), c.proxy.timeout),
+        (4000, Duration::from_secs(12))
+    );
 }

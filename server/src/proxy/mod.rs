@@ -3,6 +3,7 @@
 
 mod error;
 mod forward;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 pub use error::ProxyError;
+pub use settings::Settings;
 
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::cluster::Cluster;

@@ -4,6 +4,7 @@
 
 pub mod pool;
 mod registry;
+mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 pub use registry::{Refusal, Registry, RegistryObserver, Standalone, Upstream};
+pub use settings::Settings;
 
 use crate::auth::PortAuth;
 use crate::http::{is_websocket_upgrade, json_error, websocket_accept, Body, ConnInfo};

@@ -23,10 +23,8 @@ fn cli() -> Command {
         ))
         .arg(Arg::new("config.path").long("config.path").value_name("FILE").help("YAML configuration file"))
         .arg(
-            Arg::new("config.expand-env")
-                .long("config.expand-env")
-                .action(ArgAction::SetTrue)
-                .help("Expand ${VAR} and ${VAR:default} in the configuration file"),
+            bool_flag(Arg::new("config.expand-env").long("config.expand-env"))
+                .help("Expand $VAR, ${VAR} and ${VAR:default} in the configuration file"),
         )
         .subcommand(
             Command::new("status")
@@ -53,28 +51,42 @@ fn cli() -> Command {
                 ),
         );
     for (key, default) in leaf_keys() {
-        let default = serde_yaml_ng::to_string(&default).unwrap_or_default();
-        let default = default.trim();
+        let shown = serde_yaml_ng::to_string(&default).unwrap_or_default();
+        let shown = shown.trim();
         let help = format!(
             "env {}; default {}",
             env_name(&key),
-            if default.is_empty() { "\"\"" } else { default }
+            if shown.is_empty() { "\"\"" } else { shown }
         );
-        cmd = cmd.arg(
-            Arg::new(key.clone())
-                .long(flag_name(&key))
-                .value_name("VALUE")
-                .action(ArgAction::Append)
-                .help(help),
-        );
+        let arg = Arg::new(key.clone())
+            .long(flag_name(&key))
+            .value_name("VALUE")
+            .action(ArgAction::Append)
+            .help(help);
+        cmd = cmd.arg(if default.as_bool().is_some() {
+            bool_flag(arg)
+        } else {
+            arg
+        });
     }
     cmd
+}
+
+/// A bool flag as the original's: `--flag` alone is `true`, and `--flag=true|false` (or
+/// `--flag false`) sets the value.
+fn bool_flag(arg: Arg) -> Arg {
+    arg.num_args(0..=1)
+        .default_missing_value("true")
+        .value_parser(["true", "false"])
+        .value_name("BOOL")
 }
 
 fn sources(m: &ArgMatches) -> anyhow::Result<Sources> {
     let mut src = Sources {
         env: std::env::vars().collect(),
-        expand_env: m.get_flag("config.expand-env"),
+        expand_env: m
+            .get_one::<String>("config.expand-env")
+            .is_some_and(|v| v == "true"),
         ..Sources::default()
     };
     if let Some(path) = m.get_one::<String>("config.path") {

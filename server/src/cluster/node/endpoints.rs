@@ -16,7 +16,7 @@ use crate::cluster::network::WRITE_PATH;
 use crate::cluster::types::{Command, EndpointEntry, EndpointTable, Member, NodeId};
 use crate::upstream::{Registry, RegistryObserver};
 
-use super::*;
+use super::{Cluster, CALL_TIMEOUT, SHUTDOWN_STEP, TICK};
 
 impl RegistryObserver for Cluster {
     fn local_count_changed(&self, _endpoint: &EndpointId, _count: usize) {
@@ -129,7 +129,7 @@ impl Cluster {
     ///
     /// Local upstreams of an endpoint the replicated state gives to another tenant's upstreams
     /// on another node are closed: their registration lost a race (the state machine keeps the
-    /// first tenant, see [`ClusterState::apply`]) or came in before this replica learnt of the
+    /// first tenant, see [`ClusterState::apply`](crate::cluster::types::ClusterState::apply)) or came in before this replica learnt of the
     /// owner.
     pub async fn sync_endpoints(
         self: Arc<Self>,

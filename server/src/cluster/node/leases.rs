@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::types::{Command, NodeId};
 use crate::cluster::voters::{voter_change, VoterChange};
 
-use super::*;
+use super::{Cluster, CALL_TIMEOUT, TICK};
 
 impl Cluster {
     /// While this node leads: expire the endpoint entries of nodes whose lease ran out, and

@@ -16,7 +16,7 @@ use crate::cluster::network::{INFO_PATH, JOIN_PATH, LEAVE_PATH};
 use crate::cluster::trust::KnownPeers;
 use crate::cluster::types::{raft_id, Command, Member, NodeId};
 
-use super::*;
+use super::{Cluster, CALL_TIMEOUT, MAX_VOUCHED, SHUTDOWN_STEP, VOUCH_INTERVAL};
 
 /// Who a node is, as answered on [`INFO_PATH`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

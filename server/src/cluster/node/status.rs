@@ -10,7 +10,7 @@ use tracing::error;
 
 use crate::cluster::types::NodeId;
 
-use super::*;
+use super::Cluster;
 
 /// A node of the cluster, for status pages.
 #[derive(Debug, Clone, Serialize)]
