@@ -13,12 +13,11 @@ use piko_protocol::access_log::{AccessLog, AccessLogConfig};
 use piko_protocol::{EndpointId, EndpointIdError};
 use serde::{Deserialize, Serialize};
 
-pub use self::expand::expand_env;
 pub use self::forward::{local_listen_addr, ForwardFile, PortConfig};
 pub use self::listener::{HttpClientConfig, MetricsServerConfig, DEFAULT_METRICS_ADDR};
 pub use crate::credentials::Secret;
+pub use piko_protocol::expand::expand_env;
 
-mod expand;
 mod forward;
 mod listener;
 mod load;

@@ -8,6 +8,7 @@
 //! - [`paths`]: the HTTP paths and headers of the protocol.
 //! - [`http`]: hop-by-hop headers and upgrades, as both sides of the tunnel proxy HTTP.
 //! - [`access_log`]: the per-request access log both sides write, credentials masked.
+//! - [`expand`]: environment variables in a config file's text (`--config.expand-env`).
 //! - [`process`]: the runtime both binaries build and what their stop signals do.
 //!
 //! This crate holds no policy (no routing, no reconnects): only the format on the wire and the
@@ -17,6 +18,7 @@
 
 pub mod access_log;
 pub mod endpoint;
+pub mod expand;
 pub mod http;
 pub mod mux;
 pub mod paths;

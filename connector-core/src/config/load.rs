@@ -25,7 +25,7 @@ impl Source {
             source,
         })?;
         let text = if expand {
-            expand_env(&raw, |k| std::env::var(k).ok())
+            expand_env(&raw, &|k| std::env::var(k).ok())
         } else {
             raw.clone()
         };

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::env::expand_env;
 use super::file::FileConfig;
 use super::{err, Config, ConfigError};
+use piko_protocol::expand::expand_env;
 
 /// Every leaf key of the configuration tree with its default value, in dotted form.
 pub fn leaf_keys() -> BTreeMap<String, Value> {

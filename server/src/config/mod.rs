@@ -9,16 +9,15 @@
 //! and [`load`], [`env`](mod@env) the `${VAR}` expansion, `convert` the conversion into [`Config`].
 
 mod convert;
-pub mod env;
 pub mod file;
 pub mod layering;
 
 use std::time::Duration;
 
 pub use convert::parse_bind_addr;
-pub use env::expand_env;
 pub use file::*;
 pub use layering::{env_name, flag_name, leaf_keys, load, Sources};
+pub use piko_protocol::expand::expand_env;
 
 pub use crate::secret::SecretString;
 use crate::{admin, cluster, proxy, upstream};

@@ -1,5 +1,5 @@
-//! `$VAR`, `${VAR}` and `${VAR:default}` in the configuration file (`--config.expand-env`),
-//! read as the original Go Piko reads them (the shell's syntax, as Go's `os.Expand`):
+//! `$VAR`, `${VAR}` and `${VAR:default}` in a configuration file (`--config.expand-env`, for
+//! the server's and the connector's files alike), read as the original Go Piko reads them (the shell's syntax, as Go's `os.Expand`):
 //! - `$NAME` takes letters, digits and `_`; `${NAME}` anything up to `}`;
 //! - an unset variable expands to nothing;
 //! - `${VAR:default}` takes `default` when VAR is unset *or empty*;
@@ -90,6 +90,10 @@ mod tests {
             ("${}x", "x"),
             ("${HOST", "HOST"),
             ("$1x", "x"),
+            ("token: ${TOKEN:t}", "token: t"),
+            ("url: http://x:${A_1}0", "url: http://x:x0"),
+            ("é: ${HOST}é", "é: 127.0.0.1é"),
+            ("", ""),
         ] {
             assert_eq!(expand_env(input, &env), want, "{input}");
         }
