@@ -6,7 +6,7 @@
 //! error names the key.
 //!
 //! Layout: [`file`](mod@file) holds the file's shape and defaults, [`layering`] the merge of the layers
-//! and [`load`], [`env`](mod@env) the `${VAR}` expansion, `convert` the conversion into [`Config`].
+//! and [`load`], [`expand_env`] the `${VAR}` expansion (from `piko_protocol::expand`), `convert` the conversion into [`Config`].
 
 mod convert;
 pub mod file;
