@@ -26,7 +26,12 @@ fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cp installers/docker/Dockerfile "$ctx/"
-cp "$bin" "$ctx/piko-server"
+# The image gets a stripped binary; its symbols and line tables stay beside the build
+# output as piko-server.debug (gdb and addr2line find it through the debug link).
+debug="$bin.debug"
+objcopy --only-keep-debug "$bin" "$debug"
+objcopy --strip-all --add-gnu-debuglink="$debug" "$bin" "$ctx/piko-server"
+echo "build.sh: piko-server $(stat -c %s "$ctx/piko-server") bytes stripped, symbols in $debug" >&2
 mkdir "$ctx/data"
 docker build -q -t "$tag" "$ctx" >/dev/null
 echo "$tag"

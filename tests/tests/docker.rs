@@ -95,6 +95,16 @@ async fn a_three_container_cluster_of_the_real_image() {
     let user =
         run(Command::new("docker").args(["inspect", "--format", "{{.Config.User}}", &image]));
     assert_eq!(user, "65532:65532", "the image runs as a non-root user");
+    // The image holds a stripped binary (its symbols are kept beside the build output):
+    // operators pull it on every node, so its size is a promise (issue 13: under 25 MB).
+    let size: u64 =
+        run(Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", &image]))
+            .parse()
+            .expect("docker image inspect prints the size in bytes");
+    assert!(
+        size < 25 * 1000 * 1000,
+        "the image is {size} bytes; keep it under 25 MB (is the binary stripped?)"
+    );
 
     let compose = Compose {
         project: format!("pikotest{}", std::process::id()),
