@@ -23,6 +23,8 @@ command -v dbus-run-session >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null 2>&1 || need+=(gnome-keyring)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# systemd-analyze checks the unit `piko service install` writes (tests/tests/cli.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The tray app (tests/gui/run.sh): WebKitGTK, the tray indicator and SVG libraries to build it;
 # Xvfb, a tray host (trayer), xdotool, xclip (the clipboard) and imagemagick (`import`) to drive
 # and photograph it;

@@ -50,6 +50,53 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Show the requests a running agent served (`piko inspect`, `show ID`, `replay ID`).
     Inspect(InspectArgs),
+    /// Run `piko agent start` as an OS service: systemd (Linux), launchd (macOS), Windows.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServiceCommand {
+    /// Install the service, then start it now and at every boot (as root / administrator).
+    Install(ServiceInstallArgs),
+    /// Stop the service and remove it.
+    Uninstall(ServiceUninstallArgs),
+    /// What the Windows service manager runs; not for people.
+    #[command(hide = true)]
+    Run(ServiceRunArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServiceInstallArgs {
+    /// The agent's config file (default /etc/piko/agent.yaml; on macOS
+    /// /Library/Application Support/piko/agent.yaml; on Windows %ProgramData%\piko\agent.yaml).
+    /// Keep the token out of it (PIKO_TOKEN in /etc/piko/agent.env on Linux).
+    #[arg(long = "config.path")]
+    pub(crate) config_path: Option<PathBuf>,
+    /// Write the unit or plist into this folder instead of the system's
+    /// (/etc/systemd/system, /Library/LaunchDaemons); implies nothing about starting.
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Only write the definition; do not ask systemctl / launchctl / the SCM to start it.
+    #[arg(long = "no-start")]
+    pub(crate) no_start: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServiceUninstallArgs {
+    /// The folder the unit or plist was installed into (default: the system's).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Only remove the definition; do not ask the service manager to stop it first.
+    #[arg(long = "no-stop")]
+    pub(crate) no_stop: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServiceRunArgs {
+    /// The agent's config file.
+    #[arg(long = "config.path")]
+    pub(crate) config_path: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! `piko`: the Piko connector for terminals and unattended devices.
 //!
 //! Thin: [`cli`] parses the command line, [`commands`] sets up logging, builds the runtime
-//! and calls `piko-connector-core`, [`exit`] turns the outcome into one line on stderr and an
+//! and calls `piko-connector-core`, [`service`] knows the OS service managers, [`exit`] turns the outcome into one line on stderr and an
 //! exit code (the table is in `piko --help` and docs/connector.md). Status lines go to
 //! stdout, logs to stderr.
 
@@ -13,6 +13,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod service;
 
 use std::process::ExitCode;
 

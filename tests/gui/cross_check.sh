@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `cargo check -p piko-connector` for Windows and macOS from Linux.
+# `cargo check -p piko-connector -p piko-cli` for Windows and macOS from Linux (the tray app,
+# and the CLI's Windows service and launchd code).
 #
 # A target whose standard library cannot be fetched is reported and skipped (only that check).
 # `cargo check` still runs build scripts: ring compiles C for the target, so the script points
@@ -31,8 +32,8 @@ for target in x86_64-pc-windows-msvc aarch64-apple-darwin; do
     echo "== gui cross-check: $target without the notifications feature (needs the macOS SDK's Cocoa)"
     features=(--no-default-features)
   fi
-  echo "== gui cross-check: cargo check -p piko-connector --target $target ${features[*]}"
-  if ! cargo check -p piko-connector --target "$target" "${features[@]}"; then
+  echo "== gui cross-check: cargo check -p piko-connector -p piko-cli --target $target ${features[*]}"
+  if ! cargo check -p piko-connector -p piko-cli --target "$target" "${features[@]}"; then
     failed=1
   fi
 done

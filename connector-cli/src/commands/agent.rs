@@ -171,6 +171,17 @@ pub(crate) fn run(
     log_level: Option<String>,
     subsystems: Vec<String>,
 ) -> Result<(), Failure> {
+    run_until(job, log_level, subsystems, None)
+}
+
+/// Run the agent until `stop` is cancelled (a service manager's stop) or, without one, until
+/// a stop signal; or until the server rejects it.
+pub(crate) fn run_until(
+    job: AgentJob,
+    log_level: Option<String>,
+    subsystems: Vec<String>,
+    stop: Option<CancellationToken>,
+) -> Result<(), Failure> {
     let level = log_level
         .or(job.file_level)
         .unwrap_or_else(|| "info".to_string());
@@ -198,8 +209,14 @@ pub(crate) fn run(
     let metrics_addr = job.metrics;
 
     runtime()?.block_on(async move {
-        let shutdown = CancellationToken::new();
-        stop_on_signals(&shutdown);
+        let shutdown = match stop {
+            Some(token) => token,
+            None => {
+                let token = CancellationToken::new();
+                stop_on_signals(&token);
+                token
+            }
+        };
         let mut agent = Agent::new(config)
             .with_connector(connector)
             .exit_if_first_connect_fails();

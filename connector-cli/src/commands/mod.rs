@@ -6,6 +6,7 @@
 //! - [`forward`]: `piko forward tcp`.
 //! - [`login`]: `piko login|logout|status`.
 //! - [`inspect`]: `piko inspect` (and the agent's side of it).
+//! - [`service`]: `piko service install|uninstall` (the OS knowledge is in [`crate::service`]).
 
 mod agent;
 mod forward;
@@ -15,12 +16,13 @@ mod locked;
 mod login;
 mod metrics;
 mod reload;
+mod service;
 
 use piko_connector_core::config::Protocol;
 use piko_connector_core::credentials;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AgentCommand, Cli, Command, ForwardCommand};
+use crate::cli::{AgentCommand, Cli, Command, ForwardCommand, ServiceCommand};
 use crate::exit::Failure;
 
 /// Run the command `cli` names.
@@ -44,6 +46,15 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
             init_logging(&quiet, &[])?;
             runtime()?.block_on(inspect::run(a))
         }
+        Command::Service(ServiceCommand::Install(a)) => {
+            init_logging(&quiet, &[])?;
+            service::install(a)
+        }
+        Command::Service(ServiceCommand::Uninstall(a)) => {
+            init_logging(&quiet, &[])?;
+            service::uninstall(a)
+        }
+        Command::Service(ServiceCommand::Run(a)) => service::run(a),
         Command::Agent(AgentCommand::Http(a)) => agent::run(
             agent::expose(a.expose, Protocol::Http, Some(a.http_client))?,
             cli.log_level,
@@ -64,6 +75,35 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
             forward::start(a, cli.log_level, cli.log_subsystems)
         }
     }
+}
+
+/// `agent start --config.path CONFIG` until `shutdown` is cancelled: what a Windows service
+/// runs (the service manager, not a signal, stops it).
+#[cfg(windows)]
+pub(crate) fn agent_service(
+    config: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
+    use clap::Parser;
+    let argv: Vec<std::ffi::OsString> = vec![
+        "piko".into(),
+        "agent".into(),
+        "start".into(),
+        "--config.path".into(),
+        config.into_os_string(),
+    ];
+    let cli = Cli::try_parse_from(argv).map_err(|e| Failure::Usage(e.to_string()))?;
+    let Command::Agent(AgentCommand::Start(a)) = cli.command else {
+        return Err(Failure::Usage(
+            "the service's command line did not parse as agent start".into(),
+        ));
+    };
+    agent::run_until(
+        agent::start(a)?,
+        cli.log_level,
+        cli.log_subsystems,
+        Some(shutdown),
+    )
 }
 
 /// The original Go agent's log subsystems and the log targets that are them here.
