@@ -212,3 +212,55 @@ async fn a_websocket_and_a_tcp_connection_outlive_both_timeouts() {
     assert!(!log.contains("proxy.http.read_timeout:"), "{log}");
     assert!(!log.contains("proxy.http.write_timeout:"), "{log}");
 }
+
+#[tokio::test]
+async fn a_forwarded_request_has_the_deadlines_of_the_node_that_took_it() {
+    // node-1 holds the upstream; node-0 takes the client's request and forwards it.
+    let cluster = piko_tests::TestCluster::start_with(2, |i, c| {
+        if i == 0 {
+            c.proxy.http.read_timeout = Some(Duration::from_millis(500));
+            c.proxy.http.write_timeout = Some(Duration::from_millis(1500));
+        }
+    })
+    .await;
+    let echo = EchoUpstream::start().await;
+    let _conn = TestConnector::http(&cluster.nodes[1], "far", &echo.target());
+    cluster.nodes[1].wait_for_upstreams("far", 1).await;
+    cluster.wait_for_replicated("far", 1).await;
+    let entry = cluster.nodes[0].proxy_addr;
+
+    let (answer, after) = until_closed(
+        entry,
+        b"POST /upload HTTP/1.1\r\nhost: far.piko.test\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.ends_with("{\"error\":\"request timeout\"}\n"),
+        "{answer}"
+    );
+    assert!(
+        after < Duration::from_millis(1400),
+        "answered after {after:?}"
+    );
+
+    let r = client()
+        .get(format!("http://{entry}/slow/3000"))
+        .header("host", "far.piko.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "response timeout");
+
+    let r = client()
+        .get(format!("http://{entry}/drip/50"))
+        .header("host", "far.piko.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "the forwarded response was cut");
+    cluster.stop().await;
+}
