@@ -1,4 +1,7 @@
-//! The admin port: health, readiness, Prometheus metrics and status as JSON.
+//! The admin port: health, readiness, Prometheus metrics and status as JSON; [`forward`]
+//! asks another node's admin port (`?forward=NODE`).
+
+pub mod forward;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,10 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Empty, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{Either, Empty, Full};
 
 use crate::auth::PortAuth;
 use crate::cluster::{Cluster, Member, NodeStatus};
@@ -19,8 +19,7 @@ use crate::http::{json_error, json_response, Body, ConnInfo};
 use crate::metrics::{ClusterFigures, Metrics, CONTENT_TYPE};
 use crate::upstream::Registry;
 
-/// Time another node's admin port has to answer a forwarded request.
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub use forward::{ForwardSettings, FORWARD_TIMEOUT};
 
 /// `admin.*`: the admin port's configured settings, validated by `config`.
 #[derive(Debug, Clone)]
@@ -33,6 +32,8 @@ pub struct Settings {
     pub auth: PortAuth,
     /// TLS of the port.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// How `?forward=` reaches other nodes' admin ports (`admin.tls.client`).
+    pub forward: ForwardSettings,
 }
 
 /// The membership API: `DELETE /cluster/nodes/{id}` removes a node.
@@ -71,9 +72,6 @@ fn node_summary(n: &NodeStatus) -> serde_json::Value {
 /// Query parameter naming the node that should answer an admin request (`?forward=ID`).
 const FORWARD_QUERY: &str = "forward";
 
-/// The largest answer relayed from another node's admin port.
-const MAX_FORWARDED_ANSWER: usize = 16 << 20;
-
 /// The value of `?forward=` in `query`, if any.
 fn forward_target(query: Option<&str>) -> Option<&str> {
     query?.split('&').find_map(|kv| {
@@ -90,8 +88,8 @@ pub struct Admin {
     auth: PortAuth,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
-    /// For `?forward=`: other nodes' admin ports.
-    peers: Client<HttpConnector, Empty<Bytes>>,
+    /// For `?forward=`: how other nodes' admin ports are reached.
+    forwarding: ForwardSettings,
 }
 
 impl Admin {
@@ -111,8 +109,15 @@ impl Admin {
             node,
             metrics,
             cluster: None,
-            peers: Client::builder(TokioExecutor::new()).build_http(),
+            forwarding: ForwardSettings::default(),
         }
+    }
+
+    /// Reach other nodes' admin ports for `?forward=` as `settings` say (default: plain
+    /// HTTP, [`FORWARD_TIMEOUT`]).
+    pub fn with_forwarding(mut self, settings: ForwardSettings) -> Self {
+        self.forwarding = settings;
+        self
     }
 
     /// This node as `/status/cluster/nodes/{id}` shows it: the original's fields (endpoints
@@ -149,42 +154,24 @@ impl Admin {
             return json_error(StatusCode::NOT_FOUND, &format!("node {id:?} not found"));
         };
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri: http::Uri = match format!("http://{addr}{target}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("node {id:?} has an invalid admin address {addr:?}"),
-                )
-            }
-        };
-        let mut out = Request::builder().method(req.method().clone()).uri(uri);
+        let mut out = Request::builder()
+            .method(req.method().clone())
+            .uri(target)
+            .header(http::header::HOST, addr.as_str());
         // The caller's admin credential is good on every node of the cluster.
         if let Some(auth) = req.headers().get(http::header::AUTHORIZATION) {
             out = out.header(http::header::AUTHORIZATION, auth.clone());
         }
         let Ok(out) = out.body(Empty::new()) else {
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("node {id:?} has an invalid admin address {addr:?}"),
+            );
         };
-        let resp = match tokio::time::timeout(FORWARD_TIMEOUT, self.peers.request(out)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("node {id:?} at {addr}: {e}"),
-                )
-            }
-            Err(_) => {
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("node {id:?} at {addr} did not answer in time"),
-                )
-            }
-        };
-        let (parts, body) = resp.into_parts();
-        match Limited::new(body, MAX_FORWARDED_ANSWER).collect().await {
-            Ok(b) => {
-                let mut resp = Response::new(Either::Right(Full::new(b.to_bytes())));
+        match forward::ask(&self.forwarding, &addr, out).await {
+            Ok(answer) => {
+                let (parts, body) = answer.into_parts();
+                let mut resp = Response::new(Either::Right(Full::new(body)));
                 *resp.status_mut() = parts.status;
                 if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
                     resp.headers_mut()
@@ -192,10 +179,14 @@ impl Admin {
                 }
                 resp
             }
-            Err(e) => json_error(
-                StatusCode::BAD_GATEWAY,
-                &format!("node {id:?} at {addr}: {e}"),
-            ),
+            Err(e) => {
+                let status = match e {
+                    forward::ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                tracing::warn!(node = id, %addr, error = %e, "?forward= to another node's admin port failed");
+                json_error(status, &format!("node {id:?} at {addr}: {e}"))
+            }
         }
     }
 

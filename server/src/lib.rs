@@ -380,7 +380,8 @@ async fn start_ports(
             config.admin.auth.clone(),
             metrics,
         )
-        .with_cluster(cluster.clone()),
+        .with_cluster(cluster.clone())
+        .with_forwarding(config.admin.forward.clone()),
     );
     let admin_port = LastPort::serve(
         listeners.admin,

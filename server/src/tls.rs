@@ -308,6 +308,141 @@ impl rustls::client::ResolvesClientCert for ReloadingClientCert {
     }
 }
 
+/// The client side of calls to another node's port (a `*.tls.client` section): whom to
+/// trust, the certificate to present, and the name the peer's certificate must carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// PEM CAs the peer's certificate must chain to (`None`: the OS's roots).
+    pub root_cas: Option<PathBuf>,
+    /// PEM certificate and key presented to a peer that asks for one (mTLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Accept any certificate the peer presents, for any name.
+    pub insecure_skip_verify: bool,
+    /// The name the peer's certificate is checked against (and sent as SNI) instead of the
+    /// host of the address dialled.
+    pub server_name: Option<String>,
+}
+
+/// A client configuration for calls to other nodes, with the name to verify them by.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// The rustls configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name every peer's certificate is checked against (`None`: each peer's host).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl PeerTls {
+    /// Load `files` (an error names the file and the problem). Without `root_cas` the OS's
+    /// roots are trusted; a system with none still loads (a handshake then fails, saying
+    /// the certificate's issuer is unknown), since a node must not refuse to start for a
+    /// call it may never make.
+    pub fn load(files: &ClientTlsFiles) -> Result<Self, TlsError> {
+        install_crypto_provider();
+        let server_name = files
+            .server_name
+            .as_deref()
+            .map(|n| {
+                rustls::pki_types::ServerName::try_from(n.to_string()).map_err(|_| {
+                    TlsError(format!(
+                        "invalid server name {n:?}; use a DNS name or an IP address"
+                    ))
+                })
+            })
+            .transpose()?;
+        let store = match &files.root_cas {
+            Some(path) => ca_store(path)?,
+            None => native_store().unwrap_or_else(|_| RootCertStore::empty()),
+        };
+        let builder = rustls::ClientConfig::builder().with_root_certificates(store);
+        let mut config = match &files.identity {
+            Some((cert, key)) => {
+                builder.with_client_cert_resolver(ReloadingClientCert::new(cert, key)?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        if files.insecure_skip_verify {
+            config
+                .dangerous()
+                .set_certificate_verifier(Arc::new(AnyServerCert::new()));
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+
+    /// The name to verify the peer at `addr` (`host:port`) by.
+    pub fn name_for(&self, addr: &str) -> Result<rustls::pki_types::ServerName<'static>, TlsError> {
+        if let Some(n) = &self.server_name {
+            return Ok(n.clone());
+        }
+        let host = match addr.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => host,
+            _ => addr,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| TlsError(format!("{host:?} is not a name a certificate can carry")))
+    }
+}
+
+/// `insecure_skip_verify`: any certificate, any name. The handshake's signatures are still
+/// checked, so the peer holds the key of the certificate it sent.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyServerCert {
+    fn new() -> Self {
+        Self(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

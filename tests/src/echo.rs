@@ -8,6 +8,7 @@
 //! | `/headers` | `{"method", "uri", "headers"}` of the request |
 //! | `/sse` | two server-sent events 400 ms apart |
 //! | `/slow/{ms}` | `ok` after `ms` milliseconds |
+//! | `/drip/{ms}` | `tick` lines, the first at once, then one every `ms` milliseconds, without end |
 //! | `/name` | this server's name |
 //! | `/ws` | WebSocket echo |
 
@@ -150,6 +151,20 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Response<Body> {
         ("slow", Some(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
             full(StatusCode::OK, "ok")
+        }
+        ("drip", Some(ms)) => {
+            let every = Duration::from_millis(ms.parse().unwrap_or(100));
+            // The first at once, so the response has started.
+            let ticks = futures_util::stream::unfold(false, move |later| async move {
+                if later {
+                    tokio::time::sleep(every).await;
+                }
+                Some((
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"tick\n"))),
+                    true,
+                ))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(ticks)))
         }
         ("name", None) => full(StatusCode::OK, name),
         ("ws", None) => {

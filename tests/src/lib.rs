@@ -255,6 +255,14 @@ impl TestCluster {
     /// Start `n` nodes named `node-0`…; `tweak` adjusts node `i`'s configuration (its
     /// `join` is then set to every node's cluster address unless `tweak` set one).
     pub async fn start_with(n: usize, tweak: impl Fn(usize, &mut Config)) -> Self {
+        let cluster = Self::spawn_with(n, tweak).await;
+        cluster.wait_for_members(n).await;
+        cluster
+    }
+
+    /// [`TestCluster::start_with`] without waiting for the nodes to meet (which asks their
+    /// admin ports over plain HTTP): for nodes whose admin port uses TLS.
+    pub async fn spawn_with(n: usize, tweak: impl Fn(usize, &mut Config)) -> Self {
         let mut bound = Vec::new();
         for i in 0..n {
             let mut config = Config::loopback_ephemeral();
@@ -281,9 +289,7 @@ impl TestCluster {
                 TestServer::start_on(listeners, config)
             })
             .collect();
-        let cluster = Self { nodes };
-        cluster.wait_for_members(n).await;
-        cluster
+        Self { nodes }
     }
 
     /// Wait until every running node lists `n` members and one leader.

@@ -57,8 +57,9 @@ pub const MAX_SMALL_BYTES: usize = 64 << 10;
 /// Largest command a node may send to the leader (a full endpoint table).
 pub const MAX_WRITE_BYTES: usize = 8 << 20;
 
-/// The body of requests sent to other nodes.
-pub type ClientBody = BoxBody<Bytes, hyper::Error>;
+/// The body of requests sent to other nodes (a forwarded client body may fail with the
+/// client's error or at its deadline).
+pub type ClientBody = BoxBody<Bytes, crate::http::BoxError>;
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> ClientBody {

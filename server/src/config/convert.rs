@@ -15,7 +15,7 @@ use super::{err, Config, ConfigError};
 use crate::auth::{JwksLocation, JwksSource, PortAuth, Verifier, VerifierSettings};
 use crate::http::HttpLimits;
 use crate::secret::SecretString;
-use crate::tls::TlsFiles;
+use crate::tls::{ClientTlsFiles, PeerTls, TlsFiles};
 use crate::upstream::UpstreamLimits;
 use crate::{admin, cluster, proxy, upstream};
 
@@ -137,27 +137,21 @@ impl FileConfig {
                 "connection rebalancing is not implemented in this server: upstream connections stay on the node they reached (rebalance.* has no effect)",
             ));
         }
-        for (key, d) in [
-            ("proxy.http.read_timeout", self.proxy.http.read_timeout.0),
-            ("proxy.http.write_timeout", self.proxy.http.write_timeout.0),
+        // Sections with no call to govern here: checked, then named once.
+        for (key, t, why) in [
+            (
+                "proxy.tls.client",
+                &self.proxy.tls.client,
+                "no node calls another node's proxy port here (the original forwards requests to it): forwarded requests go to the other node's cluster port, whose client side is cluster.tls (cert, key, root_cas), plain HTTP without it; set cluster.tls on every node instead. This section has no effect",
+            ),
+            (
+                "upstream.tls.client",
+                &self.upstream.tls.client,
+                "no node calls another node's upstream port (nor does the original, which checks this section and never uses it); this section has no effect",
+            ),
         ] {
-            if !d.is_zero() {
-                warnings.push(err(
-                    key,
-                    "not enforced by this server: requests and responses are bounded by proxy.timeout, proxy.http.read_header_timeout and idle_timeout only",
-                ));
-            }
-        }
-        for (key, t) in [
-            ("proxy.tls.client", &self.proxy.tls.client),
-            ("upstream.tls.client", &self.upstream.tls.client),
-            ("admin.tls.client", &self.admin.tls.client),
-        ] {
-            if client_tls_set(key, t)? {
-                warnings.push(err(
-                    key,
-                    "calls between nodes travel the cluster port here, whose client side is cluster.tls (cert, key, root_cas); this setting has no effect",
-                ));
+            if client_tls(key, t)?.is_some() {
+                warnings.push(err(key, why));
             }
         }
         let http = HttpLimits {
@@ -177,6 +171,9 @@ impl FileConfig {
                 d => d,
             },
             max_header_bytes: self.proxy.http.max_header_bytes as usize,
+            // 0: no limit, as in the original.
+            read_timeout: Some(self.proxy.http.read_timeout.0).filter(|d| !d.is_zero()),
+            write_timeout: Some(self.proxy.http.write_timeout.0).filter(|d| !d.is_zero()),
         };
         let proxy = proxy::Settings {
             bind_addr: parse_bind_addr("proxy.bind_addr", &self.proxy.bind_addr)?,
@@ -202,11 +199,34 @@ impl FileConfig {
                     .then_some(self.upstream.max_upstreams_per_endpoint as usize),
             },
         };
+        let admin_tls = tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?;
+        let forward_tls = match (
+            client_tls("admin.tls.client", &self.admin.tls.client)?,
+            &admin_tls,
+        ) {
+            (Some(tls), Some(_)) => Some(tls),
+            (None, Some(_)) => Some(
+                PeerTls::load(&ClientTlsFiles::default())
+                    .map_err(|e| err("admin.tls.client", e))?,
+            ),
+            (Some(_), None) => {
+                warnings.push(err(
+                    "admin.tls.client",
+                    "this node's admin port has no TLS (admin.tls), so ?forward= asks other nodes' admin ports over plain HTTP and this section has no effect; set admin.tls.cert and admin.tls.key on every node",
+                ));
+                None
+            }
+            (None, None) => None,
+        };
         let admin = admin::Settings {
             bind_addr: parse_bind_addr("admin.bind_addr", &self.admin.bind_addr)?,
             advertise_addr: opt(self.admin.advertise_addr),
             auth: port_auth("admin.auth", &self.admin.auth, &[])?,
-            tls: tls_files("admin.tls", &self.admin.tls, &[b"http/1.1"])?,
+            tls: admin_tls,
+            forward: admin::ForwardSettings {
+                tls: forward_tls,
+                ..admin::ForwardSettings::default()
+            },
         };
         let cluster = cluster::Settings {
             bind_addr: cluster_bind_addr,
@@ -315,11 +335,17 @@ fn join_with_ports(join: &[String], port: u16) -> Result<Vec<String>, ConfigErro
         .collect()
 }
 
-/// Whether a `*.tls.client` section sets anything, after checking that what it sets can be
-/// used (the key with its certificate, readable files).
-fn client_tls_set(key: &str, t: &ClientTlsFile) -> Result<bool, ConfigError> {
-    let (cert, tkey, roots) = (opt(&t.cert), opt(&t.key), opt(&t.root_cas));
-    match (&cert, &tkey) {
+/// A `*.tls.client` section, loaded (a certificate needs its key, files must load, the
+/// server name must be one a certificate can carry); `None` when it sets nothing.
+fn client_tls(key: &str, t: &ClientTlsFile) -> Result<Option<PeerTls>, ConfigError> {
+    let (cert, tkey, roots, name) = (
+        opt(&t.cert),
+        opt(&t.key),
+        opt(&t.root_cas),
+        opt(&t.server_name),
+    );
+    let identity = match (cert, tkey) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
         (Some(_), None) => {
             return Err(err(
                 &format!("{key}.key"),
@@ -332,25 +358,26 @@ fn client_tls_set(key: &str, t: &ClientTlsFile) -> Result<bool, ConfigError> {
                 "missing; a client key needs its certificate",
             ))
         }
-        _ => {}
+        (None, None) => None,
+    };
+    if identity.is_none() && roots.is_none() && name.is_none() && !t.insecure_skip_verify {
+        return Ok(None);
     }
-    if cert.is_some() || roots.is_some() {
-        let identity = cert
-            .as_ref()
-            .zip(tkey.as_ref())
-            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k)));
-        crate::tls::client_config_with(
-            roots.clone().map(PathBuf::from).as_deref(),
-            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-        )
-        .map_err(|e| err(key, e))?;
+    if let Some(n) = &name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            return Err(err(
+                &format!("{key}.server_name"),
+                format!("invalid server name {n:?}; use a DNS name or an IP address"),
+            ));
+        }
     }
-    Ok(
-        cert.is_some()
-            || roots.is_some()
-            || t.insecure_skip_verify
-            || opt(&t.server_name).is_some(),
-    )
+    let files = ClientTlsFiles {
+        root_cas: roots.map(PathBuf::from),
+        identity,
+        insecure_skip_verify: t.insecure_skip_verify,
+        server_name: name,
+    };
+    PeerTls::load(&files).map(Some).map_err(|e| err(key, e))
 }
 
 /// `proxy.trusted_proxies`: each entry a network (`10.0.0.0/8`, `fd00::/8`) or one address.

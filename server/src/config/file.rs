@@ -34,9 +34,44 @@ impl Serialize for Dur {
     }
 }
 
+/// A duration as YAML gives it: a string, or a bare number (`write_timeout: 0`, which the
+/// original's files use to turn a limit off).
+struct DurVisitor;
+
+impl serde::de::Visitor<'_> for DurVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration like 30s, 1m or 500ms")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        match v {
+            0 => Ok("0".into()),
+            // The original would read a bare number as nanoseconds: surely not meant.
+            n => Err(E::custom(format!(
+                "invalid duration {n} (a number without a unit); use a value like 30s, 1m or 500ms"
+            ))),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom(format!(
+                "invalid duration {v}; it cannot be negative"
+            ))),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = d.deserialize_any(DurVisitor)?;
         if s.trim() == "0" {
             return Ok(Dur(Duration::ZERO));
         }
@@ -106,9 +141,12 @@ pub struct HttpFile {
     pub idle_timeout: Dur,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u64,
-    /// The original's whole-request read limit (0: none); accepted, see `config` warnings.
+    /// Time a proxied request, body included, has to arrive, counted from its head (408, or
+    /// the connection closed once the response has started; 0: no limit, the default here).
     pub read_timeout: Dur,
-    /// The original's response write limit (0: none); accepted, see `config` warnings.
+    /// Time a proxied response has to be sent, counted from the request head (504 before
+    /// it starts, else the connection closed; 0: no limit, the default here). Upgrades are
+    /// exempt once switched.
     pub write_timeout: Dur,
 }
 
@@ -241,7 +279,9 @@ pub struct TlsFile {
     pub client: ClientTlsFile,
 }
 
-/// `*.tls.client.*`: the TLS client settings of the original's node-to-node calls.
+/// `*.tls.client.*`: the TLS client settings of the original's node-to-node calls. Here
+/// `admin.tls.client` is the client side of `?forward=`; the proxy's and upstream's have no
+/// call to govern and are named in a warning when set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTlsFile {

@@ -633,39 +633,135 @@ fn rebalance_is_validated_and_named_when_it_would_act() {
 }
 
 #[test]
-fn read_and_write_timeouts_are_accepted_and_named() {
+fn read_and_write_timeouts_are_applied_and_zero_is_no_limit() {
     let c = load(&src(
-        Some("proxy:\n  http:\n    read_timeout: 10s\n    write_timeout: 10s\n"),
+        Some("proxy:\n  http:\n    read_timeout: 10s\n    write_timeout: 2m\n"),
         &[],
         &[],
     ))
     .unwrap();
-    let keys: Vec<_> = c.warnings.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        ["proxy.http.read_timeout", "proxy.http.write_timeout"]
+    assert_eq!(c.proxy.http.read_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(c.proxy.http.write_timeout, Some(Duration::from_secs(120)));
+    assert!(
+        c.warnings.is_empty(),
+        "enforced, so not warned about: {:?}",
+        c.warnings
     );
+    for sources in [
+        Sources::default(),
+        src(
+            Some("proxy:\n  http:\n    read_timeout: 0\n    write_timeout: 0s\n"),
+            &[],
+            &[],
+        ),
+    ] {
+        let c = load(&sources).unwrap();
+        assert_eq!(
+            (c.proxy.http.read_timeout, c.proxy.http.write_timeout),
+            (None, None)
+        );
+    }
+    // A bare number other than 0 has no unit (the original would take nanoseconds).
+    let e = load(&src(
+        Some("proxy:\n  http:\n    write_timeout: 10\n"),
+        &[],
+        &[],
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "proxy.http.write_timeout");
+    assert!(e.message.contains("a number without a unit"), "{e}");
+}
+
+/// A CA-less self-signed certificate and its key in `dir`, for `*.tls` keys.
+fn cert_files(dir: &std::path::Path) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["admin.piko.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
 }
 
 #[test]
-fn client_tls_sections_are_checked_and_named() {
+fn client_tls_sections_are_checked_and_those_without_a_call_named() {
+    for key in ["proxy.tls.client", "upstream.tls.client"] {
+        let flag = format!("{key}.insecure_skip_verify");
+        let c = load(&src(None, &[], &[(&flag, "true")])).unwrap();
+        let named: Vec<_> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(named, [key]);
+        assert!(
+            c.warnings[0].message.contains("has no effect"),
+            "{}",
+            c.warnings[0]
+        );
+    }
+    // admin.tls.client without admin.tls: ?forward= is plain HTTP, the section is named.
     let c = load(&src(
-        Some("proxy:\n  tls:\n    client:\n      insecure_skip_verify: true\n"),
+        None,
         &[],
-        &[],
+        &[("admin.tls.client.server_name", "a.test")],
     ))
     .unwrap();
     assert_eq!(c.warnings.len(), 1);
-    assert_eq!(c.warnings[0].key, "proxy.tls.client");
-    let e = load(&src(None, &[], &[("admin.tls.client.cert", "c.pem")])).unwrap_err();
-    assert_eq!(e.key, "admin.tls.client.key");
-    let e = load(&src(
-        None,
-        &[],
-        &[("upstream.tls.client.root_cas", "/nonexistent/ca.pem")],
-    ))
-    .unwrap_err();
-    assert_eq!(e.key, "upstream.tls.client");
+    assert_eq!(c.warnings[0].key, "admin.tls.client");
+    assert!(
+        c.warnings[0].message.contains("admin.tls"),
+        "{}",
+        c.warnings[0]
+    );
+    assert!(c.admin.forward.tls.is_none());
+
+    let bad = [
+        (("admin.tls.client.cert", "c.pem"), "admin.tls.client.key"),
+        (("admin.tls.client.key", "k.pem"), "admin.tls.client.cert"),
+        (
+            ("admin.tls.client.server_name", "not a name"),
+            "admin.tls.client.server_name",
+        ),
+        (
+            ("upstream.tls.client.root_cas", "/nonexistent/ca.pem"),
+            "upstream.tls.client",
+        ),
+        (
+            ("proxy.tls.client.root_cas", "/nonexistent/ca.pem"),
+            "proxy.tls.client",
+        ),
+    ];
+    for ((k, v), want) in bad {
+        let e = load(&src(None, &[], &[(k, v)])).unwrap_err();
+        assert_eq!(e.key, want, "{k}={v}: {e}");
+    }
+}
+
+#[test]
+fn admin_tls_client_is_the_client_side_of_forwarding_when_the_admin_port_uses_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = cert_files(dir.path());
+    let tls = [
+        ("admin.tls.cert", cert.as_str()),
+        ("admin.tls.key", key.as_str()),
+    ];
+    // TLS on the admin port: ?forward= speaks TLS, with the OS's roots by default.
+    let c = load(&src(None, &[], &tls)).unwrap();
+    let fwd = c.admin.forward.tls.expect("forwarding over TLS");
+    assert!(fwd.server_name.is_none());
+    assert_eq!(c.admin.forward.timeout, Duration::from_secs(15));
+    // With the client section: its name and CA (and no warning).
+    let mut with_client = tls.to_vec();
+    with_client.extend([
+        ("admin.tls.client.server_name", "admin.piko.test"),
+        ("admin.tls.client.root_cas", cert.as_str()),
+    ]);
+    let c = load(&src(None, &[], &with_client)).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let fwd = c.admin.forward.tls.expect("forwarding over TLS");
+    assert_eq!(
+        fwd.server_name.map(|n| n.to_str().into_owned()),
+        Some("admin.piko.test".to_string())
+    );
 }
 
 #[test]

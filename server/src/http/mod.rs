@@ -1,9 +1,11 @@
 //! Serving HTTP on a listener: HTTP/1.1 and h2c, upgrades, limits and graceful drain.
 //!
-//! [`timeouts`] holds the header and idle timers of client connections; [`body`] the body
-//! type every port writes.
+//! [`timeouts`] holds the header and idle timers of client connections; [`deadline`] the
+//! whole-request and whole-response limits of the proxy's requests; [`body`] the body type
+//! every port writes.
 
 pub mod body;
+pub mod deadline;
 pub mod timeouts;
 
 use std::convert::Infallible;
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 pub use body::{Body, BodyMeter, PoolReturn, PooledBody};
+pub use deadline::{BoxError, Deadline, DeadlineExceeded, RequestBody};
 
 use crate::tls::ReloadingTls;
 
@@ -63,6 +66,13 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Time a proxied request, body included, has to arrive (`proxy.http.read_timeout`;
+    /// `None`: no limit). Applied by the proxy, as the original applies it to its proxy
+    /// port only.
+    pub read_timeout: Option<Duration>,
+    /// Time a proxied response has to be sent, counted from the request head
+    /// (`proxy.http.write_timeout`; `None`: no limit). Applied by the proxy.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for HttpLimits {
@@ -71,6 +81,8 @@ impl Default for HttpLimits {
             read_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 1 << 20,
+            read_timeout: None,
+            write_timeout: None,
         }
     }
 }

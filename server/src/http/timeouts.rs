@@ -163,31 +163,39 @@ impl Activity {
     }
 }
 
-/// A response body that tells its connection's [`Activity`] when the response is over.
-pub struct TrackedBody<B> {
-    inner: B,
-    activity: Option<Arc<Activity>>,
-}
+pin_project_lite::pin_project! {
+    /// A response body that tells its connection's [`Activity`] when the response is over.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        activity: Option<Arc<Activity>>,
+    }
 
-impl<B> TrackedBody<B> {
-    fn done(&mut self) {
-        if let Some(a) = self.activity.take() {
-            a.response_done();
+    impl<B> PinnedDrop for TrackedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            done(this.project().activity);
         }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
+fn done(activity: &mut Option<Arc<Activity>>) {
+    if let Some(a) = activity.take() {
+        a.response_done();
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
         if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done();
+            done(this.activity);
         }
         res
     }
@@ -198,12 +206,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for TrackedBody<B> {
-    fn drop(&mut self) {
-        self.done();
     }
 }
 

@@ -3,7 +3,7 @@
 use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
-use crate::http::{json_error, Body};
+use crate::http::{json_error, Body, DeadlineExceeded};
 
 /// Why a proxied request failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,12 @@ pub enum ProxyError {
     /// The upstream did not start its response in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Client: the request body had not all arrived by `proxy.http.read_timeout`.
+    #[error("request timeout")]
+    RequestTimeout,
+    /// No response could be started by `proxy.http.write_timeout` (the upstream was slower).
+    #[error("response timeout")]
+    ResponseTimeout,
     /// Client: authentication failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -54,7 +60,10 @@ impl ProxyError {
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoUpstream | ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout | ProxyError::ResponseTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
         }
     }
@@ -75,11 +84,20 @@ impl ProxyError {
 /// The methods the proxy passes on, for the `Allow` header of its 405.
 const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
+/// The client's part in a failed request to the next hop, if its request body is to blame:
+/// it missed its deadline (408) or broke off (400).
+pub(super) fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    if DeadlineExceeded::find(e).is_some() {
+        return Some(ProxyError::RequestTimeout);
+    }
+    client_body_failed(e).then_some(ProxyError::ClientBody)
+}
+
 /// Whether a request to the next hop failed because the client's request body did. hyper
 /// reports an error of the body it was sending as a user error whose source is that body's
 /// own error (a `hyper::Error` of the client's connection); `e` may wrap it (the cluster
 /// client's errors do).
-pub(super) fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -108,6 +126,8 @@ mod tests {
             (ProxyError::NoUpstream, 502, "no available upstreams"),
             (ProxyError::UpstreamUnreachable, 502, "upstream unreachable"),
             (ProxyError::UpstreamTimeout, 504, "upstream timeout"),
+            (ProxyError::RequestTimeout, 408, "request timeout"),
+            (ProxyError::ResponseTimeout, 504, "response timeout"),
             (
                 ProxyError::ClientBody,
                 400,

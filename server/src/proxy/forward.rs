@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{rewrite_head, Hop, Proxy, ProxyError};
 use crate::cluster::network::{full, ClientBody, FORWARD_PATH, FORWARD_TARGET_HEADER};
 use crate::cluster::NodeId;
-use crate::http::{Body, ConnInfo, PooledBody};
+use crate::http::{Body, ConnInfo, Deadline, PooledBody, RequestBody};
 
 /// Nodes tried for one request before giving up.
 const MAX_NODES: usize = 3;
@@ -25,13 +25,15 @@ const MAX_NODES: usize = 3;
 pub(super) const NO_UPSTREAM_HEADER: &str = "x-piko-no-upstream";
 
 impl Proxy {
-    /// Send `req` to another node holding upstreams for `endpoint`. A node that cannot be
-    /// reached is skipped for the next one when nothing of the request was sent (no body).
+    /// Send `req` to another node holding upstreams for `endpoint`, its body to arrive by
+    /// `read`. A node that cannot be reached is skipped for the next one when nothing of the
+    /// request was sent (no body).
     pub(super) async fn forward(
         &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
         endpoint: &EndpointId,
+        read: Option<Deadline>,
     ) -> Result<Response<Body>, ProxyError> {
         let Some(cluster) = &self.cluster else {
             return Err(ProxyError::NoUpstream);
@@ -54,7 +56,8 @@ impl Proxy {
             .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
         parts.headers.insert(FORWARD_TARGET_HEADER, target);
         let replayable = body.is_end_stream();
-        let mut body = Some(body.boxed());
+        let read = if upgrade { None } else { read };
+        let mut body = Some(RequestBody::new(body, read).boxed());
         let mut tried: Vec<NodeId> = Vec::new();
         let resp = loop {
             let Some((node, member)) = cluster.route(endpoint.as_str(), &tried) else {
@@ -101,11 +104,11 @@ impl Proxy {
                 Err(e) if e.is_connect() && replayable && tried.len() < MAX_NODES => {
                     debug!(node = %member, error = %e, "node unreachable; trying another");
                 }
-                Err(e) if super::error::client_body_failed(&e) => {
-                    debug!(node = %member, error = %e, "client request body failed");
-                    return Err(ProxyError::ClientBody);
-                }
                 Err(e) => {
+                    if let Some(client) = super::error::client_body_error(&e) {
+                        debug!(node = %member, error = %e, "client request body failed");
+                        return Err(client);
+                    }
                     debug!(node = %member, error = %e, "forwarding failed");
                     return Err(ProxyError::UpstreamUnreachable);
                 }

@@ -30,7 +30,10 @@ pub use settings::Settings;
 
 use crate::auth::{AuthError, PortAuth, Token};
 use crate::cluster::Cluster;
-use crate::http::{is_websocket_upgrade, websocket_accept, Body, ConnInfo, PooledBody};
+use crate::http::deadline::{READ_TIMEOUT_KEY, WRITE_TIMEOUT_KEY};
+use crate::http::{
+    is_websocket_upgrade, websocket_accept, Body, ConnInfo, Deadline, PooledBody, RequestBody,
+};
 use crate::metrics::Metrics;
 use crate::upstream::pool::{self, CheckoutError, Opened, SendError, Wire};
 use crate::upstream::{Registry, Upstream};
@@ -46,6 +49,10 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy.http.read_timeout`.
+    read_timeout: Option<Duration>,
+    /// `proxy.http.write_timeout`.
+    write_timeout: Option<Duration>,
 }
 
 /// Where a request comes from.
@@ -119,7 +126,18 @@ impl Proxy {
             metrics,
             cluster: None,
             trusted_proxies: Vec::new(),
+            read_timeout: None,
+            write_timeout: None,
         }
+    }
+
+    /// Give each client's request `read` to arrive, body included, and its response `write`
+    /// to be sent, both counted from its head (`None`: no limit). Upgrades are exempt once
+    /// switched, and requests forwarded by another node (that node counts).
+    pub fn with_body_timeouts(mut self, read: Option<Duration>, write: Option<Duration>) -> Self {
+        self.read_timeout = read;
+        self.write_timeout = write;
+        self
     }
 
     /// Keep the `X-Forwarded-*` headers of clients whose address is in one of `nets` (load
@@ -167,7 +185,16 @@ impl Proxy {
         hop: Hop,
     ) -> Response<Body> {
         let _in_flight = self.metrics.request_started();
-        let (method, start) = (req.method().clone(), std::time::Instant::now());
+        let (method, start) = (req.method().clone(), tokio::time::Instant::now());
+        // The node that took the client's connection counts; a forwarded request's
+        // deadlines are the forwarding node's.
+        let (read, write) = match hop {
+            Hop::Client => (
+                Deadline::after(start, self.read_timeout, READ_TIMEOUT_KEY),
+                Deadline::after(start, self.write_timeout, WRITE_TIMEOUT_KEY),
+            ),
+            Hop::Forwarded => (None, None),
+        };
         let size = crate::metrics::request_size(&req);
         let record = self
             .access
@@ -179,13 +206,13 @@ impl Proxy {
                 };
                 PendingRecord::new(sink, r)
             });
-        let result = if let Err(e) = refuse_unsupported(&req) {
-            Err(e)
-        } else if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
-            let rest = rest.to_string();
-            self.tcp(req, &rest, conn, hop).await
-        } else {
-            self.http(req, conn, hop).await
+        let result = match write {
+            None => self.dispatch(req, conn, hop, read).await,
+            // Until the response head: a response that cannot start in time gets a 504 (Go's
+            // server would only close the connection).
+            Some(d) => tokio::time::timeout_at(d.at, self.dispatch(req, conn, hop, read))
+                .await
+                .unwrap_or(Err(ProxyError::ResponseTimeout)),
         };
         let mut error = None;
         let resp = match result {
@@ -193,6 +220,10 @@ impl Proxy {
             Err(e) => {
                 // With an access record the error goes there: one line per failed request.
                 match e.status() {
+                    _ if matches!(e, ProxyError::ResponseTimeout) => warn!(
+                        limit = ?self.write_timeout.unwrap_or_default(),
+                        "{WRITE_TIMEOUT_KEY}: no response could be started in time; answered 504"
+                    ),
                     s if s.is_server_error() && record.is_none() => {
                         warn!(error = %e, "proxy request failed")
                     }
@@ -216,8 +247,11 @@ impl Proxy {
         let status = resp.status().as_u16();
         self.metrics
             .request_done(&method, status, start.elapsed(), size);
+        // An upgrade's connection is relayed once switched, with no deadline (Go clears its
+        // deadlines when a handler hijacks the connection).
+        let write = write.filter(|_| status != 101);
         let resp = resp.map(|body| match body {
-            Either::Left(b) => Either::Left(b.metered(self.metrics.clone())),
+            Either::Left(b) => Either::Left(b.metered(self.metrics.clone()).with_deadline(write)),
             Either::Right(b) => {
                 let len = hyper::body::Body::size_hint(&b).exact().unwrap_or(0);
                 crate::http::BodyMeter::body_done(&*self.metrics, len);
@@ -228,6 +262,23 @@ impl Proxy {
             record.finish(status, resp.headers(), error.as_deref());
         }
         resp
+    }
+
+    /// Route one request: refused, TCP over WebSocket, or HTTP.
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        hop: Hop,
+        read: Option<Deadline>,
+    ) -> Result<Response<Body>, ProxyError> {
+        refuse_unsupported(&req)?;
+        if let Some(rest) = req.uri().path().strip_prefix(TCP_PATH_PREFIX) {
+            let rest = rest.to_string();
+            self.tcp(req, &rest, conn, hop).await
+        } else {
+            self.http(req, conn, hop, read).await
+        }
     }
 
     fn endpoint_of(req: &Request<Incoming>) -> Result<EndpointId, ProxyError> {
@@ -291,7 +342,7 @@ impl Proxy {
         &self,
         endpoint: &EndpointId,
         fresh: bool,
-    ) -> Result<(Arc<Upstream>, (SendRequest<Incoming>, Opened)), ProxyError> {
+    ) -> Result<(Arc<Upstream>, (SendRequest<RequestBody>, Opened)), ProxyError> {
         self.on_upstream(endpoint, |u| async move {
             if fresh || !u.keep_alive {
                 Ok((pool::connect(&u.session, wire_of(&u)).await?, true))
@@ -310,11 +361,14 @@ impl Proxy {
         Ok(stream)
     }
 
+    /// An HTTP request (or an upgrade), passed on to an upstream or another node; its body
+    /// must arrive by `read` (not an upgrade's).
     async fn http(
         &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
         hop: Hop,
+        read: Option<Deadline>,
     ) -> Result<Response<Body>, ProxyError> {
         // Authentication comes first, as in the original: no token, no other answer.
         let token = self.auth.authenticate(req.headers())?;
@@ -330,7 +384,7 @@ impl Proxy {
             // Boxed: forwarding's large future would otherwise grow every request's future
             // (measured: about 5 % fewer requests per second unboxed).
             Ok(Err(ProxyError::NoUpstream)) if hop == Hop::Client => {
-                return Box::pin(self.forward(req, conn, &endpoint)).await
+                return Box::pin(self.forward(req, conn, &endpoint, read)).await
             }
             Ok(other) => other?,
         };
@@ -349,7 +403,8 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let req = Request::from_parts(parts, body);
+        let read = if upgrade { None } else { read };
+        let req = Request::from_parts(parts, RequestBody::new(body, read));
 
         let send = pool::send(sender, &upstream.session, wire_of(&upstream), req);
         let resp = if upgrade {
@@ -360,15 +415,15 @@ impl Proxy {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
             }
         };
-        let (mut resp, sender) = resp.map_err(|e| match e {
-            SendError::Request(e) if error::client_body_failed(&e) => {
-                debug!(error = %e, "client request body failed");
-                ProxyError::ClientBody
+        let (mut resp, sender) = resp.map_err(|e| {
+            if let SendError::Request(e) = &e {
+                if let Some(client) = error::client_body_error(e) {
+                    debug!(error = %e, "client request body failed");
+                    return client;
+                }
             }
-            e => {
-                debug!(error = %e, "upstream request failed");
-                ProxyError::UpstreamUnreachable
-            }
+            debug!(error = %e, "upstream request failed");
+            ProxyError::UpstreamUnreachable
         })?;
 
         if relay_response_head(&mut resp, client_upgrade) || !upstream.keep_alive {
@@ -396,7 +451,7 @@ impl Proxy {
         {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(ProxyError::NoUpstream)) if hop == Hop::Client => {
-                return Box::pin(self.forward(req, conn, &endpoint)).await
+                return Box::pin(self.forward(req, conn, &endpoint, None)).await
             }
             Ok(other) => other?,
         };

@@ -49,5 +49,6 @@ impl Proxy {
             metrics,
         )
         .with_trusted_proxies(settings.trusted_proxies.clone())
+        .with_body_timeouts(settings.http.read_timeout, settings.http.write_timeout)
     }
 }

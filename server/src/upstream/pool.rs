@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use piko_protocol::mux::Session;
 use tracing::debug;
 
+use crate::http::RequestBody;
+
 /// Idle connections kept per upstream at most.
 const MAX_IDLE: usize = 256;
 /// Time an idle connection may take to report ready before it is dropped.
@@ -28,7 +30,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The idle connections of one upstream.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<RequestBody>>>,
 }
 
 /// Why no connection could be had.
@@ -53,12 +55,12 @@ impl ConnPool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    fn pop(&self) -> Option<SendRequest<Incoming>> {
+    fn pop(&self) -> Option<SendRequest<RequestBody>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
     /// Put a connection back for the next request.
-    pub fn put(&self, sender: SendRequest<Incoming>) {
+    pub fn put(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -73,7 +75,7 @@ impl ConnPool {
     pub async fn checkout(
         &self,
         session: &Session,
-    ) -> Result<(SendRequest<Incoming>, Opened), CheckoutError> {
+    ) -> Result<(SendRequest<RequestBody>, Opened), CheckoutError> {
         while let Some(mut sender) = self.pop() {
             if sender.is_closed() {
                 continue;
@@ -109,7 +111,7 @@ pub enum Wire {
 pub async fn connect(
     session: &Session,
     wire: Wire,
-) -> Result<SendRequest<Incoming>, CheckoutError> {
+) -> Result<SendRequest<RequestBody>, CheckoutError> {
     let stream = session.open().await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(wire == Wire::OnePerStream)
@@ -128,11 +130,11 @@ pub async fn connect(
 /// Send `req` on `sender`; a request the connection could not take (it closed before the
 /// request was written) is sent again on a fresh stream of `session`, written as `wire` says.
 pub async fn send(
-    mut sender: SendRequest<Incoming>,
+    mut sender: SendRequest<RequestBody>,
     session: &Session,
     wire: Wire,
-    req: Request<Incoming>,
-) -> Result<(Response<Incoming>, SendRequest<Incoming>), SendError> {
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, SendRequest<RequestBody>), SendError> {
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, sender)),
         Err(mut e) => match e.take_message() {

@@ -38,7 +38,7 @@ pub struct Upstream {
 }
 
 impl crate::http::PoolReturn for Upstream {
-    fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<hyper::body::Incoming>) {
+    fn put_back(&self, sender: hyper::client::conn::http1::SendRequest<crate::http::RequestBody>) {
         self.pool.put(sender);
     }
 }
