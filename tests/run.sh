@@ -58,6 +58,10 @@ cargo build --workspace --all-targets
 step "docker image"
 # The real image, for tests/tests/docker.rs (built here so its release build runs alone).
 export PIKO_TEST_IMAGE="$(bash installers/docker/build.sh piko-server:ci)"
+step "kubernetes manifests, helm chart"
+# Renders and validates installers/kubernetes and installers/helm, and runs the StatefulSet's
+# pods from the image just built (its own venv; about 25 s cold, a few seconds warm).
+bash installers/kubernetes/test.sh
 step "tests"
 cargo nextest run --workspace --no-fail-fast
 # The tray app, in its own step (outside default-members): build, wiring tests, the real

@@ -1,6 +1,7 @@
 //! `piko service install | uninstall | run`: what the user asked for, said back in one line
 //! each; the service definitions themselves are [`crate::service`]'s.
 
+#[cfg(not(windows))]
 use std::path::PathBuf;
 
 use crate::cli::{ServiceInstallArgs, ServiceRunArgs, ServiceUninstallArgs};

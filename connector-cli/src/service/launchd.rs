@@ -74,7 +74,6 @@ pub(crate) fn install(spec: &Spec, dir: &Path, start: bool) -> Result<PathBuf, F
         ))
     })?;
     if start {
-        #[cfg(unix)]
         super::run_tool(
             "launchctl",
             &["bootstrap", "system", &path.display().to_string()],
@@ -93,7 +92,6 @@ pub(crate) fn uninstall(dir: &Path, stop: bool) -> Result<PathBuf, Failure> {
         )));
     }
     if stop {
-        #[cfg(unix)]
         super::run_tool("launchctl", &["bootout", &format!("system/{LABEL}")])?;
     }
     std::fs::remove_file(&path).map_err(|e| {

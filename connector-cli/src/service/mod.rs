@@ -3,7 +3,9 @@
 //! ([`windows`]). Each writes the definition and, unless told not to, asks the OS's service
 //! manager to start it now and at every boot.
 
+#[cfg(not(windows))]
 pub(crate) mod launchd;
+#[cfg(not(windows))]
 pub(crate) mod systemd;
 #[cfg(windows)]
 pub(crate) mod windows;
@@ -43,7 +45,9 @@ impl Spec {
         Ok(Spec { exe, config })
     }
 
-    /// The command line the service runs, program first.
+    /// The command line the service runs, program first (a Windows service runs
+    /// `service run` instead, see [`windows`]).
+    #[cfg(not(windows))]
     pub(crate) fn argv(&self) -> Vec<String> {
         vec![
             self.exe.display().to_string(),
@@ -68,7 +72,7 @@ pub(crate) fn default_config() -> PathBuf {
 }
 
 /// Run an OS tool (`systemctl`, `launchctl`) and turn its failure into one line.
-#[cfg(unix)]
+#[cfg(not(windows))]
 pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), Failure> {
     let out = std::process::Command::new(program)
         .args(args)

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
 use tracing::warn;
 
 use super::{CredentialError, CredentialStore, Secret, ServerKey};
