@@ -123,7 +123,8 @@ mod tests {
             assert!(u.lines().any(|l| l == line), "missing {line}:\n{u}");
         }
         assert!(
-            !u.lines().any(|l| l.starts_with("Environment=") && l.contains("TOKEN")),
+            !u.lines()
+                .any(|l| l.starts_with("Environment=") && l.contains("TOKEN")),
             "no token in the unit:\n{u}"
         );
     }
