@@ -1,6 +1,6 @@
 //! `status`: one GET to a node's admin port, printed.
 //!
-//! - The original's commands print its YAML ([`original`]): `status upstream endpoints`,
+//! - The original's commands print its YAML (`original.rs`): `status upstream endpoints`,
 //!   `status cluster nodes [--status S]`, `status cluster node ID|local`, with its
 //!   `--server.url` and `--forward NODE` (the node the admin port asks, `?forward=`).
 //! - This project's print the JSON answer pretty: `status endpoints | nodes | node ID | raft
