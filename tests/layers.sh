@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The server's reading order, lowest first; server/src/lib.rs's layout doc says the same.
-LAYERS="secret tls http auth upstream cluster metrics proxy admin config"
+LAYERS="secret tls http auth upstream cluster metrics proxy admin config cli"
 
 if [ "$#" -eq 0 ]; then set -- server/src; fi
 

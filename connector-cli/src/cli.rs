@@ -53,6 +53,9 @@ pub(crate) enum Command {
     /// Run `piko agent start` as an OS service: systemd (Linux), launchd (macOS), Windows.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Run a Piko server node, or ask one for its status: the same command as `piko-server`
+    /// (see `piko server --help`).
+    Server(ServerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +100,16 @@ pub(crate) struct ServiceRunArgs {
     /// The agent's config file.
     #[arg(long = "config.path")]
     pub(crate) config_path: PathBuf,
+}
+
+/// `piko server`'s arguments, which `main` hands to the server's own command line before
+/// this parser sees them; parsed here only when a flag of `piko` came before `server`.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub(crate) struct ServerArgs {
+    /// Flags and subcommands of `piko server`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) args: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,8 @@
 //! Thin: [`cli`] parses the command line, [`commands`] sets up logging, builds the runtime
 //! and calls `piko-connector-core`, [`service`] knows the OS service managers, [`exit`] turns the outcome into one line on stderr and an
 //! exit code (the table is in `piko --help` and docs/connector.md). Status lines go to
-//! stdout, logs to stderr.
+//! stdout, logs to stderr. `piko server` is the server's own command line
+//! ([`commands::server`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 // The clap types' doc comments are `--help` text (URLs and `[user:pass@]` as users type
@@ -20,7 +21,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    exit::report(commands::run(cli::Cli::parse()))
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The server's command line is its own (`piko-server`'s): handed over whole.
+    if commands::server::is_server(&args) {
+        return commands::server::run(&args[1..]);
+    }
+    let cli = cli::Cli::parse_from(args);
+    if let cli::Command::Server(a) = cli.command {
+        return commands::server::run_after_globals(cli.log_level, cli.log_subsystems, a.args);
+    }
+    exit::report(commands::run(cli))
 }
 
 #[cfg(test)]

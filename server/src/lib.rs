@@ -16,7 +16,9 @@
 //!   forwarded to another node).
 //! - [`admin`]: health, readiness, metrics and status routes.
 //! - [`config`]: defaults, YAML file, `PIKO_*` environment and dotted flags → [`Config`].
-//! - this root: [`run`], which wires them together.
+//! - [`cli`]: the command line of `piko-server` and `piko server` (flags, logging, `status`).
+//! - this root: [`run`], which wires them together, and [`run_command`], the process around
+//!   it that both binaries call.
 //!
 //! [`run`] takes bound listeners (the caller owns sockets) and a shutdown token.
 
@@ -24,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -33,6 +36,7 @@ pub mod secret;
 pub mod tls;
 pub mod upstream;
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -467,4 +471,57 @@ async fn drain_then_leave(
     // 7. The admin port last, so probes saw 503 through the whole drain.
     ports.admin.stop().await;
     info!("shutdown complete");
+}
+
+/// The whole process of `piko-server` and `piko server`, for the command line `matches` of
+/// [`cli::command`]: print a node's status (`status`), or load the configuration, bind, and run
+/// a node until SIGINT or SIGTERM. Exit 0 when done, 1 when the node cannot run, 2 for a bad
+/// flag, key or value (`bin_name --help` is named then).
+pub fn run_command(bin_name: &str, matches: &clap::ArgMatches) -> ExitCode {
+    let runtime = match piko_protocol::process::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(("status", sub)) = matches.subcommand() {
+        return runtime.block_on(cli::status::run(sub));
+    }
+    let config = match cli::load_config(matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("see `{bin_name} --help` for the options");
+            return ExitCode::from(2);
+        }
+    };
+    cli::init_logging(&config.log);
+    runtime.block_on(run_until_signalled(config))
+}
+
+/// Bind the ports of `config` and [`run`] the node; the first SIGINT or SIGTERM starts the
+/// graceful shutdown, a second one exits the process at once.
+async fn run_until_signalled(config: Config) -> ExitCode {
+    let listeners = match Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}; choose another address with the flag of that key");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    // The process's own task: a second signal exits the process, whatever else runs.
+    tokio::spawn(piko_protocol::process::stop_on_signals(move || {
+        stop.cancel();
+        info!("signal received; shutting down gracefully (send again to exit at once)");
+    }));
+    match run(listeners, config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

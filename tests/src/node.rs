@@ -27,6 +27,8 @@ pub struct NodeProcess {
     log: ProcessLog,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// Run as `piko server` rather than `piko-server`.
+    via_piko: bool,
     child: Option<tokio::process::Child>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -44,6 +46,7 @@ impl NodeProcess {
             log,
             args: vec![],
             envs: vec![],
+            via_piko: false,
             child: None,
             _temp: None,
         }
@@ -68,6 +71,12 @@ impl NodeProcess {
     /// Pass `args` on every start, after the harness's own flags (a later flag wins).
     pub fn with_args<S: Into<OsString> + Clone>(mut self, args: &[S]) -> Self {
         self.args.extend(args.iter().cloned().map(Into::into));
+        self
+    }
+
+    /// Run the node as `piko server` (the `piko` binary) rather than `piko-server`.
+    pub fn via_piko(mut self) -> Self {
+        self.via_piko = true;
         self
     }
 
@@ -140,7 +149,13 @@ impl NodeProcess {
             Some(p) => p[i].to_string(),
             None => "127.0.0.1:0".to_string(),
         };
-        let mut cmd = tokio::process::Command::new(bin("piko-server"));
+        let mut cmd = if self.via_piko {
+            let mut cmd = tokio::process::Command::new(bin("piko"));
+            cmd.arg("server");
+            cmd
+        } else {
+            tokio::process::Command::new(bin("piko-server"))
+        };
         cmd.arg("--cluster.node-id").arg(&self.name);
         for (i, port) in PORTS.iter().enumerate() {
             cmd.arg(format!("--{port}.bind-addr")).arg(a(i));

@@ -7,6 +7,7 @@
 //! - [`login`]: `piko login|logout|status`.
 //! - [`inspect`]: `piko inspect` (and the agent's side of it).
 //! - [`service`]: `piko service install|uninstall` (the OS knowledge is in [`crate::service`]).
+//! - [`server`]: `piko server`, the server's own command line (`piko-server`'s).
 
 mod agent;
 mod forward;
@@ -16,6 +17,7 @@ mod locked;
 mod login;
 mod metrics;
 mod reload;
+pub(crate) mod server;
 mod service;
 
 use piko_connector_core::config::Protocol;
@@ -74,6 +76,10 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Forward(ForwardCommand::Start(a)) => {
             forward::start(a, cli.log_level, cli.log_subsystems)
         }
+        // `main` runs it (`server::run`), with the server's own exit codes.
+        Command::Server(_) => Err(Failure::Usage(
+            "piko server: run as `piko server ...`".into(),
+        )),
     }
 }
 

@@ -4,7 +4,7 @@
 /// The `tracing` targets that `name` selects. The original's names (`proxy.http.access`,
 /// `cluster.manager`, `gossip`, ...) select the logs of the part of this server that does the
 /// same work; any other name is a module path under `piko_server` (`.` or `::` between parts).
-pub fn targets(name: &str) -> Vec<String> {
+pub(super) fn targets(name: &str) -> Vec<String> {
     let fixed: &[&str] = match name {
         "main" | "server" => &["piko_server"],
         "proxy.http" | "proxy.tcp" => &["piko_server::proxy"],
