@@ -674,7 +674,8 @@ async fn the_membership_api_removes_a_node_that_will_not_come_back() {
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A usage error: exit 2, as every usage error of the server's command line.
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give the node id"));
 }
 
